@@ -1,0 +1,137 @@
+"""Backend-agnostic tensor helpers built on `keras.ops` (NHWC layout).
+
+The official FastFCN code resizes with PyTorch's
+`F.interpolate(x, size, mode="bilinear", align_corners=True)` everywhere (JPU,
+pyramid pooling, final logits). `keras.ops.image.resize` has no `align_corners`
+option (and antialiases when downsampling on some backends), so the resize here
+is written from gathers and a linear blend. It works for dynamic (None) height and
+width and traces to plain Gather/Mul/Add ops that SavedModel and ONNX export.
+"""
+
+import keras
+from keras import ops
+
+
+def _source_coords(in_size, out_size, align_corners):
+    """Float source coordinates (length `out_size`) for each output row/column.
+
+    `in_size`/`out_size` may be Python ints or scalar tensors.
+    """
+    in_f = ops.cast(in_size, "float32")
+    out_f = ops.cast(out_size, "float32")
+    dst = ops.cast(ops.arange(out_size), "float32")
+    if align_corners:
+        # PyTorch: scale = (in - 1) / (out - 1), and 0 when out == 1.
+        scale = ops.where(out_f > 1.0, (in_f - 1.0) / ops.maximum(out_f - 1.0, 1.0), 0.0)
+        return dst * scale
+    # Half-pixel centres; PyTorch clamps negative source coordinates to 0.
+    return ops.maximum((dst + 0.5) * (in_f / out_f) - 0.5, 0.0)
+
+
+def _interp_1d(x, axis, out_size, align_corners):
+    in_size = ops.shape(x)[axis]
+    src = _source_coords(in_size, out_size, align_corners)
+    i0 = ops.cast(ops.floor(src), "int32")
+    i0 = ops.minimum(i0, ops.cast(in_size, "int32") - 1)
+    i1 = ops.minimum(i0 + 1, ops.cast(in_size, "int32") - 1)
+    frac = src - ops.cast(i0, "float32")
+    a = ops.take(x, i0, axis=axis)
+    b = ops.take(x, i1, axis=axis)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    frac = ops.cast(ops.reshape(frac, shape), x.dtype)
+    return a + (b - a) * frac
+
+
+def resize_bilinear(images, size, align_corners=True):
+    """Bilinear resize of NHWC `images` to `size`, PyTorch-exact.
+
+    With `align_corners=True` it matches
+    `torch.nn.functional.interpolate(x, size, mode="bilinear", align_corners=True)`;
+    with `False` it matches PyTorch's `align_corners=False` (half-pixel centres,
+    no antialiasing), which is also mmsegmentation's default.
+
+    Args:
+        images: a 4-D tensor `(batch, height, width, channels)`.
+        size: `(height, width)` of the output; Python ints or scalar tensors
+            (e.g. `ops.shape(other)[1:3]` for a dynamic size).
+        align_corners: bool, see above.
+
+    Returns:
+        A tensor `(batch, size[0], size[1], channels)` of the input's dtype.
+
+    Example:
+    >>> x = keras.ops.reshape(keras.ops.arange(4, dtype="float32"), (1, 2, 2, 1))
+    >>> resize_bilinear(x, (3, 3))[0, :, :, 0]  # corners kept, centre averaged
+    """
+    if len(images.shape) != 4:
+        raise ValueError(
+            f"resize_bilinear expects a 4-D NHWC tensor, got shape {images.shape}."
+        )
+    out_h, out_w = size[0], size[1]
+    x = _interp_1d(images, 1, out_h, align_corners)
+    return _interp_1d(x, 2, out_w, align_corners)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """PyTorch `AdaptiveAvgPool2d` on NHWC input of any (dynamic) size.
+
+    Bin `i` of `n` over a length `L` averages `[floor(i*L/n), ceil((i+1)*L/n))`,
+    the same bins as PyTorch, written as two small averaging matmuls so it works for
+    dynamic shapes and exports to ONNX.
+
+    Args:
+        x: 4-D tensor `(batch, height, width, channels)`.
+        output_size: int or `(out_h, out_w)`.
+
+    Returns:
+        Tensor `(batch, out_h, out_w, channels)`.
+
+    Example:
+    >>> adaptive_avg_pool2d(keras.ops.ones((1, 7, 5, 3)), 2).shape
+    (1, 2, 2, 3)
+    """
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    ph = _pool_matrix(ops.shape(x)[1], output_size[0], x.dtype)
+    pw = _pool_matrix(ops.shape(x)[2], output_size[1], x.dtype)
+    x = ops.einsum("ih,bhwc->biwc", ph, x)
+    return ops.einsum("jw,biwc->bijc", pw, x)
+
+
+def _pool_matrix(length, bins, dtype):
+    length_i = ops.cast(length, "int32")
+    idx = ops.arange(bins, dtype="int32")
+    start = (idx * length_i) // bins
+    end = ((idx + 1) * length_i + bins - 1) // bins
+    pos = ops.arange(length_i, dtype="int32")
+    inside = ops.logical_and(pos[None, :] >= start[:, None], pos[None, :] < end[:, None])
+    weights = ops.cast(inside, "float32") / ops.cast(end - start, "float32")[:, None]
+    return ops.cast(weights, dtype)
+
+
+def check_image_batch(images, name="images", channels=3):
+    """Raises a `ValueError` naming the problem unless `images` is `(B, H, W, channels)`.
+
+    Works on eager tensors, numpy arrays and symbolic `KerasTensor`s (static shape
+    only: unknown dimensions pass).
+    """
+    shape = tuple(getattr(images, "shape", ()))
+    dtype = str(getattr(images, "dtype", ""))
+    if "string" in dtype or "bool" in dtype or dtype in ("object", "<U", "str"):
+        raise ValueError(f"{name} must be a numeric image tensor, got dtype {dtype}.")
+    if len(shape) != 4:
+        hint = ""
+        if len(shape) == 3 and shape[-1] in (1, 3, 4):
+            hint = " Add a batch axis, e.g. images[None]."
+        elif len(shape) == 2:
+            hint = " A 2-D array is a single grayscale image: convert it to RGB (H, W, 3) and add a batch axis."
+        raise ValueError(
+            f"{name} must be a 4-D batch (batch, height, width, {channels}), got shape {shape}.{hint}"
+        )
+    if shape[-1] is not None and shape[-1] != channels:
+        raise ValueError(
+            f"{name} must have {channels} channels (RGB, 0-255), got {shape[-1]} in shape {shape}. "
+            "Convert grayscale or RGBA images to RGB first."
+        )
+
