@@ -16,31 +16,13 @@ Example:
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from keras_fastfcn import inference
+from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.metrics import IGNORE_LABEL, SegmentationMetric, format_results
-
-
-def atomic_write(path, write):
-    """Calls `write(tmp_path)` on a temporary sibling of `path`, then renames it to `path`.
-
-    A failure leaves neither a partial `path` nor the temporary file behind.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def check_output_file(path):
@@ -191,13 +173,8 @@ def run(args):
             },
             **result,
         }
-        text = json.dumps(report, indent=2) + "\n"
-
-        def write(tmp):
+        with atomic_path(args.output) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        atomic_write(args.output, write)
+                f.write(json.dumps(report, indent=2) + "\n")
         print(f"Wrote {args.output}")
     return 0

@@ -314,17 +314,21 @@ class Predictor:
         self.align_corners = bool(align_corners)
         self.pad_value = tuple(float(v) for v in np.broadcast_to(pad_value, (3,)))
         spec = [tf.TensorSpec((None, None, None, 3), tf.float32)]
+        # Plain Python loops over static scales/windows: no autograph needed.
         if mode == "whole":
             self._whole = tf.function(self._whole_graph, input_signature=spec,
-                                      jit_compile=jit_compile)
+                                      jit_compile=jit_compile, autograph=False)
         else:
             # One trace for every window batch; XLA (if asked) specializes per shape.
-            self._forward = tf.function(lambda x: _logits_with_flip(self.model, x, self.flip),
-                                        input_signature=spec, jit_compile=jit_compile)
+            self._forward = tf.function(self._forward_graph, input_signature=spec,
+                                        jit_compile=jit_compile, autograph=False)
 
     def _whole_graph(self, images):
         return multiscale_scores(self.model, images, self.scales, self.flip,
                                  self.base_size, self.align_corners)
+
+    def _forward_graph(self, windows):
+        return _logits_with_flip(self.model, windows, self.flip)
 
     def __call__(self, images):
         """Summed class scores `(B, H, W, C)` (float32 tensor) at the input size.
@@ -414,7 +418,7 @@ class Predictor:
         return canvas, shift
 
     def _slide(self, images):
-        batch, in_h, in_w = images.shape[0], images.shape[1], images.shape[2]
+        in_h, in_w = images.shape[1], images.shape[2]
         acc = shift = None
         for scale in self.scales:
             height, width = scaled_size(in_h, in_w, scale, self.base_size)
@@ -426,7 +430,6 @@ class Predictor:
             if (height, width) != (in_h, in_w):
                 term = resize_bilinear(term, (in_h, in_w), self.align_corners)
             acc, shift = _accumulate(acc, shift, term, term_shift)
-        del batch
         return acc
 
 

@@ -14,9 +14,11 @@ whole dataset, never averaged per image:
   `nanmean` and also what `keras.metrics.MeanIoU` computes. The two agree when
   every class occurs; on small or partial evaluation sets the official one is lower.
 
-`SegmentationMetric` is the exact accumulator (int64 confusion matrix, numpy) used
-by `keras-fastfcn evaluate`; `PixelAccuracy` and `mean_iou` are the streaming
-metrics for `model.compile(metrics=...)` on the `"logits"` output.
+`SegmentationMetric` (alias `ConfusionAccumulator`) is the exact accumulator (int64
+confusion matrix, numpy) used by `keras-fastfcn evaluate` and the final evaluation
+of training; `PixelAccuracy` and `mean_iou` (`segmentation_metrics()`, alias
+`training_metrics()`) are the streaming metrics for `model.compile(metrics=...)` on
+the `"logits"` output.
 """
 
 import numpy as np
@@ -253,3 +255,8 @@ def segmentation_metrics(num_classes, ignore_label=IGNORE_LABEL):
     """
     return [PixelAccuracy(ignore_class=ignore_label),
             mean_iou(num_classes, ignore_label=ignore_label)]
+
+
+# Names used by `keras_fastfcn.training`.
+ConfusionAccumulator = SegmentationMetric
+training_metrics = segmentation_metrics

@@ -23,14 +23,15 @@ Example:
     keras-fastfcn predict --model m.keras --input photos/ --output predictions/ --ms
 """
 
+import contextlib
 import os
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from keras_fastfcn import inference, visualize
+from keras_fastfcn.fileio import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 OUTPUT_SUFFIXES = ("_labels.png", "_color.png", "_overlay.png")
@@ -116,9 +117,9 @@ def _output_names(files):
     return {f: os.path.splitext(os.path.basename(f))[0] for f in files}
 
 
-def _validate(files, warn):
-    """Decodes every input once; raises on the first bad one after counting the others."""
-    bad = []
+def _validate(files):
+    """Decodes every input once; returns the conversion notes, raises on a bad input."""
+    bad, notes = [], []
     for f in files:
         try:
             _, note = read_image(f)
@@ -126,10 +127,11 @@ def _validate(files, warn):
             bad.append(str(err))
             continue
         if note:
-            warn(f"{f}: {note}")
+            notes.append(f"{f}: {note}")
     if bad:
         more = f" ({len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
         raise ValueError(f"{bad[0]}{more}; nothing was written.")
+    return notes
 
 
 def palette_and_names(model):
@@ -163,21 +165,11 @@ def label_image(labels):
 
 
 def write_images(items):
-    """Writes `[(path, PIL image)]` as PNG, all through temporary files renamed at the end."""
-    tmps = []
-    try:
+    """Writes `[(path, PIL image)]` as PNG through temporary files, renamed only once all
+    of them are written (a failure leaves none of them behind)."""
+    with contextlib.ExitStack() as stack:
         for path, img in items:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                       prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-            os.close(fd)
-            tmps.append(tmp)
-            img.save(tmp, format="PNG")
-        for (path, _), tmp in zip(items, tmps):
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            img.save(stack.enter_context(atomic_path(path)), format="PNG")
 
 
 def add_arguments(parser):
@@ -213,10 +205,12 @@ def run(args):
                          "inputs next time).")
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"Model file not found: {args.model}")
-    _validate(files, _warn)
+    notes = _validate(files)
     model = inference.load_model(args.model)
     predictor = inference.predictor_from_args(model, args)
     palette, class_names = palette_and_names(model)
+    for note in notes:  # only once the command is going to run
+        _warn(note)
 
     os.makedirs(out_dir, exist_ok=True)
     print(f"Predicting {len(files)} image(s) with {args.model}: "
