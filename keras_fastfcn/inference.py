@@ -510,7 +510,8 @@ def add_inference_arguments(parser):
                        help="resize the long side to N * scale (official: 520 for Pascal "
                             "Context/ADE20K); default: each image's own size")
     group.add_argument("--jit-compile", action="store_true",
-                       help="compile the model with XLA (helps --mode slide on GPU)")
+                       help="XLA-compile the model forward (slower on CPU in our measurement; "
+                            "may help --mode slide on GPU)")
     return group
 
 

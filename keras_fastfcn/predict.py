@@ -130,7 +130,7 @@ def _validate(files):
             notes.append(f"{f}: {note}")
     if bad:
         more = f" ({len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
-        raise ValueError(f"{bad[0]}{more}; nothing was written.")
+        raise ValueError(f"{bad[0].rstrip('.')}{more}; nothing was written.")
     return notes
 
 
