@@ -71,9 +71,10 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
                                                  else limit)
     progbar = None
     if verbose:
-        interactive = sys.stdout.isatty()
+        # As Keras' verbose="auto": a live bar on a terminal, one summary line in logs.
         progbar = keras.utils.Progbar(target, stateful_metrics=["pixAcc", "mIoU"],
-                                      unit_name="image", interval=0.05 if interactive else 10.0)
+                                      unit_name="image",
+                                      verbose=1 if sys.stdout.isatty() else 2)
     if hasattr(dataset, "prefetch"):
         dataset = dataset.prefetch(2)
     count = 0
@@ -147,10 +148,11 @@ def run(args):
 
     print(f"Evaluating {args.model} on {args.data} [{args.split}]: "
           f"{inference.describe_predictor(predictor)}")
-    result = evaluate_dataset(
-        predictor, dataset, model.num_classes, class_names=class_names,
-        ignore_label=getattr(source, "ignore_label", IGNORE_LABEL), num_examples=num_examples,
-        limit=args.limit, verbose=0 if args.quiet else 1)
+    with data.translate_errors():  # bad files met inside tf.data -> one-line DataError
+        result = evaluate_dataset(
+            predictor, dataset, model.num_classes, class_names=class_names,
+            ignore_label=getattr(source, "ignore_label", IGNORE_LABEL),
+            num_examples=num_examples, limit=args.limit, verbose=0 if args.quiet else 1)
 
     print()
     print(format_results(result))

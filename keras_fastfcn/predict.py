@@ -227,6 +227,6 @@ def run(args):
              visualize.overlay(image, labels, palette, class_names, alpha=args.alpha)),
         ])
         present = visualize.legend_entries(labels, class_names, palette)
-        summary = ", ".join(f"{name} {100 * frac:.0f}%" for name, _, frac in present[:4])
+        summary = ", ".join(f"{name} {visualize._percent(frac)}" for name, _, frac in present[:4])
         print(f"{f} -> {stem}_{{labels,color,overlay}}.png  ({summary})")
     return 0

@@ -1,5 +1,6 @@
 """`keras-fastfcn evaluate` and `predict` end to end on a tiny FastFCN, plus bad input."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -82,6 +83,7 @@ def fake_data(monkeypatch, examples):
         raise ValueError(name)
 
     module.get_source = get_source
+    module.translate_errors = contextlib.nullcontext
     module.palettes = types.SimpleNamespace(get_palette=get_palette, class_names=class_names)
     monkeypatch.setitem(sys.modules, "keras_fastfcn.data", module)
     monkeypatch.setattr(keras_fastfcn, "data", module, raising=False)
@@ -291,3 +293,60 @@ def test_cli_subprocess_exit_code_and_one_line(tmp_path):
     assert lines == [f"keras-fastfcn predict: error: {junk} is not a Keras model file "
                      "(.keras, a zip archive written by model.save)."]
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------- with the real data sources
+
+
+@pytest.fixture(scope="module")
+def data_module():
+    return pytest.importorskip("keras_fastfcn.data", reason="keras_fastfcn.data not merged yet")
+
+
+def test_evaluate_demo_source(capsys, tmp_path, data_module):
+    model_file = tmp_path / "demo.keras"
+    keras_fastfcn.FastFCN(num_classes=5, head="fcn", jpu_width=64, dataset="demo").save(
+        model_file)
+    out_json = tmp_path / "demo.json"
+    rc, out, err = run_cli(capsys, "evaluate", "--model", model_file, "--data", "demo",
+                           "--limit", "4", "--output", out_json)
+    assert rc == 0, err
+    report = json.loads(out_json.read_text())
+    source = data_module.get_source("demo")
+    assert report["images"] == 4
+    assert [c["name"] for c in report["per_class"]] == list(source.class_names)
+    assert 0.0 <= report["mIoU"] <= report["mIoU_present"] <= 1.0
+
+
+def test_camvid_evaluate_and_predict_palette(capsys, tmp_path, data_module, camvid_dir):
+    model_file = tmp_path / "camvid.keras"
+    keras_fastfcn.FastFCN(num_classes=11, head="fcn", jpu_width=64, dataset="camvid").save(
+        model_file)
+    rc, out, err = run_cli(capsys, "evaluate", "--model", model_file,
+                           "--data", f"camvid:{camvid_dir}", "--limit", "2", "--quiet")
+    assert rc == 0, err
+    assert "bicyclist" in out and "2 images" in out
+
+    image = sorted((camvid_dir / "val" / "images").iterdir())[0]
+    rc, out, err = run_cli(capsys, "predict", "--model", model_file, "--input", image,
+                           "--output", tmp_path / "pred")
+    assert rc == 0, err
+    palette = data_module.palettes.get_palette("camvid", 11)
+    labels = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_labels.png"))
+    color = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_color.png"))
+    assert labels.shape == (360, 480) and color.shape == (360, 480, 3)
+    np.testing.assert_array_equal(color, palette[labels])
+
+
+def test_evaluate_reports_bad_labels_in_one_line(capsys, tmp_path, model_path, data_module):
+    root = tmp_path / "folder"
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "labels").mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "val" / "images" / "a.png")
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "val" / "labels" / "a.png")
+    out_json = tmp_path / "never.json"
+    rc, _, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", f"folder:{root}",
+                         "--output", out_json, "--quiet")
+    assert_one_line_error(rc, err, "a.png")
+    assert not out_json.exists()
