@@ -41,17 +41,18 @@ Modes:
 `base_size=None` means each image's own long side, so scale 1.0 is the image as is.
 The official test script uses `base_size=520, crop_size=480` (Pascal Context,
 ADE20K), scales `(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)` with flip for `--ms`, and
-single-scale `(1.0,)` without flip otherwise.
+`(1.0,)` without flip otherwise; even single-scale, it resizes to `base_size` and
+runs windows, so its single-scale numbers correspond to
+`mode="slide", base_size=520, crop_size=480`.
 """
 
 import math
 import os
 import weakref
 
+import keras
 import numpy as np
 import tensorflow as tf
-
-import keras
 
 from keras_fastfcn.ops import resize_bilinear
 
