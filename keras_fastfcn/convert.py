@@ -66,10 +66,12 @@ class CheckpointMismatchError(ValueError):
         self.mismatched = list(mismatched)
         lines = [f"The checkpoint does not match {description}:"]
         if self.missing:
-            lines.append(f"  {len(self.missing)} missing key(s) (in the model, not in the checkpoint):")
+            lines.append(f"  {len(self.missing)} missing key(s) "
+                         "(in the model, not in the checkpoint):")
             lines += [f"    {k}" for k in self.missing]
         if self.unexpected:
-            lines.append(f"  {len(self.unexpected)} unexpected key(s) (in the checkpoint, unused by the model):")
+            lines.append(f"  {len(self.unexpected)} unexpected key(s) "
+                         "(in the checkpoint, unused by the model):")
             lines += [f"    {k}" for k in self.unexpected]
         if self.mismatched:
             lines.append(f"  {len(self.mismatched)} shape mismatch(es) (PyTorch layout):")
@@ -302,7 +304,8 @@ def _jpu_targets(jpu):
         targets = []
         for name in ("jum_1", "jum_2"):
             jum = getattr(jpu, name)
-            targets += _cbr(f"jpu.{name}.conv_l", jum.conv_l) + _cbr(f"jpu.{name}.conv_h", jum.conv_h)
+            targets += (_cbr(f"jpu.{name}.conv_l", jum.conv_l)
+                        + _cbr(f"jpu.{name}.conv_h", jum.conv_h))
             for i, branch in enumerate(jum.dilation_branches):
                 targets += _branch(f"jpu.{name}.dilation{i + 1}", branch)
         return targets
@@ -320,9 +323,10 @@ def _fcn_targets(prefix, head):
 def _head_targets(head):
     if isinstance(head, L.EncHead):
         enc = head.encmodule
+        codes = "head.encmodule.encoding.3"
         targets = (_cbr("head.conv5", head.conv5) + _cbr("head.encmodule.encoding", enc.conv)
-                   + [_Target("head.encmodule.encoding.3.codewords", enc.encoding.codewords, "copy"),
-                      _Target("head.encmodule.encoding.3.scale", enc.encoding.scale, "copy")]
+                   + [_Target(f"{codes}.codewords", enc.encoding.codewords, "copy"),
+                      _Target(f"{codes}.scale", enc.encoding.scale, "copy")]
                    + _norm("head.encmodule.encoding.4", enc.encoding_bn)
                    + _dense("head.encmodule.fc.0", enc.fc))
         if enc.selayer is not None:
@@ -332,8 +336,8 @@ def _head_targets(head):
         targets = []
         for i, conv in enumerate(head.pyramid.convs):
             targets += _cbr(f"head.conv5.0.conv{i + 1}", conv)
-        return (targets + _conv("head.conv5.1", head.conv.conv) + _norm("head.conv5.2", head.conv.bn)
-                + _conv("head.conv5.5", head.classifier))
+        return (targets + _conv("head.conv5.1", head.conv.conv)
+                + _norm("head.conv5.2", head.conv.bn) + _conv("head.conv5.5", head.classifier))
     if isinstance(head, L.ASPPHead):
         aspp = head.aspp
         targets = []
@@ -432,7 +436,7 @@ def _hint(unexpected):
     return ""
 
 
-def load_official_weights(model, state_dict, skip_prefixes=(), description=None):
+def load_official_weights(model, state_dict, skip_prefixes=(), description=None, hint=""):
     """Copies an official state dict into a `FastFCN` model, all or nothing.
 
     Checks every key first; on any missing key, unexpected key or shape mismatch
@@ -445,15 +449,22 @@ def load_official_weights(model, state_dict, skip_prefixes=(), description=None)
         skip_prefixes: checkpoint key prefixes to drop on purpose (e.g.
             `("auxlayer.",)` for a model built without the auxiliary head).
         description: how the model is named in error messages.
+        hint: extra line(s) for the error message.
 
     Returns:
         The number of tensors copied.
+
+    Example:
+    >>> model = FastFCN(59, head="encnet", backbone="resnet50s")  # doctest: +SKIP
+    >>> load_official_weights(model, load_state_dict("encnet.pth"),  # doctest: +SKIP
+    ...                       skip_prefixes=("auxlayer.", "head.encmodule.selayer."))
     """
     targets = _targets(model)
     missing, unexpected, mismatched = _match(targets, state_dict, skip_prefixes)
     if missing or unexpected or mismatched:
+        hint = "\n".join(h for h in (hint, _hint(unexpected)) if h)
         raise CheckpointMismatchError(description or f"model {model.name!r}", missing,
-                                      unexpected, mismatched, _hint(unexpected))
+                                      unexpected, mismatched, hint)
     for t in targets:
         t.variable.assign(t.to_keras(state_dict[t.key]).astype(t.variable.dtype))
     return len(targets)
@@ -545,18 +556,17 @@ def convert_checkpoint(checkpoint, output=None, head=None, backbone=None, num_cl
     >>> model = convert_checkpoint("encnet_res50_pcontext.pth.tar",  # doctest: +SKIP
     ...                            output="encnet_jpu_res50_pcontext.keras", dataset="pcontext")
     """
-    from keras_fastfcn.models import FastFCN
+    from keras_fastfcn.models import FastFCN, _normalize_head, _normalize_upsampler
 
     state_dict = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     inferred = infer_config(state_dict)
-    head = head or inferred["head"]
+    head = _normalize_head(head) if head else inferred["head"]
     if head is None:
         prefixes = sorted({".".join(k.split(".")[:2]) for k in state_dict if k.startswith("head.")})
         raise ValueError(f"Cannot tell the head from the checkpoint (head keys: {prefixes}); "
                          "pass head= (--head).")
     backbone = backbone or infer_backbone(state_dict)
-    if upsampler == "auto":
-        upsampler = inferred["upsampler"]
+    upsampler = inferred["upsampler"] if upsampler == "auto" else _normalize_upsampler(upsampler)
     num_classes = num_classes or inferred["num_classes"]
     if num_classes is None:
         raise ValueError("Cannot tell the number of classes from the checkpoint "
@@ -589,7 +599,15 @@ def convert_checkpoint(checkpoint, output=None, head=None, backbone=None, num_cl
                     dataset=dataset)
     description = (f"FastFCN(num_classes={num_classes}, head={head!r}, backbone={backbone!r}, "
                    f"upsampler={upsampler!r}, aux={aux}, se_loss={se_loss}, jpu_width={jpu_width})")
-    load_official_weights(model, state_dict, skip_prefixes=skip, description=description)
+    chosen = {"head": head, "backbone": backbone, "upsampler": upsampler,
+              "num_classes": num_classes}
+    # None is a real answer for the upsampler (no jpu.* keys), not "unknown".
+    differ = [f"{k}={inferred[k]!r}" for k, v in chosen.items()
+              if (inferred[k] is not None or k == "upsampler") and inferred[k] != v]
+    hint = (f"Hint: the checkpoint's keys suggest {', '.join(differ)}; leave those options "
+            "out to use what the checkpoint holds.") if differ else ""
+    load_official_weights(model, state_dict, skip_prefixes=skip, description=description,
+                          hint=hint)
     if output is not None:
         _save_atomic(model, output, weights_only=os.fspath(output).endswith(".weights.h5"))
     return model
@@ -614,6 +632,8 @@ def convert_backbone_checkpoint(checkpoint, backbone=None, output=None):
         The backbone `keras.Model` (output stride 32; the weights file also loads
         into the output stride 8 and 16 variants, which share layer names).
     """
+    if output is not None and not os.fspath(output).endswith(".weights.h5"):
+        raise ValueError(f"Backbone weights are written as .weights.h5, got {output}.")
     state_dict = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     prefix = "pretrained." if any(k.startswith("pretrained.") for k in state_dict) else ""
     if prefix:
@@ -631,8 +651,6 @@ def convert_backbone_checkpoint(checkpoint, backbone=None, output=None):
     for t in targets:
         t.variable.assign(t.to_keras(state_dict[t.key]).astype(t.variable.dtype))
     if output is not None:
-        if not os.fspath(output).endswith(".weights.h5"):
-            raise ValueError(f"Backbone weights are written as .weights.h5, got {output}.")
         _save_atomic(model, output, weights_only=True)
     return model
 

@@ -68,7 +68,8 @@ def block_dilations(dilation, blocks):
     elif dilation == 4:
         first = 2
     else:
-        raise ValueError(f"Unsupported stage dilation {dilation!r} (the official code knows 1, 2, 4).")
+        raise ValueError(
+            f"Unsupported stage dilation {dilation!r} (the official code knows 1, 2, 4).")
     return [first] + [dilation] * (blocks - 1)
 
 

@@ -37,7 +37,8 @@ def test_dilations_follow_official_make_layer():
     assert block_dilations(4, 3) == [2, 4, 4]
     os8 = backbones.build_backbone("resnet50s", output_stride=8)
     conv = {layer.name: layer for layer in os8.layers if isinstance(layer, keras.layers.Conv2D)}
-    assert conv["layer3_0_conv2"].strides == (1, 1) and conv["layer3_0_conv2"].dilation_rate == (1, 1)
+    assert conv["layer3_0_conv2"].strides == (1, 1)
+    assert conv["layer3_0_conv2"].dilation_rate == (1, 1)
     assert conv["layer3_5_conv2"].dilation_rate == (2, 2)
     assert conv["layer4_0_conv2"].dilation_rate == (2, 2)
     assert conv["layer4_2_conv2"].dilation_rate == (4, 4)
@@ -45,7 +46,8 @@ def test_dilations_follow_official_make_layer():
     os16 = backbones.build_backbone("resnet50s", output_stride=16)
     conv = {layer.name: layer for layer in os16.layers if isinstance(layer, keras.layers.Conv2D)}
     assert conv["layer3_0_conv2"].strides == (2, 2)
-    assert conv["layer4_0_conv2"].dilation_rate == (1, 1) and conv["layer4_0_conv2"].strides == (1, 1)
+    assert conv["layer4_0_conv2"].dilation_rate == (1, 1)
+    assert conv["layer4_0_conv2"].strides == (1, 1)
     assert conv["layer4_1_conv2"].dilation_rate == (2, 2)
     # The stride sits in the 3x3 conv (not the first 1x1, as in keras.applications).
     assert conv["layer2_0_conv1"].strides == (1, 1) and conv["layer2_0_conv2"].strides == (2, 2)

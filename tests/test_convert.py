@@ -72,7 +72,8 @@ def test_parity_with_official_structure(head, jpu, tmp_path):
     torch_model = _torch_model(head, jpu)
     path = _save(torch_model.state_dict(), tmp_path / "model.pth")
     model = convert.convert_checkpoint(path, backbone=TINY)
-    assert (model.head, model.upsampler) == (head, {"JPU": "jpu", "JPU_X": "jpu_x", None: None}[jpu])
+    upsampler = {"JPU": "jpu", "JPU_X": "jpu_x", None: None}[jpu]
+    assert (model.head, model.upsampler) == (head, upsampler)
     assert model.aux and model.se_loss == (head == "encnet")
     assert model.preprocessing == "torch"
     if jpu:
@@ -177,6 +178,7 @@ def test_cli_reports_mismatch_on_one_line_per_key(tmp_path, capsys):
     assert code == 1
     assert "missing key(s)" in err and "head.encmodule.encoding.3.codewords" in err
     assert "unexpected key(s)" in err and "head.conv5.0.conv4.0.weight" in err
+    assert "the checkpoint's keys suggest head='psp'" in err
     assert not (tmp_path / "m.keras").exists()
 
 
