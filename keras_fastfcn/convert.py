@@ -116,7 +116,8 @@ def load_state_dict(path):
             "pip install torch"
         ) from err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... loosely
         raise ValueError(
             f"Could not read {path} as a PyTorch checkpoint with weights_only=True "
@@ -144,6 +145,22 @@ def load_state_dict(path):
             tensor = tensor.float()
         out[key] = tensor.numpy()
     return out
+
+
+def _numpy_scalar_globals():
+    """numpy scalar reconstruction, for `torch.load(weights_only=True)`.
+
+    The official `train.py` stores `best_pred` as a numpy float64 next to the state
+    dict, which the weights-only unpickler refuses by default. Rebuilding a numpy
+    scalar from its dtype and bytes runs no user code, so these few globals are
+    allowed (also under numpy 1.x's module name `numpy.core.multiarray`, which old
+    checkpoints reference); everything else stays refused.
+    """
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    allowed = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
+    allowed += [type(np.dtype(code)) for code in ("float64", "float32", "int64", "int32", "bool")]
+    return allowed
 
 
 # ------------------------------------------------------------------ inference of the config

@@ -113,6 +113,11 @@ def test_full_resnet50s_encnet_jpu_cli_roundtrip(tmp_path, capsys):
     rel, agree, others = _compare(torch_model, model, (64, 64))
     print(f"resnet50s EncNet+JPU (64, 64): {rel:.2e}, {agree:.5f}, {others}")
     assert rel < 1e-3 and agree >= 0.999 and others["se"] < 1e-3 and others["aux"] < 1e-3
+    # The backbone alone, from the same segmentation checkpoint (pretrained.* keys).
+    backbone = convert.convert_backbone_checkpoint(path)
+    np.testing.assert_array_equal(
+        np.asarray(backbone.get_layer("layer4_2_bn3").moving_variance),
+        state_dict["pretrained.layer4.2.bn3.running_var"].numpy())
 
 
 def test_full_resnet101s_jpu_x_key_coverage():
@@ -212,6 +217,22 @@ def test_backbone_only_from_imagenet_checkpoint(tmp_path):
     for e, g in zip(expected, backbone(x)):
         e = e.permute(0, 2, 3, 1).numpy()
         np.testing.assert_allclose(np.asarray(g), e, atol=1e-4 * np.abs(e).max())
+
+
+def test_loads_official_training_checkpoint_with_numpy_scalars(tmp_path):
+    """The official train.py saves best_pred as a numpy float64 (pixAcc/mIoU are numpy),
+    possibly in the legacy (non-zip) format with numpy 1.x module names."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
+    checkpoint = {"epoch": 80, "state_dict": {"w": torch.ones(2, 3)},
+                  "optimizer": optimizer.state_dict(), "best_pred": np.float64(0.5)}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    old = path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in old
+    for data in (path.read_bytes(), old):
+        path.write_bytes(data)
+        state_dict = convert.load_state_dict(path)
+        assert list(state_dict) == ["w"] and state_dict["w"].shape == (2, 3)
 
 
 def test_load_state_dict_refuses_pickled_code_and_bad_input(tmp_path):
