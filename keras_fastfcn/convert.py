@@ -28,6 +28,7 @@ code is unpickled. PyTorch is needed for conversion only, not by the converted
 model.
 """
 
+import contextlib
 import os
 
 import keras
@@ -116,7 +117,9 @@ def load_state_dict(path):
             "pip install torch"
         ) from err
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        # safe_globals exists from torch 2.5 on; without it numpy scalars stay refused.
+        safe = getattr(torch.serialization, "safe_globals", None)
+        with safe(_numpy_scalar_globals()) if safe else contextlib.nullcontext():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... loosely
         raise ValueError(
