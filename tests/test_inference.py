@@ -263,3 +263,38 @@ def test_bad_options_and_inputs(rng):
         predictor(np.zeros((1, 8, 8, 4), "float32"))
     with pytest.raises(ValueError, match="empty"):
         predictor(np.zeros((1, 0, 8, 3), "float32"))
+
+
+def test_converted_official_model_matches_official_evaluator(tmp_path):
+    # End to end on a real FastFCN: the PyTorch stand-in of the official EncNet+JPU
+    # (tests/torch_fastfcn_reference.py), converted to Keras; our sliding-window MS +
+    # flip against the official evaluator run on the PyTorch model. EncNet's global
+    # context makes every window's padding visible, so this also checks that padding
+    # the raw image with 0 equals the official `-mean / std` padding.
+    import torch_fastfcn_reference as ref
+
+    from keras_fastfcn import backbones, convert
+    from keras_fastfcn.resnet_deepstem import build_resnet_deepstem
+
+    name = "tiny_deepstem_1111_inference"
+    backbones.register_backbone(
+        name, lambda output_stride, weights: build_resnet_deepstem(
+            (1, 1, 1, 1), output_stride, weights, name=f"{name}_os{output_stride}"), "torch")
+    torch_model = ref.randomize_(ref.SegmentationModel(
+        "encnet", NCLASS, layers=(1, 1, 1, 1), jpu="JPU", aux=False, se_loss=False,
+        width=64)).eval()
+    torch.save(torch_model.state_dict(), tmp_path / "encnet.pth")
+    model = convert.convert_checkpoint(str(tmp_path / "encnet.pth"), backbone=name)
+
+    rng = np.random.RandomState(3)
+    image = smooth_image(rng, (70, 90))
+    scales = (0.75, 1.0, 1.25)
+    with torch.no_grad():
+        torch_model.double()
+        expected = to_nhwc(official_ms_eval(lambda x: torch_model(x)[0], to_torch(image),
+                                            scales, True, base_size=80, crop_size=48))
+    ours = inference.predict(model, image, mode="slide", scales=scales, flip=True,
+                             crop_size=48, base_size=80).numpy()[None]
+    np.testing.assert_allclose(inference.normalize_scores(ours).numpy(),
+                               expected / expected.sum(-1, keepdims=True), atol=2e-3)
+    assert (ours.argmax(-1) == expected.argmax(-1)).mean() > 0.999
