@@ -15,7 +15,7 @@ Example:
 (5, 3)
 """
 
-from keras_fastfcn.data import palettes
+from keras_fastfcn.data import demo, palettes
 from keras_fastfcn.data.errors import DataError, translate_errors
 from keras_fastfcn.data.pipelines import (eval_pipeline, gaussian_blur, train_pipeline,
                                           train_transform, val_transform)
@@ -25,7 +25,7 @@ from keras_fastfcn.data.sources import (IGNORE_LABEL, SPECS, FileSource, Source,
 
 __all__ = [
     "DataError", "FileSource", "IGNORE_LABEL", "SPECS", "Source", "TfdsSource",
-    "ade20k_source", "camvid_source", "eval_pipeline", "folder_source", "gaussian_blur",
+    "ade20k_source", "camvid_source", "demo", "eval_pipeline", "folder_source", "gaussian_blur",
     "get_source", "label_lut", "palettes", "train_pipeline", "train_transform",
     "translate_errors", "val_transform", "voc_source",
 ]

@@ -299,18 +299,22 @@ def eval_pipeline(ds, batch_size=1, crop_size=None, *, num_parallel_calls=_AUTOT
     Example:
     >>> from keras_fastfcn.data import get_source
     >>> ds = eval_pipeline(get_source("demo").dataset("val"), batch_size=2)
-    >>> ds.element_spec[0].shape
-    TensorShape([None, None, None, 3])
+    >>> ds.element_spec[0].shape   # the demo images all have the same size
+    TensorShape([None, 96, 96, 3])
     """
     batch_size = _positive_int(batch_size, "batch_size")
     if crop_size is not None:
         crop_size = _positive_int(crop_size, "crop_size")
-        ds = ds.map(lambda image, label: val_transform(image, label, crop_size),
-                    num_parallel_calls=num_parallel_calls, deterministic=True)
+
+        def prepare(image, label):
+            return val_transform(image, label, crop_size)
+    else:
+        def prepare(image, label):
+            return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+
+    ds = ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if crop_size is not None:
         ds = ds.batch(batch_size)
     else:
-        ds = ds.map(lambda image, label: (tf.cast(image, tf.float32),
-                                          tf.cast(label, tf.int32)),
-                    num_parallel_calls=num_parallel_calls, deterministic=True)
         ds = ds.padded_batch(batch_size, padding_values=(0.0, IGNORE_LABEL))
     return ds.prefetch(_AUTOTUNE) if prefetch else ds

@@ -575,7 +575,7 @@ _TFDS_KNOWN = {
     "scene_parse150": dict(image_key="image", label_key="annotation", label_channel=0,
                            reduce_zero_label=True, num_classes=100,
                            class_names=palettes.ADE20K_INSTANCE_CLASSES,
-                           split_aliases={"val": "test", "validation": "test"}),
+                           split_aliases={"val": "test"}),
 }
 # Builders without segmentation masks, with where to go instead.
 _TFDS_NO_MASKS = {
@@ -692,8 +692,8 @@ class TfdsSource(Source):
         super().__init__(name or tfds_name, num_classes, class_names, palette, splits)
         self.builder = builder
         self._image_key, self._label_key = image_key, label_key
-        dtype = getattr(features[label_key], "dtype", tf.uint8)
-        size = 65536 if tf.as_dtype(dtype).size > 1 else 256
+        dtype = getattr(features[label_key], "np_dtype", np.uint8)
+        size = 65536 if np.dtype(dtype).itemsize > 1 else 256
         self._lut = label_lut(self.num_classes, ignore_index, reduce_zero_label, label_map,
                               size=size)
 
@@ -715,8 +715,12 @@ class TfdsSource(Source):
         records = self.builder.as_dataset(
             split=tfds_split, shuffle_files=False, decoders=decoders,
             read_config=tfds.ReadConfig(add_tfds_id=True))
-        keys = records.map(lambda ex: (ex["tfds_id"], ex[self._image_key],
-                                       ex[self._label_key]))
+        image_key, label_key = self._image_key, self._label_key
+
+        def select(example):
+            return example["tfds_id"], example[image_key], example[label_key]
+
+        keys = records.map(select)
         lut = tf.constant(self._lut)
         channel, source = self._label_channel, f"tfds {self.builder.info.full_name} {split}"
         num_classes = self.num_classes
@@ -739,14 +743,14 @@ class TfdsSource(Source):
             mapped = tf.gather(lut, tf.clip_by_value(raw, 0, lut.shape[0] - 1))
             bad = tf.boolean_mask(raw, (mapped < 0) | (raw < 0) | (raw >= lut.shape[0]))
             same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(raw)))
+            where = tagged(f"{source} record ") + record_id
             checks = [
-                tf.debugging.Assert(same_size, [tf.strings.format(
-                    tagged(f"{source} record {{}}: image is {{}} but label is {{}} (H, W)"),
-                    (record_id, tf.shape(image)[:2], tf.shape(raw)))]),
-                tf.debugging.Assert(tf.size(bad) == 0, [tf.strings.format(
-                    tagged(f"{source} record {{}}: label values {{}} are not class ids "
-                           f"0..{num_classes - 1} nor 255 (ignore)"),
-                    (record_id, tf.unique(bad)[0][:10]))]),
+                tf.debugging.Assert(same_size, [where + tf.strings.format(
+                    ": image is {} but label is {} (H, W)",
+                    (tf.shape(image)[:2], tf.shape(raw)))]),
+                tf.debugging.Assert(tf.size(bad) == 0, [where + tf.strings.format(
+                    ": label values {} are not class ids 0..%d nor 255 (ignore)"
+                    % (num_classes - 1), tf.sort(tf.unique(bad)[0])[:10])]),
             ]
             with tf.control_dependencies(checks):
                 mapped = tf.identity(mapped)
