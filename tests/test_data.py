@@ -344,6 +344,7 @@ def test_camvid_source(camvid_dir, monkeypatch):
     monkeypatch.setenv("KERAS_FASTFCN_CAMVID", str(camvid_dir))
     default = data.get_source("camvid")
     assert default.files("val") == src.files("val")
+    assert data.get_source("camvid", root=str(camvid_dir)).files("val") == src.files("val")
     seen = set()
     for (image, label), (_, label_path) in zip(src.dataset("val").take(6), src.files("val")):
         raw = np.asarray(Image.open(label_path))
@@ -408,11 +409,13 @@ def small_demo():
 
 
 def test_train_pipeline_is_deterministic_per_seed(small_demo):
-    def run(seed, epochs=2):
-        ds = data.train_pipeline(small_demo.dataset("train"), 48, 56, 4, seed=seed)
+    def run(seed, epochs=2, parallel=tf.data.AUTOTUNE):
+        ds = data.train_pipeline(small_demo.dataset("train"), 48, 56, 4, seed=seed,
+                                 num_parallel_calls=parallel)
         return [_batches(ds) for _ in range(epochs)]
 
-    first, again, other = run(7), run(7), run(8)
+    # Same seed: same batches, whatever the threading.
+    first, again, other = run(7), run(7, parallel=1), run(8)
     for epoch_a, epoch_b in zip(first, again):
         for (xa, ya), (xb, yb) in zip(epoch_a, epoch_b):
             np.testing.assert_array_equal(xa, xb)
@@ -420,6 +423,20 @@ def test_train_pipeline_is_deterministic_per_seed(small_demo):
     assert len(first[0]) == 3                                # 12 examples, batch 4
     assert not np.array_equal(first[0][0][0], first[1][0][0])  # new draw each epoch
     assert not np.array_equal(first[0][0][0], other[0][0][0])
+
+
+def test_skip_batches_resumes_the_same_stream(small_demo):
+    def stream(skip=0):
+        return data.train_pipeline(small_demo.dataset("train"), 32, 40, 4, seed=3,
+                                   repeat=True, skip_batches=skip)
+
+    full = _batches(stream(), 8)                  # crosses two passes over 12 images
+    resumed = _batches(stream(skip=5), 3)
+    for (xa, ya), (xb, yb) in zip(full[5:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(ValueError, match="skip_batches"):
+        data.train_pipeline(small_demo.dataset("train"), 32, 40, 4, skip_batches=-1)
 
 
 def test_train_pipeline_shapes_ranges_and_padding(small_demo):

@@ -206,13 +206,13 @@ def val_transform(image, label, crop_size):
 
 def train_pipeline(ds, crop_size, base_size, batch_size, seed=None, *,
                    scale_range=(0.5, 2.0), flip=True, blur=True, shuffle=True,
-                   shuffle_buffer=512, repeat=False, drop_remainder=True,
+                   shuffle_buffer=512, repeat=False, skip_batches=0, drop_remainder=True,
                    num_parallel_calls=_AUTOTUNE, prefetch=True):
     """Shuffled, augmented, batched training data.
 
     Datasets from `Source.dataset` are shuffled before decoding (file names: the
     whole split; tfds records: `shuffle_buffer` of them); other datasets are shuffled
-    with a `shuffle_buffer` of decoded examples. Each epoch (re-iteration) reshuffles
+    with a `shuffle_buffer` of decoded examples. Each pass over the data reshuffles
     and re-draws the augmentation, deterministically when `seed` is set.
 
     Args:
@@ -226,6 +226,9 @@ def train_pipeline(ds, crop_size, base_size, batch_size, seed=None, *,
         shuffle: shuffle the examples.
         shuffle_buffer: buffer size where the whole dataset cannot be shuffled.
         repeat: repeat forever (for `steps_per_epoch` training).
+        skip_batches: start after this many batches of the same stream, for resuming a
+            run: with the same seed the result equals `.skip(skip_batches)` of the
+            full pipeline, but the skipped examples are neither read nor augmented.
         drop_remainder: drop the last incomplete batch (fixed batch shape).
         num_parallel_calls: parallelism of decoding and augmentation.
         prefetch: prefetch batches.
@@ -243,6 +246,9 @@ def train_pipeline(ds, crop_size, base_size, batch_size, seed=None, *,
     crop_size = _positive_int(crop_size, "crop_size")
     base_size = _positive_int(base_size, "base_size")
     batch_size = _positive_int(batch_size, "batch_size")
+    skip_batches = int(skip_batches)
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}.")
     low, high = scale_range
     if not 0 < low <= high or int(base_size * low) < 1:
         raise ValueError(f"scale_range must be 0 < low <= high with base_size * low >= 1, "
@@ -252,28 +258,32 @@ def train_pipeline(ds, crop_size, base_size, batch_size, seed=None, *,
         seed = int(seed)
     lazy = lazy_parts(ds)
     if lazy is not None:
-        keys, load, num_keys, keys_are_small = lazy
-        if shuffle:
-            buffer = num_keys if keys_are_small else min(num_keys, shuffle_buffer)
-            keys = keys.shuffle(max(1, buffer), seed=seed, reshuffle_each_iteration=True)
-        ds = keys.map(load, num_parallel_calls=num_parallel_calls,
-                      deterministic=deterministic)
-    elif shuffle:
-        ds = ds.shuffle(_positive_int(shuffle_buffer, "shuffle_buffer"), seed=seed,
-                        reshuffle_each_iteration=True)
+        # Shuffle, repeat and skip the cheap keys; read each kept example once.
+        ds, load, num_keys, keys_are_small = lazy
+        buffer = num_keys if keys_are_small else min(num_keys, shuffle_buffer)
+    else:
+        load, buffer = None, _positive_int(shuffle_buffer, "shuffle_buffer")
+    if shuffle:
+        ds = ds.shuffle(max(1, buffer), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    # One random int64 per element, re-drawn each epoch; turned into stateless seeds.
+    # One random int64 per element, re-drawn each pass; element k of the stream always
+    # gets random k, so skipping elements before reading them changes nothing else.
     randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, randoms))
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)
 
-    def augment(example, random):
+    def read_and_augment(example, random):
+        if load is not None:
+            example = load(*example) if isinstance(example, tuple) else load(example)
         image, label = example
         key = tf.stack([random, tf.bitwise.right_shift(random, 32)])
         return train_transform(image, label, key, crop_size, base_size, scale_range,
                                flip, blur)
 
-    ds = tf.data.Dataset.zip((ds, randoms)).map(
-        augment, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    ds = ds.map(read_and_augment, num_parallel_calls=num_parallel_calls,
+                deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(_AUTOTUNE) if prefetch else ds
 

@@ -441,13 +441,14 @@ def folder_source(path, num_classes=None, class_names=None, ignore_index=(),
     return FileSource(name, pairs, num_classes, class_names, palette, lut)
 
 
-def camvid_source(path=None, **options):
+def camvid_source(path=None, root=None, **options):
     """CamVid (SegNet version, 11 classes) in the folder layout; void (11) -> ignore.
 
     Args:
         path: CamVid root with `train/`, `val/` and `classes.txt`. Default: the
             `KERAS_FASTFCN_CAMVID` environment variable, else `../shared/data/camvid`
             next to the repository.
+        root: same as `path` (for configs: `options: {root: PATH}`).
         **options: `folder_source` options (`ignore_index` defaults to 11).
 
     Example:
@@ -455,6 +456,9 @@ def camvid_source(path=None, **options):
     >>> src.num_examples("train"), src.num_examples("val")  # doctest: +SKIP
     (367, 101)
     """
+    if path is not None and root is not None:
+        raise ValueError("camvid: give the folder once, as camvid:PATH or root=PATH")
+    path = path if path is not None else root
     if path is None:
         path = os.environ.get("KERAS_FASTFCN_CAMVID") or DEFAULT_CAMVID
         if not pathlib.Path(path).is_dir():
@@ -829,7 +833,7 @@ def get_source(spec, **options):
         raise ValueError(f"dataset {spec!r}: {kind} takes no argument.")
     accepted = _accepted_options(factory)
     if kind == "camvid":
-        accepted = sorted(set(accepted) | set(_accepted_options(folder_source)) - {"path"})
+        accepted = sorted(set(accepted) | set(_accepted_options(folder_source)))
     elif kind == "voc":
         accepted = ["label_dir", "name"]
     elif kind == "ade20k":
