@@ -36,7 +36,8 @@ def _make_folder(root, splits=("train", "val"), n=3, size=(12, 16), classes=("a"
         base = root if split is None else root / split
         for i in range(n):
             stem = f"{split or 'img'}_{i}"
-            _save(base / "images" / f"{stem}.jpg", rng.randint(0, 255, size + (3,)).astype(np.uint8))
+            image = rng.randint(0, 255, size + (3,)).astype(np.uint8)
+            _save(base / "images" / f"{stem}.jpg", image)
             label = label_fn(i) if label_fn else rng.randint(0, 3, size).astype(np.uint8)
             _save(base / "labels" / f"{stem}.png", label)
     if classes:
@@ -314,7 +315,8 @@ def test_bad_files_name_the_file(tmp_path, case, pattern):
         image = b"this is not a jpeg"
     elif case == "truncated":
         path = tmp_path / "full.jpg"
-        Image.fromarray(np.random.RandomState(0).randint(0, 255, (64, 64, 3)).astype(np.uint8)).save(path)
+        noise = np.random.RandomState(0).randint(0, 255, (64, 64, 3)).astype(np.uint8)
+        Image.fromarray(noise).save(path)
         image = path.read_bytes()[:600]
     elif case == "rgb_label":
         label = np.zeros((4, 6, 3), np.uint8)

@@ -27,6 +27,7 @@ Example:
 (5, ('train', 'val'))
 """
 
+import abc
 import inspect
 import os
 import pathlib
@@ -35,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fastfcn.data import palettes
-from keras_fastfcn.data.errors import DataError, tagged
+from keras_fastfcn.data.errors import DataError, tagged, translate_errors
 
 __all__ = ["Source", "FileSource", "TfdsSource", "get_source", "folder_source",
            "camvid_source", "voc_source", "ade20k_source", "SPECS", "IGNORE_LABEL"]
@@ -61,8 +62,10 @@ def lazy_parts(ds):
     return getattr(ds, "_keras_fastfcn_lazy", None)
 
 
-class Source:
+class Source(abc.ABC):
     """A segmentation dataset: splits of (image, label) pairs plus class metadata.
+
+    Subclasses implement `dataset(split)` and `num_examples(split)`.
 
     Args:
         name: dataset name; also the palette lookup key stored in model configs.
@@ -107,13 +110,13 @@ class Source:
                              f"{', '.join(self.splits) or 'none'}.")
         return split
 
+    @abc.abstractmethod
     def dataset(self, split):
         """Full-size `(image uint8 (H, W, 3), label int32 (H, W))` examples, in order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def num_examples(self, split):
         """Number of examples in `split` (None if unknown)."""
-        raise NotImplementedError
 
     def verify(self, split):
         """Reads every example of `split`; raises `DataError` naming the first bad one.
@@ -121,8 +124,6 @@ class Source:
         Returns:
             The number of examples read.
         """
-        from keras_fastfcn.data.errors import translate_errors
-
         count = 0
         with translate_errors():
             for _ in self.dataset(split):
@@ -424,14 +425,15 @@ def folder_source(path, num_classes=None, class_names=None, ignore_index=(),
     root = _existing_dir(path, "dataset")
     pairs = _folder_splits(root)
     classes_file = root / "classes.txt"
+    names_from = "class_names"
     if class_names is None and classes_file.is_file():
-        class_names = _read_lines(classes_file)
+        class_names, names_from = _read_lines(classes_file), str(classes_file)
         if not class_names:
             raise ValueError(f"{classes_file} is empty")
     if class_names is not None:
         if num_classes is not None and int(num_classes) != len(class_names):
             raise ValueError(f"num_classes={num_classes} but {len(class_names)} class "
-                             f"names (from {classes_file if classes_file.is_file() else 'class_names'})")
+                             f"names (from {names_from})")
         num_classes = len(class_names)
     if num_classes is None:
         raise ValueError(f"{root} has no classes.txt: pass num_classes=N, or write "
