@@ -129,30 +129,29 @@ def run(args):
         raise ValueError(f"--limit must be >= 1, got {args.limit}.")
     if args.output:
         check_output_file(args.output)
-    model = inference.load_model(args.model)
-    predictor = inference.predictor_from_args(model, args)
+    if not os.path.exists(args.model):  # before the (slower) data source checks
+        raise FileNotFoundError(f"Model file not found: {args.model}")
 
-    from keras_fastfcn import data  # the data sources import tensorflow_datasets: lazily
+    from keras_fastfcn import data
 
     source = data.get_source(args.data)
+    model = inference.load_model(args.model)
+    predictor = inference.predictor_from_args(model, args)
     if source.num_classes != model.num_classes:
         raise ValueError(
             f"The model predicts {model.num_classes} classes but data {args.data!r} has "
             f"{source.num_classes}.")
     class_names = model.class_names or source.class_names
     dataset = source.dataset(args.split)
-    try:
-        num_examples = source.num_examples(args.split)
-    except Exception:  # the count is only for the progress bar
-        num_examples = None
+    num_examples = source.num_examples(args.split)  # None when unknown
 
     print(f"Evaluating {args.model} on {args.data} [{args.split}]: "
           f"{inference.describe_predictor(predictor)}")
-    with data.translate_errors():  # bad files met inside tf.data -> one-line DataError
-        result = evaluate_dataset(
-            predictor, dataset, model.num_classes, class_names=class_names,
-            ignore_label=getattr(source, "ignore_label", IGNORE_LABEL),
-            num_examples=num_examples, limit=args.limit, verbose=0 if args.quiet else 1)
+    # (cli.main turns data errors met inside tf.data into one-line DataErrors.)
+    result = evaluate_dataset(
+        predictor, dataset, model.num_classes, class_names=class_names,
+        ignore_label=source.ignore_label, num_examples=num_examples, limit=args.limit,
+        verbose=0 if args.quiet else 1)
 
     print()
     print(format_results(result))

@@ -1,11 +1,9 @@
 """`keras-fastfcn evaluate` and `predict` end to end on a tiny FastFCN, plus bad input."""
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import types
 
 import keras
 import numpy as np
@@ -14,11 +12,11 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_fastfcn
-from keras_fastfcn import cli, inference
+from keras_fastfcn import cli, data, inference
 from keras_fastfcn.metrics import SegmentationMetric
 
 NAMES = ["sky", "road", "car"]
-PALETTE = np.array([[128, 128, 128], [128, 64, 128], [64, 0, 128]], np.uint8)
+PALETTE = data.palettes.get_palette(None, 3)  # the model has no `dataset`: generated
 
 
 @pytest.fixture(scope="module")
@@ -41,53 +39,17 @@ def examples():
     return out
 
 
-class FakeSource:
-    """Stands in for a `keras_fastfcn.data` source (the contract in CONTRIBUTING.md)."""
-
-    name = "fake"
-    num_classes = 3
-    class_names = ["a", "b", "c"]
-    palette = PALETTE
-    ignore_label = 255
-
-    def __init__(self, examples):
-        self.examples = examples
-
-    def dataset(self, split):
-        if split != "val":
-            raise ValueError(f"Unknown split {split!r}")
-        return tf.data.Dataset.from_generator(
-            lambda: iter(self.examples),
-            output_signature=(tf.TensorSpec((None, None, 3), tf.uint8),
-                              tf.TensorSpec((None, None), tf.int32)))
-
-    def num_examples(self, split):
-        return len(self.examples)
-
-
-@pytest.fixture
-def fake_data(monkeypatch, examples):
-    """A stand-in `keras_fastfcn.data` with `get_source` and `palettes`."""
-    module = types.ModuleType("keras_fastfcn.data")
-
-    def get_source(spec):
-        if spec != "fake":
-            raise ValueError(f"Unknown data source {spec!r}")
-        return FakeSource(examples)
-
-    def get_palette(name, num_classes):
-        assert name is None
-        return PALETTE[:num_classes]
-
-    def class_names(name):
-        raise ValueError(name)
-
-    module.get_source = get_source
-    module.translate_errors = contextlib.nullcontext
-    module.palettes = types.SimpleNamespace(get_palette=get_palette, class_names=class_names)
-    monkeypatch.setitem(sys.modules, "keras_fastfcn.data", module)
-    monkeypatch.setattr(keras_fastfcn, "data", module, raising=False)
-    return module
+@pytest.fixture(scope="module")
+def folder_spec(tmp_path_factory, examples):
+    """`folder:PATH` data: val/images/*.png, val/labels/*.png and classes.txt."""
+    root = tmp_path_factory.mktemp("folder_data")
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "labels").mkdir(parents=True)
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    for k, (image, label) in enumerate(examples):
+        Image.fromarray(image).save(root / "val" / "images" / f"{k}.png")
+        Image.fromarray(label.astype(np.uint8)).save(root / "val" / "labels" / f"{k}.png")
+    return f"folder:{root}"
 
 
 def run_cli(capsys, *argv):
@@ -107,9 +69,9 @@ def assert_one_line_error(rc, err, *fragments):
 # ------------------------------------------------------------------------ evaluate
 
 
-def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, fake_data, examples):
+def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, folder_spec, examples):
     out_json = tmp_path / "res" / "results.json"
-    rc, out, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", "fake",
+    rc, out, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", folder_spec,
                            "--output", out_json)
     assert rc == 0, err
     for fragment in ["pixAcc", "mIoU_present", "official", "sky", "road", "car", "3/3"]:
@@ -131,8 +93,8 @@ def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, fake_data,
     assert not [p for p in os.listdir(out_json.parent) if p.startswith(".")]  # no temp left
 
 
-def test_evaluate_slide_ms_options(capsys, model_path, fake_data):
-    rc, out, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", "fake",
+def test_evaluate_slide_ms_options(capsys, model_path, folder_spec):
+    rc, out, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", folder_spec,
                            "--mode", "slide", "--crop-size", "48", "--scales", "0.75,1.0",
                            "--flip", "--limit", "2", "--quiet")
     assert rc == 0, err
@@ -140,35 +102,36 @@ def test_evaluate_slide_ms_options(capsys, model_path, fake_data):
     assert "2 images" in out
 
 
-def test_evaluate_bad_input(capsys, tmp_path, model_path, fake_data):
-    rc, _, err = run_cli(capsys, "evaluate", "--model", tmp_path / "nope.keras", "--data", "fake")
+def test_evaluate_bad_input(capsys, tmp_path, model_path, folder_spec):
+    rc, _, err = run_cli(capsys, "evaluate", "--model", tmp_path / "nope.keras",
+                         "--data", folder_spec)
     assert_one_line_error(rc, err, "Model file not found")
 
     junk = tmp_path / "junk.keras"
     junk.write_bytes(os.urandom(1000))
-    rc, _, err = run_cli(capsys, "evaluate", "--model", junk, "--data", "fake")
+    rc, _, err = run_cli(capsys, "evaluate", "--model", junk, "--data", folder_spec)
     assert_one_line_error(rc, err, "not a Keras model file")
 
     seq = tmp_path / "seq.keras"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(seq)
-    rc, _, err = run_cli(capsys, "evaluate", "--model", seq, "--data", "fake")
+    rc, _, err = run_cli(capsys, "evaluate", "--model", seq, "--data", folder_spec)
     assert_one_line_error(rc, err, "Sequential", "not a keras_fastfcn FastFCN model")
 
-    rc, _, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", "fake",
+    rc, _, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", folder_spec,
                          "--output", tmp_path)
     assert_one_line_error(rc, err, "is a directory")
 
     rc, _, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", "nosuch")
-    assert_one_line_error(rc, err, "Unknown data source")
+    assert_one_line_error(rc, err, "unknown dataset 'nosuch'")
 
-    rc, _, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", "fake",
+    rc, _, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", folder_spec,
                          "--ms", "--scales", "1.0")
     assert_one_line_error(rc, err, "--ms and --scales")
 
     four = tmp_path / "four.keras"
     keras_fastfcn.FastFCN(num_classes=4, head="fcn", jpu_width=64).save(four)
     out_json = tmp_path / "never.json"
-    rc, _, err = run_cli(capsys, "evaluate", "--model", four, "--data", "fake",
+    rc, _, err = run_cli(capsys, "evaluate", "--model", four, "--data", folder_spec,
                          "--output", out_json)
     assert_one_line_error(rc, err, "predicts 4 classes", "has 3")
     assert not out_json.exists()
@@ -190,8 +153,7 @@ def photo_dir(tmp_path):
     return folder
 
 
-def test_predict_writes_three_files_per_image(capsys, tmp_path, model_path, photo_dir,
-                                              fake_data):
+def test_predict_writes_three_files_per_image(capsys, tmp_path, model_path, photo_dir):
     out_dir = tmp_path / "out" / "pred"
     rc, out, err = run_cli(capsys, "predict", "--model", model_path, "--input", photo_dir,
                            "--output", out_dir, "--flip")
@@ -223,7 +185,7 @@ def test_predict_writes_three_files_per_image(capsys, tmp_path, model_path, phot
                                   np.argmax(scores.numpy()[0], -1))
 
 
-def test_predict_single_file_slide(capsys, tmp_path, model_path, photo_dir, fake_data):
+def test_predict_single_file_slide(capsys, tmp_path, model_path, photo_dir):
     out_dir = tmp_path / "single"
     rc, _, err = run_cli(capsys, "predict", "--model", model_path,
                          "--input", photo_dir / "street.jpg", "--output", out_dir,
@@ -233,7 +195,7 @@ def test_predict_single_file_slide(capsys, tmp_path, model_path, photo_dir, fake
                                            "street_overlay.png"]
 
 
-def test_predict_bad_input(capsys, tmp_path, model_path, photo_dir, fake_data):
+def test_predict_bad_input(capsys, tmp_path, model_path, photo_dir):
     out_dir = tmp_path / "never"
 
     def predict(model, src):
@@ -298,12 +260,7 @@ def test_cli_subprocess_exit_code_and_one_line(tmp_path):
 # ------------------------------------------------- with the real data sources
 
 
-@pytest.fixture(scope="module")
-def data_module():
-    return pytest.importorskip("keras_fastfcn.data", reason="keras_fastfcn.data not merged yet")
-
-
-def test_evaluate_demo_source(capsys, tmp_path, data_module):
+def test_evaluate_demo_source(capsys, tmp_path):
     model_file = tmp_path / "demo.keras"
     keras_fastfcn.FastFCN(num_classes=5, head="fcn", jpu_width=64, dataset="demo").save(
         model_file)
@@ -312,13 +269,13 @@ def test_evaluate_demo_source(capsys, tmp_path, data_module):
                            "--limit", "4", "--output", out_json)
     assert rc == 0, err
     report = json.loads(out_json.read_text())
-    source = data_module.get_source("demo")
+    source = data.get_source("demo")
     assert report["images"] == 4
     assert [c["name"] for c in report["per_class"]] == list(source.class_names)
     assert 0.0 <= report["mIoU"] <= report["mIoU_present"] <= 1.0
 
 
-def test_camvid_evaluate_and_predict_palette(capsys, tmp_path, data_module, camvid_dir):
+def test_camvid_evaluate_and_predict_palette(capsys, tmp_path, camvid_dir):
     model_file = tmp_path / "camvid.keras"
     keras_fastfcn.FastFCN(num_classes=11, head="fcn", jpu_width=64, dataset="camvid").save(
         model_file)
@@ -331,14 +288,14 @@ def test_camvid_evaluate_and_predict_palette(capsys, tmp_path, data_module, camv
     rc, out, err = run_cli(capsys, "predict", "--model", model_file, "--input", image,
                            "--output", tmp_path / "pred")
     assert rc == 0, err
-    palette = data_module.palettes.get_palette("camvid", 11)
+    palette = data.palettes.get_palette("camvid", 11)
     labels = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_labels.png"))
     color = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}_color.png"))
     assert labels.shape == (360, 480) and color.shape == (360, 480, 3)
     np.testing.assert_array_equal(color, palette[labels])
 
 
-def test_evaluate_reports_bad_labels_in_one_line(capsys, tmp_path, model_path, data_module):
+def test_evaluate_reports_bad_labels_in_one_line(capsys, tmp_path, model_path):
     root = tmp_path / "folder"
     (root / "val" / "images").mkdir(parents=True)
     (root / "val" / "labels").mkdir(parents=True)
