@@ -160,7 +160,7 @@ def palette_and_names(model):
 def label_image(labels):
     """Class map -> PIL image: 8-bit (mode L) up to 256 classes, else 16-bit."""
     if labels.max(initial=0) < 256:
-        return Image.fromarray(labels.astype(np.uint8), mode="L")
+        return Image.fromarray(labels.astype(np.uint8))  # mode L
     return Image.fromarray(labels.astype(np.uint16))
 
 
@@ -227,6 +227,7 @@ def run(args):
              visualize.overlay(image, labels, palette, class_names, alpha=args.alpha)),
         ])
         present = visualize.legend_entries(labels, class_names, palette)
-        summary = ", ".join(f"{name} {visualize._percent(frac)}" for name, _, frac in present[:4])
+        summary = ", ".join(f"{name} {visualize.percent_text(frac)}"
+                            for name, _, frac in present[:4])
         print(f"{f} -> {stem}_{{labels,color,overlay}}.png  ({summary})")
     return 0

@@ -80,7 +80,8 @@ def legend_entries(labels, class_names, palette):
              counts[i] / total) for i in order]
 
 
-def _percent(fraction):
+def percent_text(fraction):
+    """An area fraction as text for legends: `0.123` -> `"12.3%"`, tiny -> `"<0.1%"`."""
     return "<0.1%" if 0 < fraction < 0.0005 else f"{100.0 * fraction:.1f}%"
 
 
@@ -107,7 +108,7 @@ def draw_legend(image, entries, font_size=None):
     pad = max(4, size // 2)
     swatch = size
     row = size + pad
-    texts = [f"{name}  {_percent(frac)}" for name, _, frac in entries]
+    texts = [f"{name}  {percent_text(frac)}" for name, _, frac in entries]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max([probe.textbbox((0, 0), t, font=font)[2] for t in texts] + [0])
     panel_w = pad + swatch + pad + text_w + pad
