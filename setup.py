@@ -15,6 +15,7 @@ setup(
         "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
         "keras>=3.3",
         "tensorflow-datasets>=4.9",
+        "tensorboard",  # the TensorBoard callback; tensorflow-cpu does not pull it in
         "numpy",
         "pillow",
         "pyyaml",

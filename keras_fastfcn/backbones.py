@@ -1,9 +1,10 @@
 """ResNet backbones as multi-output feature extractors (C2..C5 at strides 4..32).
 
-`keras.applications` ResNets are used as they are for output stride 32 (what JPU
-needs). For the DilatedFCN baselines (output stride 16 or 8) the model is rebuilt
-from the same config with the stage strides turned into dilations, then given the
-original model's weights, so ImageNet (or any compatible) weights load unchanged.
+`keras.applications` ResNets are rebuilt from their own config, then given the
+original model's weights, so ImageNet (or any compatible) weights load unchanged:
+with PyTorch's BatchNorm momentum (as the official fine-tuning) and, for the
+DilatedFCN baselines (output stride 16 or 8), the stage strides turned into
+dilations. Output stride 32 is what JPU needs.
 The dilation pattern follows the official `encoding/dilated/resnet.py`: in a stage
 dilated by `d`, the first block uses `d / 2` and the others `d`.
 
@@ -20,6 +21,8 @@ faithful C2..C5 tap without restructuring the network.
 import os
 
 import keras
+
+from keras_fastfcn.layers.conv import BN_MOMENTUM
 
 # name -> (keras.applications constructor name, preprocessing mode of its weights)
 _KERAS_RESNETS = {
@@ -131,11 +134,15 @@ def _keras_resnet(name, output_stride, weights):
                 "backbone_weights=None for a random init or a path to a local weights file."
             ) from err
         raise
-    if output_stride != 32:
-        config = _dilate_config(base.get_config(), output_stride)
-        dilated = keras.Model.from_config(config)
-        dilated.set_weights(base.get_weights())
-        base = dilated
+    # Rebuilt from its own config (same layers, same weight shapes) with the
+    # official fine-tuning setup: PyTorch's BatchNorm momentum (0.1, Keras 0.9,
+    # instead of keras.applications' 0.99, whose moving statistics lag far behind
+    # a fine-tuned network for thousands of steps) and, for output stride 16 or 8,
+    # dilated last stages.
+    config = _finetune_config(base.get_config(), output_stride)
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(base.get_weights())
+    base = rebuilt
     taps = [_last_block_output(base, stage) for stage in (2, 3, 4, 5)]
     return keras.Model(base.input, taps, name=f"{name}_os{output_stride}")
 
@@ -147,12 +154,14 @@ def _last_block_output(model, stage):
     return model.get_layer(names[-1]).output
 
 
-def _dilate_config(config, output_stride):
-    """Returns a copy of a keras.applications ResNet config with dilated stages."""
-    stage_dilation = {4: 2, 5: 4} if output_stride == 8 else {5: 2}
+def _finetune_config(config, output_stride):
+    """A copy of a keras.applications ResNet config with BN momentum 0.9 and dilated stages."""
+    stage_dilation = {8: {4: 2, 5: 4}, 16: {5: 2}, 32: {}}[output_stride]
     config = dict(config, layers=[dict(layer) for layer in config["layers"]])
     for layer in config["layers"]:
         name = layer["config"]["name"]
+        if layer["class_name"] == "BatchNormalization":
+            layer["config"] = dict(layer["config"], momentum=BN_MOMENTUM)
         for stage, dilation in stage_dilation.items():
             prefix = f"conv{stage}_block"
             if not name.startswith(prefix):

@@ -242,12 +242,43 @@ def make_strategy(name="default", cpu_devices=None):
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable "
                              "describing the cluster (see README, 'Distributed training').")
+        _patch_keras_multiworker_reduce()
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if gpus and not cpu_devices:
         return tf.distribute.MirroredStrategy()
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _patch_keras_multiworker_reduce():
+    """Works around keras-team/keras#20585 (Keras 3 `fit` under MultiWorkerMirroredStrategy).
+
+    Keras reduces each step's logs (scalar losses and metrics) across workers with
+    `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars ("Invalid reduction
+    dimension 0 for input with 0 dimensions"). Scalars are reduced with `axis=None`
+    (the mean over replicas) instead; everything else goes to Keras unchanged.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = getattr(tf_trainer, "reduce_per_replica", None)
+    if original is None or getattr(original, "_keras_fastfcn_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+                strategy):
+            def reduce(v):
+                local = strategy.experimental_local_results(v)
+                if local and local[0].shape.rank == 0:
+                    return strategy.reduce("MEAN", v, axis=None)
+                return original(v, strategy, reduction)
+
+            return tf.nest.map_structure(reduce, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._keras_fastfcn_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def is_chief(strategy):
@@ -426,16 +457,12 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """`ModelCheckpoint` that writes through a temporary file and a rename.
 
     Keras saves in place, so a kill during the save would leave a corrupt
-    best-model file; only the chief worker writes.
+    best-model file.
     """
-
-    def __init__(self, *args, chief=True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.chief = chief
 
     def _save_model(self, epoch, batch, logs):
         filepath = self._get_file_path(epoch, batch, logs)
-        if not self._should_save_model(epoch, batch, logs, filepath) or not self.chief:
+        if not self._should_save_model(epoch, batch, logs, filepath):
             return
         with atomic_path(filepath) as tmp:
             if self.save_weights_only:
@@ -588,14 +615,14 @@ def train(cfg, strategy=None):
 
     backup = ResumableBackup(backup_dir, t["checkpoint_every"], steps_per_epoch, chief)
     prefix = "val_logits_" if isinstance(model.output, dict) else "val_"
-    callbacks = [
-        backup,
-        MeanOfMetrics(prefix + "mean_iou", prefix + "pixel_accuracy"),
-        AtomicModelCheckpoint(os.path.join(out, "best.keras"), monitor="val_score", mode="max",
-                              save_best_only=True, chief=chief),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
-    ]
+    callbacks = [backup, MeanOfMetrics(prefix + "mean_iou", prefix + "pixel_accuracy")]
+    if chief:  # other workers would write the same files
+        callbacks += [
+            AtomicModelCheckpoint(os.path.join(out, "best.keras"), monitor="val_score",
+                                  mode="max", save_best_only=True),
+            keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+            keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+        ]
     # A resumed epoch runs its remaining steps in a first fit() call; the data
     # stream is rebuilt at each call to start at the global step reached.
     phases = []
@@ -610,7 +637,9 @@ def train(cfg, strategy=None):
                                      first * steps_per_epoch + offset, num_classes,
                                      m["aux"], m["se_loss"])
         backup.step_offset = offset
-        model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps,
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            _symbolic_build_without_reduce(model, train_ds)
+        model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
                   validation_data=val_ds, callbacks=callbacks, verbose=t["verbose"])
 
     results = {"name": cfg["name"], "steps": int(model.optimizer.iterations.numpy()),
@@ -626,6 +655,21 @@ def train(cfg, strategy=None):
         shutil.rmtree(backup_dir, ignore_errors=True)
         results["model_path"] = final
     return results
+
+
+def _symbolic_build_without_reduce(model, dataset):
+    """Works around keras-team/keras#20585: Keras 3's `fit` under
+    `MultiWorkerMirroredStrategy` fails before the first step, because its symbolic
+    build `strategy.reduce`s a distributed input batch, which collective strategies
+    refuse. The build only needs shapes, so it is given one undistributed batch.
+    """
+    sample = next(iter(dataset.take(1)))
+
+    def build(iterator=None, data_batch=None):
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=sample)
+
+    model._maybe_symbolic_build = build
 
 
 def final_evaluation(model, source, split):

@@ -33,6 +33,13 @@ def test_dilated_backbone_keeps_weights_and_dilates_like_official():
     assert dilated.get_layer("conv4_block1_1_conv").strides == (1, 1)
 
 
+def test_backbone_uses_pytorch_batchnorm_momentum():
+    model = backbones.build_backbone("resnet50", output_stride=32)
+    moms = {layer.momentum for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
+    assert moms == {0.9}
+
+
 def test_backbone_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown backbone 'resnet18'"):
         backbones.build_backbone("resnet18")
