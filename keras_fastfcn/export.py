@@ -319,7 +319,8 @@ def _write_saved_model(net, endpoints, path):
     the Keras model does not (its variables are not found there).
     """
     archive = keras.export.ExportArchive()
-    archive.track(net)
+    # No `archive.track(net)`: the archive already saves the variables the
+    # endpoints use, and tracking the model as well stores every weight twice.
     for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name, fn, input_signature=signature)
     archive.write_out(path, verbose=False)

@@ -281,9 +281,11 @@ def test_resolve_version_dir(tmp_path):
     (base / ".13.tmp").mkdir()  # an unfinished export is not a version
     assert export.resolve_version_dir(str(base)) == (str(base), 13)
     assert export.resolve_version_dir(str(base / "5")) == (str(base), 5)
-    (base / "12" / "saved_model.pb").write_bytes(b"")
+    # A plain SavedModel folder (not NAME/VERSION) is not a TF Serving base.
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "saved_model.pb").write_bytes(b"")
     with pytest.raises(ValueError, match="itself a SavedModel"):
-        export.resolve_version_dir(str(base / "12" / ""))
+        export.resolve_version_dir(str(tmp_path / "plain"))
 
 
 # --- CLI ------------------------------------------------------------------------
