@@ -21,6 +21,7 @@ setup(
     ],
     extras_require={
         "export": ["tf2onnx>=1.16", "onnxruntime", "onnx"],
+        "convert": ["torch>=2.5"],
         "test": ["pytest", "tf2onnx>=1.16", "onnxruntime", "onnx", "torch==2.13.0"],
         "bench": ["matplotlib"],
     },

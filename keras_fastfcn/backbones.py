@@ -7,6 +7,11 @@ original model's weights, so ImageNet (or any compatible) weights load unchanged
 The dilation pattern follows the official `encoding/dilated/resnet.py`: in a stage
 dilated by `d`, the first block uses `d / 2` and the others `d`.
 
+The official FastFCN checkpoints use "deep stem" ResNets (three 3x3 stem convs,
+stride in the bottleneck's 3x3 conv): they are `resnet50s`, `resnet101s` and
+`resnet152s`, built in `keras_fastfcn.resnet_deepstem` and registered here, with
+the ImageNet mean/std ("torch") preprocessing of those checkpoints.
+
 ResNet V2 is not offered: keras.applications' V2 strides in the *last* block of
 each stage, so its stage outputs already sit at the next stride and there is no
 faithful C2..C5 tap without restructuring the network.
@@ -36,7 +41,22 @@ _EXTRA_BACKBONES = {}
 
 
 def register_backbone(name, builder, preprocessing):
-    """Adds a backbone builder `builder(output_stride, weights)` under `name`."""
+    """Adds a backbone builder `builder(output_stride, weights)` under `name`.
+
+    Args:
+        name: the name `build_backbone` and `FastFCN(backbone=...)` will accept.
+        builder: callable `(output_stride, weights) -> keras.Model` returning
+            `[c2, c3, c4, c5]` (256/512/1024/2048 channels for the heads' widths).
+        preprocessing: the `ImageNormalization` mode its weights expect.
+
+    Example:
+    >>> import functools
+    >>> from keras_fastfcn.resnet_deepstem import build_resnet_deepstem
+    >>> register_backbone("tiny_s", functools.partial(build_resnet_deepstem, (1, 1, 1, 1)),
+    ...                   "torch")
+    """
+    if name in _KERAS_RESNETS:
+        raise ValueError(f"{name!r} is a built-in keras.applications backbone name.")
     _EXTRA_BACKBONES[name] = (builder, preprocessing)
 
 
@@ -74,7 +94,10 @@ def build_backbone(name="resnet50", output_stride=32, weights=None):
         output_stride: 32 (plain), 16 or 8 (last stages dilated).
         weights: `None` (random init), `"imagenet"` (downloaded by
             keras.applications), or a path to a `.h5`/`.weights.h5` file of the
-            matching `include_top=False` keras.applications model.
+            matching `include_top=False` keras.applications model. The deep-stem
+            ResNets (`resnet50s`, ...) take `None` or a `.weights.h5` file of the
+            same network (see `keras-fastfcn convert --backbone-only`); they have no
+            ImageNet download.
 
     Returns:
         A functional `keras.Model` from images (already normalized for the
@@ -142,3 +165,16 @@ def _dilate_config(config, output_stride):
                 rate = dilation // 2 if block == 1 else dilation
                 layer["config"]["dilation_rate"] = (rate, rate)
     return config
+
+
+def _register_deepstem():
+    from keras_fastfcn import resnet_deepstem
+
+    for name, depth in resnet_deepstem.DEEPSTEM_DEPTHS.items():
+        def builder(output_stride, weights, _depth=depth, _name=name):
+            return resnet_deepstem.build_resnet_deepstem(
+                _depth, output_stride, weights, name=f"{_name}_os{output_stride}")
+        register_backbone(name, builder, "torch")
+
+
+_register_deepstem()

@@ -50,8 +50,12 @@ def main(argv=None):
                                      description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
+    from keras_fastfcn.data.errors import translate_errors
+
     try:
-        return int(module.run(args) or 0)
+        # Data errors raised inside tf.data come out as one line naming the file.
+        with translate_errors():
+            return int(module.run(args) or 0)
     except (CommandError, ValueError, FileNotFoundError, NotADirectoryError,
             FileExistsError, PermissionError) as err:
         if os.environ.get("KERAS_FASTFCN_DEBUG"):
