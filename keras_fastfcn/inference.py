@@ -1,0 +1,548 @@
+"""Full-size prediction: whole image or sliding window, multi-scale and flip.
+
+This reproduces the official evaluator (`MultiEvalModule` and `module_inference`
+in wuhuikai/FastFCN `encoding/models/base.py`) on top of a Keras model that maps
+0-255 RGB images `(B, H, W, 3)` to logits `(B, H, W, C)` at the input size (a
+`keras_fastfcn.FastFCN`; dict-output training models are reduced to their
+`"logits"`).
+
+What is summed (the official definition, read off `module_inference`): for each
+scale `s` the image is resized (bilinear) so that its long side is
+`ceil(base_size * s)` and the model's *raw logits* `z` are taken; with flip, the
+logits of the mirrored image are mirrored back and *added to the logits*, and the
+scale's score is `exp(z + flip(z_flipped))`: an exponential of summed logits,
+not a softmax probability. In sliding-window mode the exponentiated window scores
+are averaged where windows overlap. Each scale's scores are resized (bilinear) to
+the input size and the scales are summed. The class map is the argmax.
+
+One deliberate difference: `exp` overflows float32 once logits reach ~88 (easy
+with flip, which doubles them, or with an untrained model). Scores are therefore
+computed as `exp(z - shift)` with one shift per image, `shift = max(0, max(z) -
+80)`, kept consistent across scales (a running rescale, as in a streaming
+log-sum-exp). When every logit is below 80 (any reasonably trained model) the shift
+is 0 and the scores are exactly the official ones; otherwise they are the official
+scores times `exp(-shift)`, a positive constant per image, so the argmax and
+per-pixel normalized scores (`normalize_scores`) are unchanged.
+
+Modes:
+    - `"whole"`: the model sees the whole (resized) image, any size, no padding.
+      Traceable in a `tf.function` with dynamic height and width
+      (`multiscale_scores`), which the exporter builds its serving graph on.
+    - `"slide"`: the official evaluator exactly. Per scale: if the long side is at
+      most `crop_size`, pad to `crop_size` and run once; else pad the short side up
+      to `crop_size` if needed and run `crop_size` windows on a grid with stride
+      `int(2/3 * crop_size)` (the last windows overhang and are padded), averaging
+      overlapping scores (`count_norm`). The official code pads its normalized
+      images with `-mean / std`, the normalized value of a black pixel; our models
+      normalize inside the graph, so padding the raw 0-255 image with 0 (black) is
+      the same input (for any normalization mode, not only the official one). All
+      windows of a scale (and their flips) go through the model as one batch.
+
+`base_size=None` means each image's own long side, so scale 1.0 is the image as is.
+The official test script uses `base_size=520, crop_size=480` (Pascal Context,
+ADE20K), scales `(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)` with flip for `--ms`, and
+`(1.0,)` without flip otherwise; even single-scale, it resizes to `base_size` and
+runs windows, so its single-scale numbers correspond to
+`mode="slide", base_size=520, crop_size=480`.
+"""
+
+import math
+import os
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_fastfcn.ops import resize_bilinear
+
+MODES = ("whole", "slide")
+MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+STRIDE_RATE = 2.0 / 3.0
+# Logits above this would make exp() overflow float32 (max ~3.4e38 = e^88.7) once a
+# few scales are summed; see the module docstring.
+_MAX_EXP_ARG = 80.0
+
+# --------------------------------------------------------------------------- model
+
+
+def logits_model(model):
+    """The logits-only model of `model` (FastFCN dict outputs -> `"logits"`)."""
+    if hasattr(model, "inference_model"):
+        return model.inference_model()
+    if isinstance(getattr(model, "output", None), dict):
+        if "logits" not in model.output:
+            raise ValueError(f"Model {model.name!r} has dict outputs without a 'logits' entry.")
+        return keras.Model(model.input, model.output["logits"])
+    return model
+
+
+def load_model(path):
+    """Loads a saved `keras_fastfcn.FastFCN` (`.keras`) with a clear error otherwise.
+
+    Args:
+        path: path of a `.keras` file written by `model.save`.
+
+    Returns:
+        The `FastFCN` model.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file is not a Keras model, or is a Keras model that is not
+            a keras_fastfcn `FastFCN`.
+
+    Example:
+    >>> model = load_model("model.keras")  # doctest: +SKIP
+    """
+    import zipfile
+
+    from keras_fastfcn.models import FastFCN
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Model file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a .keras model file.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a Keras model file (.keras, a zip archive written by model.save)."
+        )
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for foreign or broken files.
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"Could not load {path} as a Keras model: {first_line}") from err
+    if not isinstance(model, FastFCN):
+        raise ValueError(
+            f"{path} holds a {type(model).__name__} model ({model.name!r}), not a "
+            "keras_fastfcn FastFCN model."
+        )
+    return model
+
+
+# ------------------------------------------------------------------- size helpers
+
+
+def scaled_size(height, width, scale, base_size=None):
+    """The official `MultiEvalModule` size of an image at `scale` (Python ints).
+
+    The long side becomes `ceil(base_size * scale)` and the short side keeps the
+    aspect ratio, rounded half up. `base_size=None` uses the image's long side.
+
+    Example:
+    >>> scaled_size(512, 683, 0.75, base_size=520)
+    (292, 390)
+    """
+    base = max(height, width) if base_size is None else base_size
+    long_size = int(math.ceil(base * scale))
+    if height > width:
+        return long_size, int(1.0 * width * long_size / height + 0.5)
+    return int(1.0 * height * long_size / width + 0.5), long_size
+
+
+def _scaled_size_tensor(height, width, scale, base_size):
+    """`scaled_size` with tf ops for dynamic sizes (same float64 arithmetic)."""
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    base = tf.maximum(h, w) if base_size is None else tf.constant(float(base_size), tf.float64)
+    long_size = tf.math.ceil(base * scale)
+    short_of_h = tf.floor(1.0 * w * long_size / h + 0.5)  # width when h > w
+    short_of_w = tf.floor(1.0 * h * long_size / w + 0.5)  # height when h <= w
+    out_h = tf.where(h > w, long_size, short_of_w)
+    out_w = tf.where(h > w, short_of_h, long_size)
+    return tf.cast(out_h, tf.int32), tf.cast(out_w, tf.int32)
+
+
+def _check_scales(scales):
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales}.")
+    return scales
+
+
+# --------------------------------------------------------------------- the scores
+
+
+def _flip_w(x):
+    return tf.reverse(x, axis=[2])
+
+
+def _logits_with_flip(model, x, flip):
+    """Raw logits of `x`, plus (with flip) the mirrored logits of the mirrored input.
+
+    Image and mirror go through the model as one batch.
+    """
+    if not flip:
+        return _call_logits(model, x)
+    batch = tf.shape(x)[0]
+    both = _call_logits(model, tf.concat([x, _flip_w(x)], axis=0))
+    return both[:batch] + _flip_w(both[batch:])
+
+
+def _call_logits(model, x):
+    out = model(x, training=False)
+    if isinstance(out, dict):
+        out = out["logits"]
+    return tf.cast(out, tf.float32)
+
+
+def _accumulate(acc, acc_shift, term, term_shift):
+    """acc * exp(-acc_shift) + term * exp(-term_shift) re-expressed at the larger shift."""
+    if acc is None:
+        return term, term_shift
+    new_shift = tf.maximum(acc_shift, term_shift)
+    return (acc * tf.exp(acc_shift - new_shift) + term * tf.exp(term_shift - new_shift),
+            new_shift)
+
+
+def _exp_shift(max_logit):
+    """Per-image shift (B, 1, 1, 1) that keeps exp() finite; 0 for sane logits."""
+    return tf.maximum(max_logit - _MAX_EXP_ARG, 0.0)
+
+
+def multiscale_scores(model, images, scales=(1.0,), flip=False, base_size=None,
+                      align_corners=True):
+    """Whole-image multi-scale (+ flip) class scores, written with tf ops only.
+
+    For each scale the batch is resized (bilinear, `align_corners`) to
+    `scaled_size(H, W, scale, base_size)`, run through `model` whole (no padding, no
+    windows), exponentiated as `exp(z + flip(z_flipped))` (see the module docstring
+    for the shift that prevents overflow), resized back to `(H, W)` and summed over
+    scales. Height and width may be dynamic: this function can be traced once in a
+    `tf.function` with `input_signature=[tf.TensorSpec((None, None, None, 3))]` and
+    serves any image size (the exporter's serving graph is built on it).
+
+    Args:
+        model: a Keras model, 0-255 RGB `(B, H, W, 3)` -> logits `(B, H, W, C)`
+            (dict outputs: the `"logits"` entry is used).
+        images: float32 (or uint8) tensor `(B, H, W, 3)`, 0-255 RGB.
+        scales: Python floats, resize factors of `base_size`.
+        flip: bool, add horizontally mirrored predictions.
+        base_size: int or None (the image's own long side).
+        align_corners: bool, resize semantics (the official code uses True).
+
+    Returns:
+        float32 tensor `(B, H, W, C)` of summed scores; argmax over the last axis is
+        the class map.
+
+    Example:
+    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+    >>> multiscale_scores(model, tf.zeros((1, 64, 80, 3)), scales=(0.5, 1.0), flip=True).shape
+    TensorShape([1, 64, 80, 3])
+    """
+    scales = _check_scales(scales)
+    images = tf.cast(images, tf.float32)
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    acc = shift = None
+    for scale in scales:
+        identity = scale == 1.0 and base_size is None
+        if identity:
+            x = images
+        else:
+            size = _scaled_size_tensor(height, width, scale, base_size)
+            x = resize_bilinear(images, size, align_corners)
+        z = _logits_with_flip(model, x, flip)
+        term_shift = _exp_shift(tf.reduce_max(z, axis=[1, 2, 3], keepdims=True))
+        term = tf.exp(z - term_shift)
+        if not identity:
+            term = resize_bilinear(term, (height, width), align_corners)
+        acc, shift = _accumulate(acc, shift, term, term_shift)
+    return acc
+
+
+def normalize_scores(scores):
+    """Per-pixel normalized scores (sum to 1 over classes).
+
+    For a single scale without flip this is exactly the softmax of the logits;
+    otherwise it is the official ensemble's scores as a distribution.
+    """
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    return scores / tf.maximum(tf.reduce_sum(scores, axis=-1, keepdims=True), 1e-30)
+
+
+class Predictor:
+    """Compiled full-size predictor: whole image or sliding window, MS and flip.
+
+    Build one per model and option set and call it on batches; the model forward is
+    traced once (`tf.function` with dynamic shapes) and reused for every image size.
+    `predict()` caches one per model.
+
+    Args:
+        model: a `keras_fastfcn.FastFCN` (or any Keras model mapping 0-255 RGB
+            `(B, H, W, 3)` to logits `(B, H, W, C)` at the input size).
+        mode: `"whole"` or `"slide"` (see the module docstring).
+        scales: resize factors of `base_size`; `MS_SCALES` is the official set.
+        flip: bool, add horizontally mirrored predictions.
+        crop_size: window size for `"slide"` (required there; official 480).
+        base_size: long side at scale 1.0; None = each image's own long side.
+        align_corners: resize semantics; None takes the model's `align_corners`
+            (True for FastFCN, as the official code).
+        pad_value: raw RGB padding colour for `"slide"` (default 0, black: the
+            official `-mean / std` padding of normalized images).
+        jit_compile: compile the model forward with XLA (per input shape; useful in
+            `"slide"` mode on GPU, where every window has the same shape).
+
+    Example:
+    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+    >>> predictor = Predictor(model, mode="slide", crop_size=48, flip=True)
+    >>> predictor(np.zeros((1, 64, 96, 3), "uint8")).shape
+    TensorShape([1, 64, 96, 3])
+    """
+
+    def __init__(self, model, mode="whole", scales=(1.0,), flip=False, crop_size=None,
+                 base_size=None, align_corners=None, pad_value=0.0, jit_compile=False):
+        if mode not in MODES:
+            raise ValueError(f"Unknown inference mode {mode!r}: expected one of {MODES}.")
+        self.scales = _check_scales(scales)
+        if mode == "slide":
+            if crop_size is None:
+                raise ValueError("mode='slide' needs crop_size (the window size, e.g. 480).")
+            crop_size = int(crop_size)
+            if crop_size < 2:
+                raise ValueError(f"crop_size must be >= 2, got {crop_size}.")
+        if base_size is not None:
+            base_size = int(base_size)
+            if base_size < 1:
+                raise ValueError(f"base_size must be a positive int or None, got {base_size}.")
+        self.model = logits_model(model)
+        self.mode = mode
+        self.flip = bool(flip)
+        self.crop_size = crop_size
+        self.base_size = base_size
+        if align_corners is None:
+            align_corners = getattr(model, "align_corners", True)
+        self.align_corners = bool(align_corners)
+        self.pad_value = tuple(float(v) for v in np.broadcast_to(pad_value, (3,)))
+        spec = [tf.TensorSpec((None, None, None, 3), tf.float32)]
+        # Plain Python loops over static scales/windows: no autograph needed.
+        if mode == "whole":
+            self._whole = tf.function(self._whole_graph, input_signature=spec,
+                                      jit_compile=jit_compile, autograph=False)
+        else:
+            # One trace for every window batch; XLA (if asked) specializes per shape.
+            self._forward = tf.function(self._forward_graph, input_signature=spec,
+                                        jit_compile=jit_compile, autograph=False)
+
+    def _whole_graph(self, images):
+        return multiscale_scores(self.model, images, self.scales, self.flip,
+                                 self.base_size, self.align_corners)
+
+    def _forward_graph(self, windows):
+        return _logits_with_flip(self.model, windows, self.flip)
+
+    def __call__(self, images):
+        """Summed class scores `(B, H, W, C)` (float32 tensor) at the input size.
+
+        Args:
+            images: `(B, H, W, 3)` or one `(H, W, 3)` image (a batch axis is added
+                and removed again), uint8 or float 0-255 RGB.
+        """
+        images = tf.convert_to_tensor(images)
+        single = images.shape.rank == 3
+        if single:
+            images = images[None]
+        if images.shape.rank != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"images must be (batch, height, width, 3) RGB, got shape {tuple(images.shape)}.")
+        if images.dtype.is_bool or images.dtype == tf.string:
+            raise ValueError(f"images must be numeric 0-255 RGB, got dtype {images.dtype.name}.")
+        if images.shape[1] == 0 or images.shape[2] == 0:
+            raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}.")
+        images = tf.cast(images, tf.float32)
+        if self.mode == "whole":
+            scores = self._whole(images)
+        else:
+            scores = self._slide(images)
+        return scores[0] if single else scores
+
+    # ------------------------------------------------------------------ slide
+
+    def _pad(self, images, height, width):
+        """Pads `images` at the bottom/right to (height, width) with the pad colour."""
+        pad_h = height - images.shape[1]
+        pad_w = width - images.shape[2]
+        if pad_h <= 0 and pad_w <= 0:
+            return images
+        colour = tf.constant(self.pad_value, tf.float32)
+        # Pad (x - colour) with zeros, then add the colour back: a per-channel pad value.
+        shifted = tf.pad(images - colour, [[0, 0], [0, max(pad_h, 0)], [0, max(pad_w, 0)], [0, 0]])
+        return shifted + colour
+
+    def _slide_scale(self, images, height, width):
+        """One scale of the official evaluator: scores (B, height, width, C) and shift."""
+        crop = self.crop_size
+        batch = images.shape[0]
+        if max(height, width) <= crop:
+            z = self._forward(self._pad(images, crop, crop))[:, :height, :width]
+            shift = _exp_shift(tf.reduce_max(z, axis=[1, 2, 3], keepdims=True))
+            return tf.exp(z - shift), shift
+
+        stride = int(crop * STRIDE_RATE)
+        # Official: pad the short side to the crop size if it is smaller.
+        ph, pw = max(height, crop), max(width, crop)
+        rows = int(math.ceil(1.0 * (ph - crop) / stride)) + 1
+        cols = int(math.ceil(1.0 * (pw - crop) / stride)) + 1
+        # Windows that overhang (ph, pw) are padded in the official code; padding the
+        # whole image to the grid's extent once gives the same windows.
+        grid_h, grid_w = (rows - 1) * stride + crop, (cols - 1) * stride + crop
+        padded = self._pad(images, grid_h, grid_w)
+        origins = [(r * stride, c * stride) for r in range(rows) for c in range(cols)]
+        windows = tf.concat(
+            [padded[:, y:y + crop, x:x + crop] for y, x in origins], axis=0)  # window-major
+        z = self._forward(windows)  # (n * B, crop, crop, C)
+        num_classes = z.shape[-1]
+        z = tf.reshape(z, (len(origins), batch, crop, crop, num_classes))
+
+        # Official count_norm counts each window over [h0, min(h0 + crop, ph)); the
+        # result is then cut to (height, width), so only that region matters.
+        valid = np.zeros((len(origins), 1, crop, crop, 1), bool)
+        count = np.zeros((grid_h, grid_w), np.float32)
+        for k, (y, x) in enumerate(origins):
+            valid[k, 0, :max(0, min(crop, height - y)), :max(0, min(crop, width - x))] = True
+            count[y:min(y + crop, ph), x:min(x + crop, pw)] += 1
+        max_logit = tf.reduce_max(tf.where(valid, z, -np.inf), axis=[0, 2, 3, 4])
+        shift = _exp_shift(tf.reshape(max_logit, (batch, 1, 1, 1)))
+        e = tf.exp(z - shift[None])
+
+        # Scatter-add every window into the canvas in one op.
+        ys, xs = np.meshgrid(np.arange(crop), np.arange(crop), indexing="ij")
+        idx = np.empty((len(origins), batch, crop, crop, 3), np.int32)
+        for k, (y, x) in enumerate(origins):
+            idx[k, :, :, :, 0] = np.arange(batch)[:, None, None]
+            idx[k, :, :, :, 1] = y + ys
+            idx[k, :, :, :, 2] = x + xs
+        canvas = tf.tensor_scatter_nd_add(
+            tf.zeros((batch, grid_h, grid_w, num_classes), tf.float32), idx, e)
+        assert (count[:height, :width] > 0).all()
+        canvas = canvas[:, :height, :width] / count[None, :height, :width, None]
+        return canvas, shift
+
+    def _slide(self, images):
+        in_h, in_w = images.shape[1], images.shape[2]
+        acc = shift = None
+        for scale in self.scales:
+            height, width = scaled_size(in_h, in_w, scale, self.base_size)
+            if (height, width) == (in_h, in_w):
+                current = images
+            else:
+                current = resize_bilinear(images, (height, width), self.align_corners)
+            term, term_shift = self._slide_scale(current, height, width)
+            if (height, width) != (in_h, in_w):
+                term = resize_bilinear(term, (in_h, in_w), self.align_corners)
+            acc, shift = _accumulate(acc, shift, term, term_shift)
+        return acc
+
+
+_PREDICTORS = weakref.WeakKeyDictionary()
+
+
+def predict(model, images, mode="whole", scales=(1.0,), flip=False, crop_size=None,
+            base_size=None, **kwargs):
+    """Summed class scores `(B, H, W, C)` of full-size images (see the module docstring).
+
+    A convenience around `Predictor`, cached per model and options, so calling it in
+    a loop does not retrace.
+
+    Args:
+        model: a `keras_fastfcn.FastFCN` (or compatible Keras model).
+        images: `(B, H, W, 3)` or `(H, W, 3)` 0-255 RGB, uint8 or float.
+        mode: `"whole"` or `"slide"`.
+        scales: resize factors of `base_size` (`MS_SCALES` for the official MS).
+        flip: add horizontally mirrored predictions.
+        crop_size: window size (required for `"slide"`).
+        base_size: long side at scale 1.0 (None: the image's own).
+        **kwargs: more `Predictor` options (`align_corners`, `pad_value`,
+            `jit_compile`).
+
+    Returns:
+        float32 `tf.Tensor` of scores; `tf.argmax(scores, -1)` is the class map.
+
+    Example:
+    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+    >>> scores = predict(model, np.zeros((1, 64, 80, 3)), scales=MS_SCALES, flip=True)
+    >>> tf.argmax(scores, -1).shape
+    TensorShape([1, 64, 80])
+    """
+    key = (mode, tuple(float(s) for s in scales), bool(flip), crop_size, base_size,
+           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    try:
+        cache = _PREDICTORS.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: no cache
+        cache = {}
+    if key not in cache:
+        cache[key] = Predictor(model, mode=mode, scales=scales, flip=flip, crop_size=crop_size,
+                               base_size=base_size, **kwargs)
+    return cache[key](images)
+
+
+# ------------------------------------------------------------------ CLI options
+
+
+def _parse_scales(text):
+    try:
+        scales = tuple(float(s) for s in str(text).replace(" ", "").split(",") if s)
+        return _check_scales(scales)
+    except ValueError as err:
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive numbers like 0.75,1.0,1.25, got {text!r}"
+        ) from err
+
+
+def add_inference_arguments(parser):
+    """The `--mode/--scales/--ms/--flip/--crop-size/--base-size` options of evaluate/predict."""
+    group = parser.add_argument_group("inference")
+    group.add_argument("--mode", choices=MODES, default="whole",
+                       help="whole: the model sees each (resized) image whole; slide: the "
+                            "official sliding window of --crop-size tiles, stride 2/3 crop "
+                            "(default: whole)")
+    group.add_argument("--scales", type=_parse_scales, default=None, metavar="S1,S2,...",
+                       help="resize factors of --base-size, scores summed (default: 1.0)")
+    group.add_argument("--ms", action="store_true",
+                       help="official multi-scale test: scales "
+                            f"{','.join(str(s) for s in MS_SCALES)} with --flip")
+    group.add_argument("--flip", action="store_true",
+                       help="add horizontally flipped predictions")
+    group.add_argument("--crop-size", type=int, default=480, metavar="N",
+                       help="window size for --mode slide (official: 480; default 480)")
+    group.add_argument("--base-size", type=int, default=None, metavar="N",
+                       help="resize the long side to N * scale (official: 520 for Pascal "
+                            "Context/ADE20K); default: each image's own size")
+    group.add_argument("--jit-compile", action="store_true",
+                       help="XLA-compile the model forward (slower on CPU in our measurement; "
+                            "may help --mode slide on GPU)")
+    return group
+
+
+def predictor_from_args(model, args):
+    """A `Predictor` from parsed `add_inference_arguments` options."""
+    if args.ms and args.scales is not None:
+        raise ValueError("--ms and --scales are exclusive: --ms means --scales "
+                         f"{','.join(str(s) for s in MS_SCALES)} --flip.")
+    scales = MS_SCALES if args.ms else (args.scales or (1.0,))
+    flip = bool(args.flip or args.ms)
+    if args.crop_size is not None and args.crop_size < 2:
+        raise ValueError(f"--crop-size must be >= 2, got {args.crop_size}.")
+    if args.base_size is not None and args.base_size < 1:
+        raise ValueError(f"--base-size must be >= 1, got {args.base_size}.")
+    return Predictor(model, mode=args.mode, scales=scales, flip=flip, crop_size=args.crop_size,
+                     base_size=args.base_size, jit_compile=args.jit_compile)
+
+
+def describe_predictor(predictor):
+    """One line naming the inference settings (printed by the CLI, stored in JSON)."""
+    settings = predictor_settings(predictor)
+    text = f"mode={settings['mode']} scales={list(settings['scales'])} flip={settings['flip']}"
+    if settings["mode"] == "slide":
+        text += f" crop_size={settings['crop_size']}"
+    text += f" base_size={settings['base_size'] or 'image'}"
+    return text
+
+
+def predictor_settings(predictor):
+    """The predictor's options as a JSON-ready dict."""
+    return {"mode": predictor.mode, "scales": list(predictor.scales), "flip": predictor.flip,
+            "crop_size": predictor.crop_size if predictor.mode == "slide" else None,
+            "base_size": predictor.base_size}

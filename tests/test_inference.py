@@ -1,0 +1,300 @@
+"""Full-size inference against a PyTorch re-implementation of the official evaluator.
+
+The reference below follows `MultiEvalModule.forward` and `module_inference` of
+wuhuikai/FastFCN (`encoding/models/base.py`) step by step, one window at a time, on
+normalized NCHW images in float64, with a toy model whose logits are a fixed
+function of the input (normalization + a 3x3 convolution with set weights).
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+import torch.nn.functional as F
+
+import keras_fastfcn as kf
+from keras_fastfcn import inference
+from keras_fastfcn.layers import ImageNormalization
+
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+NCLASS = 4
+
+
+def toy_model(rng, kernel=3, scale=0.1):
+    """0-255 RGB -> torch-style normalization -> one conv: logits with known weights."""
+    inputs = keras.Input((None, None, 3))
+    x = ImageNormalization("torch")(inputs)
+    conv = keras.layers.Conv2D(NCLASS, kernel, padding="same")
+    logits = conv(x)
+    model = keras.Model(inputs, logits)
+    w = rng.randn(kernel, kernel, 3, NCLASS) * scale
+    b = rng.randn(NCLASS) * scale
+    conv.set_weights([w.astype("float32"), b.astype("float32")])
+    return model, w, b
+
+
+def smooth_image(rng, shape):
+    """A photo-like uint8 image: bilinear upsampling of a coarse random grid.
+
+    Noise images give neighbouring exp-scores that differ by 1e6, and then the
+    float32 rounding of resize coordinates (which PyTorch's float32 kernels share)
+    dominates the comparison with a float64 reference.
+    """
+    coarse = torch.from_numpy(rng.uniform(0, 255, (1, 3, 6, 8)))
+    fine = F.interpolate(coarse, shape, mode="bilinear", align_corners=True)
+    return np.rint(fine[0].permute(1, 2, 0).numpy()).astype("uint8")
+
+
+def torch_logits(w, b):
+    weight = torch.from_numpy(np.transpose(w, (3, 2, 0, 1)))  # (out, in, kh, kw)
+    bias = torch.from_numpy(b)
+    return lambda x: F.conv2d(x, weight, bias, padding=w.shape[0] // 2)
+
+
+def official_ms_eval(logits_fn, image, scales, flip, base_size, crop_size):
+    """MultiEvalModule.forward for one image (1, 3, H, W), normalized, float64."""
+    up = dict(mode="bilinear", align_corners=True)
+    _, _, h, w = image.shape
+    stride = int(crop_size * 2.0 / 3.0)
+    scores = torch.zeros(1, NCLASS, h, w, dtype=torch.float64)
+    pad_values = -MEAN / STD
+
+    def pad(img):
+        _, _, ih, iw = img.shape
+        ph, pw = max(crop_size - ih, 0), max(crop_size - iw, 0)
+        return torch.stack([F.pad(img[:, c], (0, pw, 0, ph), value=float(pad_values[c]))
+                            for c in range(3)], 1)
+
+    def module_inference(img):
+        out = logits_fn(img)
+        if flip:
+            out = out + logits_fn(img.flip(3)).flip(3)
+        return out.exp()
+
+    for scale in scales:
+        long_size = int(math.ceil(base_size * scale))
+        if h > w:
+            height, width = long_size, int(1.0 * w * long_size / h + 0.5)
+            short_size = width
+        else:
+            width, height = long_size, int(1.0 * h * long_size / w + 0.5)
+            short_size = height
+        cur = F.interpolate(image, (height, width), **up)
+        if long_size <= crop_size:
+            outputs = module_inference(pad(cur))[:, :, :height, :width]
+        else:
+            pad_img = pad(cur) if short_size < crop_size else cur
+            _, _, ph, pw = pad_img.shape
+            h_grids = int(math.ceil(1.0 * (ph - crop_size) / stride)) + 1
+            w_grids = int(math.ceil(1.0 * (pw - crop_size) / stride)) + 1
+            outputs = torch.zeros(1, NCLASS, ph, pw, dtype=torch.float64)
+            count = torch.zeros(1, 1, ph, pw, dtype=torch.float64)
+            for idh in range(h_grids):
+                for idw in range(w_grids):
+                    h0, w0 = idh * stride, idw * stride
+                    h1, w1 = min(h0 + crop_size, ph), min(w0 + crop_size, pw)
+                    out = module_inference(pad(pad_img[:, :, h0:h1, w0:w1]))
+                    outputs[:, :, h0:h1, w0:w1] += out[:, :, :h1 - h0, :w1 - w0]
+                    count[:, :, h0:h1, w0:w1] += 1
+            assert (count == 0).sum() == 0
+            outputs = (outputs / count)[:, :, :height, :width]
+        scores += F.interpolate(outputs, (h, w), **up)
+    return scores
+
+
+def official_whole(logits_fn, image, scales, flip, base_size):
+    """The same sum with the model run on each whole resized image (no padding)."""
+    up = dict(mode="bilinear", align_corners=True)
+    _, _, h, w = image.shape
+    scores = 0
+    for scale in scales:
+        height, width = inference.scaled_size(h, w, scale, base_size)
+        cur = F.interpolate(image, (height, width), **up)
+        out = logits_fn(cur)
+        if flip:
+            out = out + logits_fn(cur.flip(3)).flip(3)
+        scores = scores + F.interpolate(out.exp(), (h, w), **up)
+    return scores
+
+
+def to_torch(image):
+    x = torch.from_numpy(image.astype("float64") / 255.0)
+    x = (x - torch.from_numpy(MEAN)) / torch.from_numpy(STD)
+    return x.permute(2, 0, 1)[None]
+
+
+def to_nhwc(t):
+    return t.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (61, 44)])
+def test_slide_ms_flip_matches_official(rng, shape):
+    model, w, b = toy_model(rng)
+    image = smooth_image(rng, shape)
+    ref = to_nhwc(official_ms_eval(torch_logits(w, b), to_torch(image), inference.MS_SCALES,
+                                   True, base_size=64, crop_size=40))
+    ours = inference.predict(model, image[None], mode="slide", scales=inference.MS_SCALES,
+                             flip=True, crop_size=40, base_size=64).numpy()
+    assert ours.shape == (1,) + shape + (NCLASS,)
+    np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=1e-6)
+
+
+def test_slide_single_scale_no_flip_matches_official(rng):
+    model, w, b = toy_model(rng)
+    image = smooth_image(rng, (45, 83))
+    ref = to_nhwc(official_ms_eval(torch_logits(w, b), to_torch(image), (1.0,), False,
+                                   base_size=83, crop_size=30))
+    ours = inference.predict(model, image, mode="slide", crop_size=30).numpy()  # (H, W, 3) in
+    np.testing.assert_allclose(ours[None], ref, rtol=2e-4, atol=1e-6)
+
+
+def test_whole_ms_flip_matches_hand_computation(rng):
+    model, w, b = toy_model(rng)
+    images = np.stack([smooth_image(rng, (37, 52)) for _ in range(2)])
+    scales = (0.5, 1.0, 1.5)
+    ours = inference.predict(model, images, scales=scales, flip=True, base_size=60).numpy()
+    for i in range(2):
+        ref = to_nhwc(official_whole(torch_logits(w, b), to_torch(images[i]), scales, True, 60))
+        np.testing.assert_allclose(ours[i:i + 1], ref, rtol=2e-4, atol=1e-6)
+
+
+def test_flip_adds_mirrored_logits_before_exp(rng):
+    # Hand computation at one scale: exp(z(x) + mirror(z(mirror(x)))).
+    model, _, _ = toy_model(rng)
+    image = rng.randint(0, 256, (1, 20, 30, 3)).astype("float32")
+    z = model(image).numpy().astype("float64")
+    zf = model(image[:, :, ::-1]).numpy().astype("float64")[:, :, ::-1]
+    ours = inference.predict(model, image, flip=True).numpy()
+    np.testing.assert_allclose(ours, np.exp(z + zf), rtol=1e-4)
+    # No flip, one scale: exactly exp(logits); normalized, exactly the softmax.
+    plain = inference.predict(model, image)
+    np.testing.assert_allclose(plain.numpy(), np.exp(z), rtol=1e-5)
+    np.testing.assert_allclose(inference.normalize_scores(plain).numpy(),
+                               tf.nn.softmax(z).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_slide_equals_whole_for_pointwise_model_and_covers_every_pixel(rng):
+    model, _, _ = toy_model(rng, kernel=1)
+    image = rng.randint(0, 256, (1, 70, 101, 3)).astype("uint8")
+    for scales in [(1.0,), (0.75, 1.0, 1.5)]:
+        whole = inference.predict(model, image, scales=scales, flip=True, base_size=101).numpy()
+        slide = inference.predict(model, image, mode="slide", scales=scales, flip=True,
+                                  crop_size=32, base_size=101).numpy()
+        assert np.all(slide > 0)  # every pixel got a score (count_norm > 0 everywhere)
+        np.testing.assert_allclose(slide, whole, rtol=1e-4)
+
+
+def test_large_logits_do_not_overflow(rng):
+    # Logits ~150, doubled by flip: exp() overflows float32 (the official code would
+    # return inf); ours equal the official scores times one factor per image.
+    model, w, b = toy_model(rng)
+    conv = model.layers[-1]
+    kernel, bias = conv.get_weights()
+    conv.set_weights([kernel, bias + 150.0])
+    b = b + 150.0
+    image = smooth_image(rng, (33, 47))
+    x = to_torch(image)
+    refs = {  # float64: finite
+        "slide": official_ms_eval(torch_logits(w, b), x, (0.75, 1.0), True, 47, crop_size=30),
+        "whole": official_whole(torch_logits(w, b), x, (0.75, 1.0), True, 47),
+    }
+    for mode, ref in refs.items():
+        ref = to_nhwc(ref)
+        assert ref.max() > 1e120
+        ours = inference.predict(model, image[None], mode=mode, scales=(0.75, 1.0), flip=True,
+                                 crop_size=30, base_size=47).numpy()
+        assert np.isfinite(ours).all() and ours.max() > 0
+        ratio = ours / ref
+        np.testing.assert_allclose(ratio, ratio.mean(), rtol=1e-3)
+        assert (ours.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_multiscale_scores_traces_once_for_any_size(rng):
+    model, w, b = toy_model(rng)
+    fn = tf.function(
+        lambda x: inference.multiscale_scores(model, x, (0.5, 1.25), True, base_size=None),
+        input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    for shape in [(1, 40, 56), (2, 33, 29)]:
+        images = np.stack([smooth_image(rng, shape[1:]) for _ in range(shape[0])]).astype("float32")
+        out = fn(images).numpy()
+        for i in range(shape[0]):
+            ref = official_whole(torch_logits(w, b), to_torch(images[i]), (0.5, 1.25), True,
+                                 max(shape[1:]))
+            np.testing.assert_allclose(out[i:i + 1], to_nhwc(ref), rtol=2e-4, atol=1e-6)
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_scaled_size_python_and_graph_agree():
+    for h, w in [(512, 683), (683, 512), (360, 480), (375, 500), (1, 7), (97, 131)]:
+        for scale in inference.MS_SCALES + (2.0, 2.25):
+            for base in [None, 520, 1024]:
+                ph, pw = inference.scaled_size(h, w, scale, base)
+                th, tw = inference._scaled_size_tensor(tf.constant(h), tf.constant(w), scale, base)
+                assert (ph, pw) == (int(th), int(tw))
+
+
+def test_fastfcn_with_dict_outputs(rng):
+    model = kf.FastFCN(num_classes=3, head="fcn", aux=True, jpu_width=64)
+    image = rng.randint(0, 256, (1, 64, 72, 3)).astype("uint8")
+    scores = inference.predict(model, image, mode="slide", crop_size=48, flip=True).numpy()
+    assert scores.shape == (1, 64, 72, 3) and np.isfinite(scores).all()
+    whole = inference.predict(model, image).numpy()
+    logits = model.inference_model()(image.astype("float32")).numpy()
+    np.testing.assert_allclose(inference.normalize_scores(whole).numpy(),
+                               tf.nn.softmax(logits).numpy(), atol=1e-5)
+
+
+def test_bad_options_and_inputs(rng):
+    model, _, _ = toy_model(rng)
+    with pytest.raises(ValueError, match="Unknown inference mode"):
+        inference.Predictor(model, mode="tiles")
+    with pytest.raises(ValueError, match="needs crop_size"):
+        inference.Predictor(model, mode="slide")
+    with pytest.raises(ValueError, match="scales"):
+        inference.Predictor(model, scales=())
+    with pytest.raises(ValueError, match="scales"):
+        inference.Predictor(model, scales=(1.0, -0.5))
+    predictor = inference.Predictor(model)
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
+        predictor(np.zeros((1, 8, 8, 4), "float32"))
+    with pytest.raises(ValueError, match="empty"):
+        predictor(np.zeros((1, 0, 8, 3), "float32"))
+
+
+def test_converted_official_model_matches_official_evaluator(tmp_path):
+    # End to end on a real FastFCN: the PyTorch stand-in of the official EncNet+JPU
+    # (tests/torch_fastfcn_reference.py), converted to Keras; our sliding-window MS +
+    # flip against the official evaluator run on the PyTorch model. EncNet's global
+    # context makes every window's padding visible, so this also checks that padding
+    # the raw image with 0 equals the official `-mean / std` padding.
+    import torch_fastfcn_reference as ref
+
+    from keras_fastfcn import backbones, convert
+    from keras_fastfcn.resnet_deepstem import build_resnet_deepstem
+
+    name = "tiny_deepstem_1111_inference"
+    backbones.register_backbone(
+        name, lambda output_stride, weights: build_resnet_deepstem(
+            (1, 1, 1, 1), output_stride, weights, name=f"{name}_os{output_stride}"), "torch")
+    torch_model = ref.randomize_(ref.SegmentationModel(
+        "encnet", NCLASS, layers=(1, 1, 1, 1), jpu="JPU", aux=False, se_loss=False,
+        width=64)).eval()
+    torch.save(torch_model.state_dict(), tmp_path / "encnet.pth")
+    model = convert.convert_checkpoint(str(tmp_path / "encnet.pth"), backbone=name)
+
+    rng = np.random.RandomState(3)
+    image = smooth_image(rng, (70, 90))
+    scales = (0.75, 1.0, 1.25)
+    with torch.no_grad():
+        torch_model.double()
+        expected = to_nhwc(official_ms_eval(lambda x: torch_model(x)[0], to_torch(image),
+                                            scales, True, base_size=80, crop_size=48))
+    ours = inference.predict(model, image, mode="slide", scales=scales, flip=True,
+                             crop_size=48, base_size=80).numpy()[None]
+    np.testing.assert_allclose(inference.normalize_scores(ours).numpy(),
+                               expected / expected.sum(-1, keepdims=True), atol=2e-3)
+    assert (ours.argmax(-1) == expected.argmax(-1)).mean() > 0.999
