@@ -57,34 +57,15 @@ _METADATA_FILE = "keras_fastfcn_export.json"
 def load_fastfcn(path):
     """Loads a `.keras` file and checks that it holds a keras_fastfcn `FastFCN`.
 
-    Args:
-        path: path to a `.keras` model file.
-
-    Returns:
-        The `FastFCN` model.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a `.keras` model file, or not a FastFCN model.
+    Raises `FileNotFoundError` for a missing file and `ValueError` for anything
+    that is not a saved FastFCN (see `keras_fastfcn.inference.load_model`).
 
     Example:
-    >>> model = load_fastfcn("runs/camvid/model.keras")
+    >>> model = load_fastfcn("runs/camvid/model.keras")  # doctest: +SKIP
     """
-    import keras_fastfcn  # noqa: F401  (registers the custom layers)
+    from keras_fastfcn.inference import load_model
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Model file not found: {path}")
-    if os.path.isdir(path) or not path.endswith(".keras"):
-        raise ValueError(
-            f"{path} is not a .keras model file (export takes a model saved with "
-            "model.save('name.keras'); a .weights.h5 file has no architecture)."
-        )
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:  # Keras raises many types for foreign/corrupt files
-        raise ValueError(f"Could not load {path} as a keras_fastfcn model: {err}") from err
-    return check_model(model, source=path)
+    return load_model(path)
 
 
 def check_model(model, source=None):
@@ -136,52 +117,56 @@ def make_forward(model, scales=(1.0,), flip=False, input_size=None, base_size=No
                  align_corners=True):
     """A function `images float32 [B, H, W, 3] 0-255 -> probabilities [B, H, W, C]`.
 
-    It is plain TensorFlow (traceable in a `tf.function` with dynamic H and W).
+    Plain TensorFlow, traceable in a `tf.function` with dynamic B, H and W.
     Single scale without flip: `softmax(model(images))`. With several scales or
-    flip it runs `keras_fastfcn.inference.predict(mode="whole")` and divides the
-    summed probabilities by the number of passes. With `input_size` the network
-    runs at exactly that size: the images are resized to it (bilinear, half-pixel
-    centres) and the logits resized back to the input size.
+    flip: the package's whole-image ensemble,
+    `inference.normalize_scores(inference.multiscale_scores(...))` (the official
+    evaluator's scores as a per-pixel distribution; its argmax is the class map
+    `keras-fastfcn evaluate/predict --mode whole` give). With `input_size` the
+    network runs at exactly that size: the images are resized to it and the
+    result resized back to the input size (bilinear, the model's
+    `align_corners`, as the inference module resizes).
 
     Args:
         model: a logits model (e.g. `FastFCN.inference_model()` or a folded one).
-        scales: tuple of floats, inference scales.
-        flip: bool, also average the horizontally flipped image.
+        scales: tuple of floats, inference scales (`inference.MS_SCALES` officially).
+        flip: bool, add the horizontally flipped image's logits.
         input_size: None or `(H, W)`, a fixed network input size.
         base_size: with multi-scale, the long side that scale 1.0 maps to
-            (None: the input's own size).
-        align_corners: resize semantics of the logits resize-back (the model's).
+            (None: the image's own long side).
+        align_corners: resize semantics (the model's).
 
     Example:
-    >>> forward = make_forward(model)
-    >>> probs = forward(tf.zeros((1, 64, 64, 3)))
+    >>> forward = make_forward(model.inference_model(), scales=(0.75, 1.0), flip=True)
+    >>> forward(tf.zeros((1, 64, 64, 3))).shape
+    TensorShape([1, 64, 64, 3])
     """
     import tensorflow as tf
 
     from keras_fastfcn.ops import resize_bilinear
 
     scales = tuple(float(s) for s in scales)
-    multi = len(scales) > 1 or scales[0] != 1.0 or flip
-
-    def run_net(x):
-        if multi:
-            from keras_fastfcn import inference
-
-            probs = inference.predict(model, x, mode="whole", scales=scales, flip=flip,
-                                      base_size=base_size)
-            return tf.math.log(tf.maximum(
-                tf.cast(probs, tf.float32) / float(len(scales) * (2 if flip else 1)), 1e-30))
-        return tf.cast(model(x, training=False), tf.float32)
+    ensemble = len(scales) > 1 or scales[0] != 1.0 or flip or base_size is not None
 
     def forward(images):
         images = tf.cast(images, tf.float32)
-        if input_size is None:
-            return tf.nn.softmax(run_net(images), axis=-1)
         size = tf.shape(images)[1:3]
-        x = resize_bilinear(images, input_size, align_corners=False)
-        x = tf.ensure_shape(x, [None, input_size[0], input_size[1], 3])
-        logits = resize_bilinear(run_net(x), size, align_corners=align_corners)
-        return tf.nn.softmax(logits, axis=-1)
+        x = images
+        if input_size is not None:
+            x = resize_bilinear(images, input_size, align_corners)
+            x = tf.ensure_shape(x, [None, input_size[0], input_size[1], 3])
+        if ensemble:
+            from keras_fastfcn import inference
+
+            probs = inference.normalize_scores(inference.multiscale_scores(
+                model, x, scales, flip, base_size, align_corners))
+        else:
+            # softmax, not the ensemble's exp-and-normalize: stable for any logits.
+            probs = tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+        if input_size is not None:
+            # A bilinear blend of distributions is still a distribution.
+            probs = resize_bilinear(probs, size, align_corners)
+        return probs
 
     return forward
 
@@ -653,6 +638,19 @@ def export(model, output, format="saved_model", **options):
 # --- CLI ------------------------------------------------------------------------
 
 
+def _scales_arg(text):
+    import argparse
+
+    try:
+        scales = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        scales = ()
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive numbers like 0.75,1.0,1.25, got {text!r}")
+    return scales
+
+
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="a .keras file of a FastFCN model")
     parser.add_argument("--format", default="saved_model", choices=FORMATS)
@@ -664,13 +662,15 @@ def add_arguments(parser):
     parser.add_argument("--no-probabilities", dest="probabilities", action="store_false",
                         help="leave out the (large) probabilities output")
     parser.add_argument("--ms", action="store_true",
-                        help="multi-scale inference in the graph (scales from --scales)")
-    parser.add_argument("--scales", type=float, nargs="+",
-                        default=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
-                        help="scales for --ms (default: the official 0.5 ... 1.75)")
-    parser.add_argument("--flip", action="store_true", help="average with the flipped image")
-    parser.add_argument("--base-size", type=int, default=None,
-                        help="with --ms: the long side scale 1.0 maps to (default: the image's)")
+                        help="official multi-scale + flip in the graph: scales "
+                             "0.5,0.75,1.0,1.25,1.5,1.75 with --flip")
+    parser.add_argument("--scales", type=_scales_arg, default=None, metavar="S1,S2,...",
+                        help="in-graph scales, scores summed (default: 1.0)")
+    parser.add_argument("--flip", action="store_true",
+                        help="add horizontally flipped predictions in the graph")
+    parser.add_argument("--base-size", type=int, default=None, metavar="N",
+                        help="with --scales/--ms: the long side that scale 1.0 maps to "
+                             "(default: each image's own)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="fixed network input size (required for tflite)")
     parser.add_argument("--fold-bn", dest="fold_bn", action="store_true", default=True,
@@ -686,9 +686,15 @@ def run(args):
         _check_saved_model_target(args.output, args.overwrite, create=False)
     else:
         _check_target_file(args.output, args.overwrite, f".{args.format}", create=False)
+    if args.ms and args.scales is not None:
+        raise ValueError("--ms and --scales are exclusive: --ms means --scales "
+                         "0.5,0.75,1.0,1.25,1.5,1.75 --flip.")
+    from keras_fastfcn.inference import MS_SCALES
+
     model = load_fastfcn(args.model)
+    scales = MS_SCALES if args.ms else (args.scales or (1.0,))
     options = dict(overwrite=args.overwrite, probabilities=args.probabilities,
-                   scales=tuple(args.scales) if args.ms else (1.0,), flip=args.flip,
+                   scales=scales, flip=bool(args.flip or args.ms),
                    input_size=args.input_size, base_size=args.base_size,
                    fold_bn=args.fold_bn)
     if args.format == "onnx":

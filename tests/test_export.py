@@ -22,7 +22,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_fastfcn as kf
-from keras_fastfcn import cli, export, serving_client
+from keras_fastfcn import cli, export, inference, serving_client
 from keras_fastfcn.fold import batchnorm_layers
 from keras_fastfcn.ops import resize_bilinear
 
@@ -214,21 +214,38 @@ def test_saved_model_cli_lists_signatures(saved_model_dir):
         assert f"outputs['{output}']" in proc.stdout
 
 
-def test_fixed_input_size_no_probabilities_no_class_names(tmp_path, rng):
-    model = kf.FastFCN(num_classes=4, head="encnet", jpu_width=64)
+@pytest.fixture(scope="module")
+def enc_model():
+    model = kf.FastFCN(num_classes=4, head="encnet", jpu_width=64)  # no class names
     randomize_batchnorms(model, seed=3)
-    path = export.export_saved_model(model, str(tmp_path / "enc"), input_size=(64, 64),
+    return model
+
+
+def test_fixed_input_size_no_probabilities_no_class_names(enc_model, tmp_path, rng):
+    path = export.export_saved_model(enc_model, str(tmp_path / "enc"), input_size=(64, 64),
                                      probabilities=False, fold_bn=False)
     sig = tf.saved_model.load(path).signatures["serving_default"]
     assert set(sig.structured_outputs) == {"class_map"}
     image = rng.randint(0, 256, (1, 50, 70, 3)).astype(np.uint8)
     class_map = sig(image_tensor=tf.constant(image))["class_map"].numpy()
-    # The network runs at 64x64; the logits are resized back to 50x70.
-    x = resize_bilinear(tf.constant(image, tf.float32), (64, 64), align_corners=False)
-    logits = resize_bilinear(model(x, training=False), (50, 70), align_corners=True)
-    ref = keras.ops.convert_to_numpy(logits).argmax(-1)
+    # The network runs at 64x64; its probabilities are resized back to 50x70.
+    x = resize_bilinear(tf.constant(image, tf.float32), (64, 64))
+    probs = resize_bilinear(keras.ops.softmax(enc_model(x, training=False)), (50, 70))
     assert class_map.shape == (1, 50, 70)
-    assert (class_map == ref).mean() >= 0.999
+    assert (class_map == keras.ops.convert_to_numpy(probs).argmax(-1)).mean() >= 0.999
+
+
+def test_multiscale_flip_in_graph(enc_model, tmp_path, rng):
+    """In-graph scales + flip give the inference module's whole-image ensemble."""
+    path = export.export_saved_model(enc_model, str(tmp_path / "ms"), scales=(0.75, 1.0),
+                                     flip=True)
+    sig = tf.saved_model.load(path).signatures["serving_float"]
+    for shape in [(2, 64, 64, 3), (1, 67, 90, 3)]:
+        image = rng.uniform(0, 255, shape).astype(np.float32)
+        out = sig(image_tensor=tf.constant(image))
+        ref = inference.normalize_scores(
+            inference.predict(enc_model, image, scales=(0.75, 1.0), flip=True)).numpy()
+        assert_agrees(out["probabilities"].numpy(), out["class_map"].numpy(), ref)
 
 
 def test_refuses_existing_version_and_reports_bad_paths(fcn_model, saved_model_dir, tmp_path):
