@@ -56,7 +56,8 @@ def main(argv=None):
     parser.add_argument("--jpu-width", type=int, default=512)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--formats", nargs="+", default=["saved_model", "onnx", "tflite"])
-    parser.add_argument("--out-dir", default=None, help="where to write exports (default: a temp dir)")
+    parser.add_argument("--out-dir", default=None,
+                        help="where to write exports (default: a temp dir)")
     args = parser.parse_args(argv)
 
     import keras
@@ -141,7 +142,8 @@ def main(argv=None):
     print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|")
     for name, seconds, path in exports:
         if os.path.isdir(path):
-            nbytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+            nbytes = sum(os.path.getsize(os.path.join(d, f))
+                         for d, _, fs in os.walk(path) for f in fs)
         else:
             nbytes = os.path.getsize(path)
         print(f"| {name:<40} | {seconds:8.1f} | {nbytes / 1e6:8.1f} |")

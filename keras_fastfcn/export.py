@@ -9,11 +9,13 @@ with preprocessing in the graph, as TF Model Garden's vision serving modules:
 | `serving_image_bytes` | `image_bytes` | string `[B]`, encoded JPEG/PNG/GIF/BMP |
 | `serving_float` | `image_tensor` | float32 `[B, H, W, 3]`, RGB 0-255 |
 
-B, H and W are dynamic. Outputs (a dict):
+B, H and W are dynamic; with `input_size=(H, W)` the network itself runs at that
+fixed size (images resized to it in the graph, results resized back, as Model
+Garden's `input_image_size` + `rescale_output`). Outputs (a dict):
 - `class_map`: int32 `[B, H, W]`, at the input image's size;
-- `probabilities`: float32 `[B, H, W, C]` (softmax; the mean over scales and
-  flips with multi-scale); left out with `probabilities=False`, as it is
-  `4 * C` bytes per pixel;
+- `probabilities`: float32 `[B, H, W, C]`: the softmax, or with multi-scale /
+  flip the ensemble scores of `keras_fastfcn.inference` normalized per pixel;
+  left out with `probabilities=False`, as it is `4 * C` bytes per pixel;
 - `class_names`: string `[B, C]` when the model carries class names. It is
   repeated per image (not `[C]`) because TF Serving's REST row format
   (`"instances"`) requires every output to share the batch dimension.
@@ -382,7 +384,8 @@ def _check_target_file(path, overwrite, suffix, create=True):
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder; give a file path ending in {suffix}.")
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it.")
+        raise FileExistsError(
+            f"{path} already exists; pass --overwrite (overwrite=True) to replace it.")
     _check_writable(os.path.dirname(os.path.abspath(path)), create=create)
     return path
 
@@ -436,8 +439,6 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
     >>> export_saved_model(model, "saved_models/demo")
     'saved_models/demo/1'
     """
-    import tensorflow as tf
-
     scales, flip, input_size, base_size = _check_options(scales, flip, input_size, base_size)
     target, version = _check_saved_model_target(output, overwrite)
     net, class_names, source = _prepare(model, fold_bn)

@@ -64,7 +64,8 @@ def fold_batchnorm(model):
             f"got {type(model).__name__}."
         )
     if not model.built:
-        raise ValueError("fold_batchnorm needs a built model (call it once or give it an input shape).")
+        raise ValueError(
+            "fold_batchnorm needs a built model (call it once or give it an input shape).")
     if hasattr(model, "inference_model"):
         model = model.inference_model()
     # An independent copy: the swaps below mutate layers, never the caller's.
