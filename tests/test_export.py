@@ -59,6 +59,7 @@ def png_bytes(array):
 
 @pytest.fixture(scope="module")
 def fcn_model():
+    keras.utils.set_random_seed(0)  # reproducible weights (tolerances below are absolute)
     model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=64, class_names=CLASS_NAMES)
     randomize_batchnorms(model)
     return model
@@ -216,6 +217,7 @@ def test_saved_model_cli_lists_signatures(saved_model_dir):
 
 @pytest.fixture(scope="module")
 def enc_model():
+    keras.utils.set_random_seed(1)
     model = kf.FastFCN(num_classes=4, head="encnet", jpu_width=64)  # no class names
     randomize_batchnorms(model, seed=3)
     return model

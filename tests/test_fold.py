@@ -29,21 +29,29 @@ def _check_same(model, folded, images):
     ref = _numpy(model.inference_model()(images, training=False))
     out = _numpy(folded(images, training=False))
     assert out.shape == ref.shape
-    # float32 rounding of the merged kernels: relative to the logits' scale.
+    # Folding only changes float32 rounding, relative to the activations' size.
+    # Random weights with random BN statistics give logits in the hundreds, so the
+    # bound is relative (a trained model's logits are ~10: differences ~1e-5).
     scale = max(1.0, float(np.abs(ref).max()))
-    np.testing.assert_allclose(out, ref, atol=1e-4 * scale, rtol=0)
-    np.testing.assert_allclose(_numpy(keras.ops.softmax(out)), _numpy(keras.ops.softmax(ref)),
-                               atol=1e-4)
+    logit_diff = float(np.abs(out - ref).max())
+    assert logit_diff <= 1e-5 * scale, (logit_diff, scale)
+    # The softmax is 1/2-Lipschitz in the max norm.
+    prob_diff = np.abs(_numpy(keras.ops.softmax(out)) - _numpy(keras.ops.softmax(ref))).max()
+    assert prob_diff <= max(1e-4, 0.5 * logit_diff)
     assert (out.argmax(-1) == ref.argmax(-1)).mean() >= 0.999
 
 
-@pytest.mark.parametrize("head, upsampler, left", [
-    ("fcn", "jpu", 0),          # ConvBNReLU, DilatedBranch (inner + outer BN), ResNet pairs
-    ("encnet", "jpu", 1),       # the Encoding BN (axis=1, over codewords) stays
-    ("psp", "jpu_x", 0),        # JUM's GroupNorms are not BatchNorms and stay
+@pytest.mark.parametrize("head, upsampler, backbone, left", [
+    # ConvBNReLU, DilatedBranch (inner + outer BN), keras.applications ResNet pairs
+    ("fcn", "jpu", "resnet50", 0),
+    ("encnet", "jpu", "resnet50", 1),   # the Encoding BN (axis=1, over codewords) stays
+    ("psp", "jpu_x", "resnet50", 0),    # JUM's GroupNorms are not BatchNorms and stay
+    ("encnet", "jpu", "resnet50s", 1),  # the official deep-stem ResNet
 ])
-def test_fold_keeps_outputs(head, upsampler, left, rng):
-    model = kf.FastFCN(num_classes=3, head=head, upsampler=upsampler, jpu_width=64)
+def test_fold_keeps_outputs(head, upsampler, backbone, left, rng):
+    keras.utils.set_random_seed(0)
+    model = kf.FastFCN(num_classes=3, head=head, upsampler=upsampler, backbone=backbone,
+                       jpu_width=64)
     randomize_batchnorms(model)
     before = [w.copy() for w in model.get_weights()]
     folded = fold_batchnorm(model)
@@ -63,6 +71,7 @@ def test_fold_keeps_outputs(head, upsampler, left, rng):
 
 
 def test_fold_dilated_backbone_with_aux_heads(rng):
+    keras.utils.set_random_seed(1)
     # A dilated (output stride 8) backbone rebuilt from config, and a dict-output
     # model: fold takes the logits-only inference model.
     model = kf.FastFCN(num_classes=4, head="fcn", upsampler=None, output_stride=8, aux=True)
