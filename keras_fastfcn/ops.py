@@ -100,11 +100,13 @@ def adaptive_avg_pool2d(x, output_size):
 
 
 def _pool_matrix(length, bins, dtype):
+    # `length` is a Python int on JAX (static shapes) and may be a scalar tensor
+    # on TensorFlow; arange takes either, but not a traced int on JAX.
+    pos = ops.arange(length, dtype="int32")
     length_i = ops.cast(length, "int32")
     idx = ops.arange(bins, dtype="int32")
     start = (idx * length_i) // bins
     end = ((idx + 1) * length_i + bins - 1) // bins
-    pos = ops.arange(length_i, dtype="int32")
     inside = ops.logical_and(pos[None, :] >= start[:, None], pos[None, :] < end[:, None])
     weights = ops.cast(inside, "float32") / ops.cast(end - start, "float32")[:, None]
     return ops.cast(weights, dtype)
