@@ -92,11 +92,35 @@ class SeparableConvBN(keras.layers.Layer):
     into the depthwise kernel (inference). Both convolutions have no bias, as in
     the official `SeparableConv2d(..., bias=False)`.
 
+    With `remat=True`, a training call keeps only its input and output for the
+    backward pass and recomputes the depthwise output and its normalization there
+    (`keras.remat`). In JPU these intermediates are `3 * width` channels at stride 8
+    (plus, for dilated depthwise convs on TensorFlow, their padded space-to-batch
+    copy), so this is most of the JPU's activation memory. The recomputation is
+    cheap: the depthwise conv and the norm; the pointwise conv's output is not
+    needed by its own gradient, so TensorFlow and JAX drop that recomputation (the
+    PyTorch backend's checkpointing does redo it). Outputs, gradients and
+    BatchNorm moving statistics are the same as without remat (moving statistics
+    are updated once per call, from the first forward pass). Inference is not
+    affected.
+
+    Call arguments:
+        inputs: NHWC tensor.
+        training: bool, training mode (batch statistics; remat applies).
+        chain: bool, also return the input, as `(outputs, inputs)`. With remat in
+            training the returned input is routed through the rematerialized
+            function, so that a following rematerialized call made on it runs its
+            backward pass (and recomputation) before this one's instead of at the
+            same time: JPU chains its parallel branches this way, so that only one
+            branch's intermediates are rebuilt at a time (a dataflow executor such
+            as TensorFlow's would otherwise recompute all of them at once).
+
     Args:
         filters: int, output channels of the pointwise conv.
         kernel_size: int, depthwise kernel size (3 in the paper).
         dilation_rate: int, depthwise dilation.
         norm: `"batch"` (JPU) or `"group"` (GroupNorm(32), JPU_X's JUM blocks).
+        remat: bool, rematerialize the intermediates in training (see above).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -105,12 +129,14 @@ class SeparableConvBN(keras.layers.Layer):
     (1, 16, 16, 32)
     """
 
-    def __init__(self, filters, kernel_size=3, dilation_rate=1, norm="batch", **kwargs):
+    def __init__(self, filters, kernel_size=3, dilation_rate=1, norm="batch", remat=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.dilation_rate = int(dilation_rate)
         self.norm = norm
+        self.remat = bool(remat)
         # Names mirror the official module (conv1, bn, pointwise) for conversion.
         self.conv1 = keras.layers.DepthwiseConv2D(
             self.kernel_size, padding="same", dilation_rate=self.dilation_rate,
@@ -128,16 +154,61 @@ class SeparableConvBN(keras.layers.Layer):
         self.pointwise.build(input_shape)
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, chain=False):
+        if self.remat and training:
+            out, passed = self._rematerialized_call(inputs, chain)
+        else:
+            out, passed = self._forward(inputs, training=training), inputs
+        return (out, passed) if chain else out
+
+    def _forward(self, inputs, training=None):
         x = self.conv1(inputs)
         x = self.bn(x, training=training)
         return self.pointwise(x)
 
+    def _rematerialized_call(self, inputs, chain=False):
+        # The rematerialized function must be pure: it runs twice (forward and
+        # backward), and a BatchNorm called normally would update its moving
+        # statistics both times. So the sublayers run in a StatelessScope on
+        # explicitly passed weights (which also makes the gradients flow through
+        # the arguments on every backend), the new moving statistics come out as
+        # extra outputs, and they are assigned once, here.
+        trainable = list(self.trainable_variables)
+        frozen = list(self.non_trainable_variables)
+
+        # With `chain`, the input also comes out, first: TensorFlow's recompute_grad
+        # starts the recomputation once the gradient of the first output is ready,
+        # which for the passed input is when the next chained call's backward pass is
+        # done. (Without chain the first output is the result, whose gradient is the
+        # trigger; an unused passed input would have a zero gradient at once.)
+        def forward(x, *values):
+            mapping = list(zip(trainable + frozen, values))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                y = self._forward(x, training=True)
+            stats = tuple(scope.get_current_value(v) for v in frozen)
+            return ((x, y) if chain else (y,)) + stats
+
+        # The moving statistics are copied: they are assigned below, and PyTorch's
+        # checkpointing rejects inputs changed in place before the recomputation.
+        values = [v.value for v in trainable] + [keras.ops.copy(v.value) for v in frozen]
+        results = keras.remat(forward)(inputs, *values)
+        if chain:
+            passed, out, *updates = results
+        else:
+            (out, *updates), passed = results, inputs
+        for variable, value in zip(frozen, updates):
+            variable.assign(value)
+        return out, passed
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
+
+    def compute_output_spec(self, inputs, training=None, chain=False):
+        out = keras.KerasTensor(self.compute_output_shape(inputs.shape), self.compute_dtype)
+        return (out, keras.KerasTensor(inputs.shape, self.compute_dtype)) if chain else out
 
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.filters, kernel_size=self.kernel_size,
-                      dilation_rate=self.dilation_rate, norm=self.norm)
+                      dilation_rate=self.dilation_rate, norm=self.norm, remat=self.remat)
         return config

@@ -14,6 +14,33 @@ from keras_fastfcn.ops import resize_bilinear
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
+# Default of the `remat` option of JPU, JUM and JPUX (see `JPU`).
+REMAT_DEFAULT = False
+
+
+def _resize_method(training):
+    # The matmul form has the cheaper gradient; the gather form costs less for
+    # large outputs at inference (see `resize_bilinear`).
+    return "matmul" if training else "gather"
+
+
+def _run_branches(branches, feat, training):
+    """The parallel branches on `feat`, before their ReLU (see `DilatedBranch`).
+
+    Chained (see `SeparableConvBN`), so that under remat their recomputations run one
+    after another. Same values either way.
+    """
+    outputs = []
+    for i, branch in enumerate(branches):
+        if i == len(branches) - 1:
+            # The last one passes nothing on (see `SeparableConvBN`): its backward
+            # pass starts the chain.
+            outputs.append(branch(feat, training=training, activation=False))
+        else:
+            out, feat = branch(feat, training=training, chain=True, activation=False)
+            outputs.append(out)
+    return outputs
+
 
 def _as_feature_list(inputs, name):
     single = isinstance(inputs, (list, tuple)) and any(
@@ -39,14 +66,17 @@ def _check_feature_shapes(shapes, name):
 
 @_register
 class DilatedBranch(keras.layers.Layer):
-    """SeparableConvBN -> norm -> ReLU: one `dilationK` branch of JPU / JUM."""
+    """SeparableConvBN -> norm -> ReLU: one `dilationK` branch of JPU / JUM.
 
-    def __init__(self, filters, dilation_rate, norm="batch", **kwargs):
+    `remat` is passed to the `SeparableConvBN` (see there).
+    """
+
+    def __init__(self, filters, dilation_rate, norm="batch", remat=False, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.dilation_rate = int(dilation_rate)
         self.norm = norm
-        self.sep = SeparableConvBN(filters, 3, dilation_rate, norm=norm,
+        self.sep = SeparableConvBN(filters, 3, dilation_rate, norm=norm, remat=remat,
                                    dtype=self.dtype_policy, name="sep")
         self.bn = make_norm(norm, "bn", dtype=self.dtype_policy)
 
@@ -55,16 +85,37 @@ class DilatedBranch(keras.layers.Layer):
         self.bn.build(self.sep.compute_output_shape(input_shape))
         self.built = True
 
-    def call(self, inputs, training=None):
-        x = self.sep(inputs, training=training)
-        return ops.relu(self.bn(x, training=training))
+    def call(self, inputs, training=None, chain=False, activation=True):
+        # Used by JPU / JUM: `chain` also returns the input, as SeparableConvBN does;
+        # `activation=False` leaves the ReLU to the caller, which applies it once
+        # to the concatenated branches: the same values, but the backward pass then
+        # keeps one copy (the concatenation) instead of each branch's output too.
+        x, passed = self.sep(inputs, training=training, chain=True) if chain else (
+            self.sep(inputs, training=training), inputs)
+        out = self.bn(x, training=training)
+        if activation:
+            out = ops.relu(out)
+        return (out, passed) if chain else out
+
+    @property
+    def remat(self):
+        return self.sep.remat
+
+    @remat.setter
+    def remat(self, value):
+        self.sep.remat = bool(value)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
 
+    def compute_output_spec(self, inputs, training=None, chain=False, activation=True):
+        out = keras.KerasTensor(self.compute_output_shape(inputs.shape), self.compute_dtype)
+        return (out, keras.KerasTensor(inputs.shape, self.compute_dtype)) if chain else out
+
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, dilation_rate=self.dilation_rate, norm=self.norm)
+        config.update(filters=self.filters, dilation_rate=self.dilation_rate, norm=self.norm,
+                      remat=self.remat)
         return config
 
 
@@ -81,10 +132,18 @@ class JPU(keras.layers.Layer):
     With `width=512` and inputs of 512, 1024 and 2048 channels it has 19,735,552
     trainable parameters, as the official module.
 
+    Training memory: the branches' depthwise outputs and their normalized copies
+    (`3 * width` channels each, at stride 8) dominate what the layer keeps for the
+    backward pass; `remat=True` recomputes them there instead (see
+    `SeparableConvBN`), for the same outputs and gradients. In training, the
+    upsampling uses the interpolation-matrix form of `resize_bilinear`, whose
+    gradient needs no full-size temporaries; inference uses the gather form.
+
     Args:
         width: int, channels of each projection and of each dilated branch.
         dilations: tuple of ints, dilation rates of the parallel branches.
         align_corners: bool, resize semantics (the official code uses True).
+        remat: bool, rematerialize the separable convs' intermediates in training.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -99,7 +158,8 @@ class JPU(keras.layers.Layer):
     (1, 16, 16, 128)
     """
 
-    def __init__(self, width=512, dilations=(1, 2, 4, 8), align_corners=True, **kwargs):
+    def __init__(self, width=512, dilations=(1, 2, 4, 8), align_corners=True, remat=REMAT_DEFAULT,
+                 **kwargs):
         super().__init__(**kwargs)
         if int(width) < 1:
             raise ValueError(f"JPU width must be a positive int, got {width!r}.")
@@ -114,7 +174,7 @@ class JPU(keras.layers.Layer):
         self.conv4 = ConvBNReLU(self.width, 3, name="conv4", **kw)
         self.conv3 = ConvBNReLU(self.width, 3, name="conv3", **kw)
         self.dilation_branches = [
-            DilatedBranch(self.width, d, name=f"dilation{i + 1}", **kw)
+            DilatedBranch(self.width, d, remat=remat, name=f"dilation{i + 1}", **kw)
             for i, d in enumerate(self.dilations)
         ]
 
@@ -133,13 +193,25 @@ class JPU(keras.layers.Layer):
         c3, c4, c5 = _as_feature_list(inputs, "JPU")
         f3 = self.conv3(c3, training=training)
         size = ops.shape(f3)[1:3]
-        f4 = resize_bilinear(self.conv4(c4, training=training), size, self.align_corners)
-        f5 = resize_bilinear(self.conv5(c5, training=training), size, self.align_corners)
+        method = _resize_method(training)
+        f4 = resize_bilinear(self.conv4(c4, training=training), size, self.align_corners,
+                             method)
+        f5 = resize_bilinear(self.conv5(c5, training=training), size, self.align_corners,
+                             method)
         # Official order: [conv5, conv4, conv3].
         feat = ops.concatenate([f5, f4, f3], axis=-1)
-        return ops.concatenate(
-            [branch(feat, training=training) for branch in self.dilation_branches], axis=-1
-        )
+        # ReLU after the concatenation: the branches' ReLU, applied once.
+        return ops.relu(ops.concatenate(
+            _run_branches(self.dilation_branches, feat, training), axis=-1))
+
+    @property
+    def remat(self):
+        return all(branch.remat for branch in self.dilation_branches)
+
+    @remat.setter
+    def remat(self, value):
+        for branch in self.dilation_branches:
+            branch.remat = value
 
     def compute_output_shape(self, input_shape):
         c3 = _as_feature_list(input_shape, "JPU")[0]
@@ -148,7 +220,7 @@ class JPU(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(width=self.width, dilations=list(self.dilations),
-                      align_corners=self.align_corners)
+                      align_corners=self.align_corners, remat=self.remat)
         return config
 
 
@@ -167,6 +239,8 @@ class JUM(keras.layers.Layer):
         width: int, channels of the projections and branches (a multiple of 32).
         dilation: int, base dilation of the three branches.
         align_corners: bool, resize semantics.
+        remat: bool, rematerialize the separable convs' intermediates in training
+            (see `JPU`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -175,7 +249,7 @@ class JUM(keras.layers.Layer):
     (1, 8, 8, 128)
     """
 
-    def __init__(self, width, dilation=1, align_corners=True, **kwargs):
+    def __init__(self, width, dilation=1, align_corners=True, remat=REMAT_DEFAULT, **kwargs):
         super().__init__(**kwargs)
         if int(width) % 32:
             raise ValueError(f"JUM width must be a multiple of 32 (GroupNorm(32)), got {width}.")
@@ -186,8 +260,8 @@ class JUM(keras.layers.Layer):
         self.conv_l = ConvBNReLU(self.width, 3, name="conv_l", **kw)
         self.conv_h = ConvBNReLU(self.width, 3, name="conv_h", **kw)
         self.dilation_branches = [
-            DilatedBranch(self.width, self.dilation * m, norm="group",
-                           name=f"dilation{i + 1}", **kw)
+            DilatedBranch(self.width, self.dilation * m, norm="group", remat=remat,
+                          name=f"dilation{i + 1}", **kw)
             for i, m in enumerate((1, 2, 4))
         ]
 
@@ -205,12 +279,21 @@ class JUM(keras.layers.Layer):
         x_l, x_h = inputs
         f_h = self.conv_h(x_h, training=training)
         f_l = resize_bilinear(self.conv_l(x_l, training=training), ops.shape(f_h)[1:3],
-                              self.align_corners)
+                              self.align_corners, _resize_method(training))
         feat = ops.concatenate([f_l, f_h], axis=-1)
-        return ops.concatenate(
-            [f_l] + [branch(feat, training=training) for branch in self.dilation_branches],
-            axis=-1,
-        )
+        # The branches' ReLU after the concatenation (exact for f_l too: it is a ReLU
+        # output already).
+        return ops.relu(ops.concatenate(
+            [f_l] + _run_branches(self.dilation_branches, feat, training), axis=-1))
+
+    @property
+    def remat(self):
+        return all(branch.remat for branch in self.dilation_branches)
+
+    @remat.setter
+    def remat(self, value):
+        for branch in self.dilation_branches:
+            branch.remat = value
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[1][:-1]) + (4 * self.width,)
@@ -218,7 +301,7 @@ class JUM(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(width=self.width, dilation=self.dilation,
-                      align_corners=self.align_corners)
+                      align_corners=self.align_corners, remat=self.remat)
         return config
 
 
@@ -234,6 +317,8 @@ class JPUX(keras.layers.Layer):
     Args:
         width: int, a multiple of 64 (both JUMs use GroupNorm(32)).
         align_corners: bool, resize semantics.
+        remat: bool, rematerialize the separable convs' intermediates in training
+            (see `JPU`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -244,13 +329,13 @@ class JPUX(keras.layers.Layer):
     (1, 16, 16, 256)
     """
 
-    def __init__(self, width=512, align_corners=True, **kwargs):
+    def __init__(self, width=512, align_corners=True, remat=REMAT_DEFAULT, **kwargs):
         super().__init__(**kwargs)
         if int(width) % 64:
             raise ValueError(f"JPUX width must be a multiple of 64, got {width}.")
         self.width = int(width)
         self.align_corners = bool(align_corners)
-        kw = dict(align_corners=self.align_corners, dtype=self.dtype_policy)
+        kw = dict(align_corners=self.align_corners, remat=remat, dtype=self.dtype_policy)
         self.jum_1 = JUM(self.width // 2, 1, name="jum_1", **kw)
         self.jum_2 = JUM(self.width, 2, name="jum_2", **kw)
 
@@ -266,11 +351,20 @@ class JPUX(keras.layers.Layer):
         feat = self.jum_1([c4, c3], training=training)
         return self.jum_2([c5, feat], training=training)
 
+    @property
+    def remat(self):
+        return self.jum_1.remat and self.jum_2.remat
+
+    @remat.setter
+    def remat(self, value):
+        self.jum_1.remat = value
+        self.jum_2.remat = value
+
     def compute_output_shape(self, input_shape):
         c3 = _as_feature_list(input_shape, "JPUX")[0]
         return tuple(c3[:-1]) + (4 * self.width,)
 
     def get_config(self):
         config = super().get_config()
-        config.update(width=self.width, align_corners=self.align_corners)
+        config.update(width=self.width, align_corners=self.align_corners, remat=self.remat)
         return config
