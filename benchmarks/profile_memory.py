@@ -6,6 +6,9 @@ the protocol of `keras_fastfcn.benchmark.measure_train_memory`), TensorFlow back
 - `saved`: static analysis of the traced training step. Every forward tensor that a
   gradient op reads stays alive until the backward pass reaches it; their sizes are
   summed per module (backbone stages, JPU parts, head, losses). No execution.
+- `timeline`: profiles one (steady-state) step with the TensorFlow profiler and the
+  BFC allocator, finds the allocator's peak and lists the tensors alive at that
+  moment, per module, with the op that reached it (forward or backward pass).
 - `peak`: runs the step in a fresh child process per configuration with TensorFlow's
   BFC allocator on the CPU (`TF_CPU_ALLOCATOR_USE_BFC=true`), which counts tensor bytes
   exactly (no malloc fragmentation): bytes held before the step (weights, optimizer
@@ -21,7 +24,8 @@ the matmul form was added), so before/after comparisons run in the same code and
 process setup.
 
 Examples:
-    python benchmarks/profile_memory.py saved --upsamplers jpu,os8
+    python benchmarks/profile_memory.py saved --upsamplers jpu,os8 --remat off,on
+    python benchmarks/profile_memory.py timeline --upsamplers jpu,os8
     python benchmarks/profile_memory.py peak --variants full,stride8,features,backbone
     python benchmarks/profile_memory.py rss --repeats 2 --remat on,off
 """
@@ -81,13 +85,14 @@ def _build(backbone, upsampler, num_classes, variant, remat, resize):
 
     from keras_fastfcn import benchmark
 
-    full = benchmark._build("encnet", backbone, upsampler, num_classes, training=True)
     if variant == "no_aux":
         from keras_fastfcn import FastFCN
 
         up, stride = benchmark.UPSAMPLERS[upsampler]
         full = FastFCN(num_classes=num_classes, head="encnet", backbone=backbone,
                        upsampler=up, output_stride=stride, aux=False, se_loss=True)
+    else:
+        full = benchmark._build("encnet", backbone, upsampler, num_classes, training=True)
     applied = _apply_options(full, remat, resize)
     if variant in ("idle", "full", "no_aux"):
         return full, applied

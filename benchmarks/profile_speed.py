@@ -29,6 +29,8 @@ import sys
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(_HERE) not in sys.path:  # run from a checkout: use its keras_fastfcn
+    sys.path.insert(0, os.path.dirname(_HERE))
 
 
 def _spread(times):

@@ -100,9 +100,10 @@ def test_remat_option_serializes_and_can_be_switched(tmp_path):
     assert again.remat is True and all(b.sep.remat for b in again.dilation_branches)
     jpux = L.JPUX.from_config(L.JPUX(width=64, remat=True).get_config())
     assert jpux.remat is True and jpux.jum_1.dilation_branches[0].sep.remat
-    # Older configs have no "remat" key: the default applies.
+    # Older configs have no "remat" key: the default (on) applies.
     del config["remat"]
-    assert L.JPU.from_config(config).remat is False
+    assert L.JPU.from_config(config).remat is True
+    assert L.JPU(width=32).remat is True and L.JPUX(width=64).remat is True
 
     model = _tiny_jpu_model(remat=True)
     path = tmp_path / "tiny.keras"
