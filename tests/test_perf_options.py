@@ -214,3 +214,57 @@ def test_jpu_training_pass_matches_the_plain_formulation(rng, remat):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
     for a, b in zip(stats0, stats1):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _saved_for_backward_bytes(fn, *specs):
+    """Bytes of forward tensors read by the backward pass of the traced `fn` (the
+    analysis of benchmarks/profile_memory.py, `saved` mode)."""
+    graph = tf.function(fn).get_concrete_function(*specs).graph
+    ops_list = graph.get_operations()
+    backward = set()
+    for op in ops_list:
+        if (op.name.startswith("gradient_tape/") or any(t.op.name in backward for t in op.inputs)
+                or any(c.name in backward for c in op.control_inputs)):
+            backward.add(op.name)
+    live, stack = set(), [op for op in ops_list if op.op_def.is_stateful]
+    stack += [t.op for t in graph.outputs]
+    while stack:
+        op = stack.pop()
+        if op.name not in live:
+            live.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+            stack.extend(op.control_inputs)
+    aliasing = {"Identity", "IdentityN", "Reshape", "Squeeze", "ExpandDims", "StopGradient"}
+    saved = {}
+    for op in ops_list:
+        if op.name not in backward or op.name not in live:
+            continue
+        for t in op.inputs:
+            while t.op.type in aliasing and t.op.inputs:
+                t = t.op.inputs[t.value_index if t.op.type == "IdentityN" else 0]
+            if t.op.name in backward or t.op.type in ("ReadVariableOp", "Const", "Placeholder"):
+                continue
+            saved[t.name] = int(np.prod(t.shape.as_list())) * t.dtype.size
+    return sum(saved.values())
+
+
+def test_remat_keeps_less_for_the_backward_pass():
+    """The point of the option: JPU's training step saves much less for its backward
+    pass (the separable convs' intermediates are recomputed instead)."""
+    specs = [tf.TensorSpec(s, tf.float32)
+             for s in ((2, 32, 32, 16), (2, 16, 16, 32), (2, 8, 8, 64))]
+    totals = {}
+    for remat in (False, True):
+        jpu = L.JPU(width=32, dilations=(1, 2, 4, 8), remat=remat)
+        jpu.build([s.shape for s in specs])
+
+        def step(c3, c4, c5, jpu=jpu):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(jpu([c3, c4, c5], training=True)))
+            return tape.gradient(loss, jpu.trainable_variables)
+
+        totals[remat] = _saved_for_backward_bytes(step, *specs)
+    # Per branch, only the pointwise output (width channels) stays, instead of also
+    # the 3 * width channel depthwise output, its normalization and the padded
+    # space-to-batch copy.
+    assert totals[True] < 0.5 * totals[False], totals
