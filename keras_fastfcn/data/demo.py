@@ -23,14 +23,13 @@ Example:
 import functools
 import os
 import pathlib
-import shutil
-import tempfile
 import zlib
 
 import numpy as np
 import tensorflow as tf
 
 from keras_fastfcn.data import palettes
+from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.data.sources import IGNORE_LABEL, Source, _attach_lazy
 
 __all__ = ["DemoSource", "generate", "write_folder", "CLASSES"]
@@ -246,9 +245,8 @@ def write_folder(path, size=96, num_train=240, num_val=60, seed=0, overwrite=Fal
     target = pathlib.Path(os.path.expanduser(str(path))).resolve()
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists (pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_path(target, is_dir=True) as tmp:
+        tmp = pathlib.Path(tmp)
         for split, count in (("train", num_train), ("val", num_val)):
             images, labels = generate(split, num_images=count, size=size, seed=seed)
             (tmp / split / "images").mkdir(parents=True)
@@ -258,14 +256,4 @@ def write_folder(path, size=96, num_train=240, num_val=60, seed=0, overwrite=Fal
                 Image.fromarray(image).save(tmp / split / "images" / f"{stem}.png")
                 Image.fromarray(label).save(tmp / split / "labels" / f"{stem}.png")
         (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -45,6 +45,9 @@ class _ClassifierMixin:
         self.dropout.build(shape)
         self.classifier.build(shape)
 
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_classes,)
+
 
 @_register
 class FCNHead(_ClassifierMixin, keras.layers.Layer):
@@ -80,9 +83,6 @@ class FCNHead(_ClassifierMixin, keras.layers.Layer):
 
     def call(self, inputs, training=None):
         return self._classify(self.conv5(inputs, training=training), training)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.num_classes,)
 
     def get_config(self):
         config = super().get_config()
@@ -184,9 +184,6 @@ class PSPHead(_ClassifierMixin, keras.layers.Layer):
     def call(self, inputs, training=None):
         x = self.conv(self.pyramid(inputs, training=training), training=training)
         return self._classify(x, training)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.num_classes,)
 
     def get_config(self):
         config = super().get_config()
@@ -297,9 +294,6 @@ class ASPPHead(_ClassifierMixin, keras.layers.Layer):
     def call(self, inputs, training=None):
         x = self.block(self.aspp(inputs, training=training), training=training)
         return self._classify(x, training)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.num_classes,)
 
     def get_config(self):
         config = super().get_config()
