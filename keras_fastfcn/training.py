@@ -42,6 +42,7 @@ DEFAULTS = {
         "output_stride": None,
         "backbone_weights": "imagenet",
         "jpu_width": 512,
+        "jpu_remat": True,
         "align_corners": True,
     },
     "data": {
@@ -498,7 +499,7 @@ def build_model(cfg, num_classes, class_names=None, dataset=None):
         num_classes=num_classes, head=m["head"], backbone=m["backbone"],
         upsampler=m["upsampler"], aux=m["aux"], se_loss=m["se_loss"],
         output_stride=m["output_stride"], backbone_weights=m["backbone_weights"],
-        jpu_width=m["jpu_width"], align_corners=m["align_corners"],
+        jpu_width=m["jpu_width"], jpu_remat=m["jpu_remat"], align_corners=m["align_corners"],
         class_names=class_names, dataset=dataset,
     )
 

@@ -71,7 +71,7 @@ def test_dilated_baseline_output_stride():
 
 def test_save_load_round_trip(tmp_path, rng):
     model = kf.FastFCN(num_classes=5, head="psp", upsampler="jpu_x", aux=True, jpu_width=64,
-                       class_names=["a", "b", "c", "d", "e"], dataset="demo")
+                       jpu_remat=False, class_names=["a", "b", "c", "d", "e"], dataset="demo")
     x = rng.uniform(0, 255, (1, 72, 56, 3)).astype("float32")
     before = model.predict(x, verbose=0)
     path = tmp_path / "m.keras"
@@ -79,6 +79,7 @@ def test_save_load_round_trip(tmp_path, rng):
     restored = keras.models.load_model(path, safe_mode=True)
     assert isinstance(restored, kf.FastFCN)
     assert restored.class_names == ["a", "b", "c", "d", "e"] and restored.dataset == "demo"
+    assert restored.jpu_remat is False and restored.get_layer("jpu").remat is False
     after = restored.predict(x, verbose=0)
     for key in before:
         np.testing.assert_allclose(before[key], after[key], atol=1e-5)

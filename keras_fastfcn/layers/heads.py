@@ -130,7 +130,9 @@ class PyramidPooling(keras.layers.Layer):
         feats = [inputs]
         for bins, conv in zip(self.bins, self.convs):
             pooled = conv(adaptive_avg_pool2d(inputs, bins), training=training)
-            feats.append(resize_bilinear(pooled, size, self.align_corners))
+            # Matrix form in training: its gradient needs no full-size temporaries.
+            method = "matmul" if training else "gather"
+            feats.append(resize_bilinear(pooled, size, self.align_corners, method))
         return ops.concatenate(feats, axis=-1)
 
     def compute_output_shape(self, input_shape):
