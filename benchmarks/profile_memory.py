@@ -46,14 +46,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # ----------------------------------------------------------------------------------------
 # Model and step construction (runs in the measuring process)
 
-def _vm(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _apply_options(model, remat, resize):
     """Sets the JPU remat option and the training resize formulation, where present."""
     from keras_fastfcn.layers import jpu as jpu_module
@@ -150,6 +142,7 @@ def measure(backbone="resnet50", upsampler="jpu", variant="full", crop=480, batc
     import tensorflow as tf
 
     from keras_fastfcn import losses
+    from keras_fastfcn.benchmark import _vm  # the benchmark's /proc/self/status reader
 
     bfc = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
 

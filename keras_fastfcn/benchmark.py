@@ -198,21 +198,36 @@ def machine_description():
 
 
 def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, memory=True,
-                   min_seconds=10.0, log=print):
-    """Measures every configuration; returns a list of result dicts."""
+                   min_seconds=10.0, log=print, done=(), on_result=None):
+    """Measures every configuration; returns a list of result dicts.
+
+    Args:
+        done: results of an earlier run with the same settings; configurations found
+            there without an error are kept, not measured again.
+        on_result: called with the results so far after each configuration, so that a
+            long run killed midway keeps what it measured.
+    """
+    previous = {(r["head"], r["backbone"], r["upsampler"]): r for r in done
+                if "error" not in r}
     results = []
     for backbone in backbones:
         for head in heads:
             for upsampler in upsamplers:
                 config = {"head": head, "backbone": backbone, "upsampler": upsampler}
-                row = dict(config)
-                row.update(_child("measure_speed", config,
-                                  {"size": size, "min_seconds": min_seconds}))
-                if memory and "error" not in row:
-                    row.update(_child("measure_train_memory", config,
-                                      {"crop": crop, "batch": batch}))
+                row = previous.get((head, backbone, upsampler))
+                if row is None:
+                    row = dict(config)
+                    row.update(_child("measure_speed", config,
+                                      {"size": size, "min_seconds": min_seconds}))
+                    if memory and "error" not in row:
+                        row.update(_child("measure_train_memory", config,
+                                          {"crop": crop, "batch": batch}))
+                    log(_row_text(row))
+                else:
+                    log(_row_text(row) + "  (kept from the earlier run)")
                 results.append(row)
-                log(_row_text(row))
+                if on_result is not None:
+                    on_result(results)
     return results
 
 
@@ -343,6 +358,21 @@ def draw_chart(results, path):
         img.save(tmp, format="PNG")
 
 
+def _previous_results(out_dir, machine, size, crop, batch):
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        payload = json.load(f)
+    same = (payload.get("machine"), payload.get("size"), payload.get("train_crop"),
+            payload.get("train_batch")) == (machine, size, crop, batch)
+    if not same:
+        print(f"Not resuming from {path}: it was measured on another machine or with other "
+              "sizes; measuring everything again.")
+        return []
+    return payload.get("results", [])
+
+
 def add_arguments(parser):
     parser.add_argument("--heads", default=",".join(HEADS))
     parser.add_argument("--backbones", default=",".join(BACKBONES))
@@ -357,6 +387,9 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized: 128 px, crop 96, encnet x resnet50 x (jpu, os8)")
     parser.add_argument("--output", default="benchmarks", help="folder for RESULTS.md etc.")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the configurations already in OUTPUT/results.json (same "
+                             "machine and sizes) and measure only the missing ones")
 
 
 def run(args):
@@ -376,10 +409,12 @@ def run(args):
         size, crop, min_seconds = 128, 96, 1.0
     machine = machine_description()
     print(f"Benchmarking on {machine}")
-    results = run_benchmarks(heads, backbones, upsamplers, size=size, crop=crop,
-                             batch=args.batch, memory=not args.no_memory,
-                             min_seconds=min_seconds)
-    write_report(results, args.output, machine, size, crop, args.batch)
+    done = _previous_results(args.output, machine, size, crop, args.batch) if args.resume else []
+    # The report is rewritten after each configuration: a full run takes most of an hour.
+    results = run_benchmarks(
+        heads, backbones, upsamplers, size=size, crop=crop, batch=args.batch,
+        memory=not args.no_memory, min_seconds=min_seconds, done=done,
+        on_result=lambda rows: write_report(rows, args.output, machine, size, crop, args.batch))
     for r in ratios(results):
         mem = f", train memory x{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
         print(f"{r['head']} {r['backbone']} {r['upsampler']} vs os8: "

@@ -66,6 +66,19 @@ def _check_feature_shapes(shapes, name):
             raise ValueError(f"{name}: feature {i} needs a known channel count, got shape {shape}.")
 
 
+class _BranchRemat:
+    """`remat` of a layer with `dilation_branches` (JPU, JUM): settable after building."""
+
+    @property
+    def remat(self):
+        return all(branch.remat for branch in self.dilation_branches)
+
+    @remat.setter
+    def remat(self, value):
+        for branch in self.dilation_branches:
+            branch.remat = value
+
+
 @_register
 class DilatedBranch(keras.layers.Layer):
     """SeparableConvBN -> norm -> ReLU: one `dilationK` branch of JPU / JUM.
@@ -122,7 +135,7 @@ class DilatedBranch(keras.layers.Layer):
 
 
 @_register
-class JPU(keras.layers.Layer):
+class JPU(_BranchRemat, keras.layers.Layer):
     """Joint Pyramid Upsampling: stride-8 features from a stride-32 backbone.
 
     Projects C3, C4, C5 (strides 8, 16, 32) with conv3x3 + BN + ReLU to `width`
@@ -212,15 +225,6 @@ class JPU(keras.layers.Layer):
         return ops.relu(ops.concatenate(
             _run_branches(self.dilation_branches, feat, training), axis=-1))
 
-    @property
-    def remat(self):
-        return all(branch.remat for branch in self.dilation_branches)
-
-    @remat.setter
-    def remat(self, value):
-        for branch in self.dilation_branches:
-            branch.remat = value
-
     def compute_output_shape(self, input_shape):
         c3 = _as_feature_list(input_shape, "JPU")[0]
         return tuple(c3[:-1]) + (len(self.dilations) * self.width,)
@@ -233,7 +237,7 @@ class JPU(keras.layers.Layer):
 
 
 @_register
-class JUM(keras.layers.Layer):
+class JUM(_BranchRemat, keras.layers.Layer):
     """Joint Upsampling Module, the building block of JPU_X.
 
     Projects a low-resolution map `x_l` and a high-resolution map `x_h` with
@@ -293,15 +297,6 @@ class JUM(keras.layers.Layer):
         # output already).
         return ops.relu(ops.concatenate(
             [f_l] + _run_branches(self.dilation_branches, feat, training), axis=-1))
-
-    @property
-    def remat(self):
-        return all(branch.remat for branch in self.dilation_branches)
-
-    @remat.setter
-    def remat(self, value):
-        for branch in self.dilation_branches:
-            branch.remat = value
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[1][:-1]) + (4 * self.width,)
