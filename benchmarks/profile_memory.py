@@ -360,27 +360,13 @@ def _group(op_name):
     return "other"
 
 
-def saved_activations(backbone="resnet50", upsampler="jpu", crop=480, batch=2, num_classes=59,
-                      remat=None, resize="auto"):
-    """Bytes of forward tensors read by the backward pass of the step, per module."""
-    import keras
+def saved_for_backward(graph):
+    """Forward tensors of a traced training step that its backward pass reads.
+
+    Returns {tensor name: (tensor, bytes)} over the ops that run (feed a variable
+    update or an output), following ops that alias their input buffer.
+    """
     import numpy as np
-    import tensorflow as tf
-
-    from keras_fastfcn import losses
-
-    model, applied = _build(backbone, upsampler, num_classes, "full", remat, resize)
-    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
-                  loss={"logits": losses.segmentation_loss(),
-                        "aux_logits": losses.segmentation_loss(), "se_logits": losses.se_loss()},
-                  loss_weights={"logits": 1.0, "aux_logits": 0.2, "se_logits": 0.2},
-                  jit_compile=False)
-    model.optimizer.build(model.trainable_variables)
-    specs = (tf.TensorSpec((batch, crop, crop, 3), tf.float32),
-             {"logits": tf.TensorSpec((batch, crop, crop), tf.int32),
-              "aux_logits": tf.TensorSpec((batch, crop, crop), tf.int32),
-              "se_logits": tf.TensorSpec((batch, num_classes), tf.float32)})
-    graph = tf.function(lambda x, y: model.train_step((x, y))).get_concrete_function(*specs).graph
 
     ops_list = graph.get_operations()
     backward = set()
@@ -422,6 +408,32 @@ def saved_activations(backbone="resnet50", upsampler="jpu", crop=480, batch=2, n
             if t.shape.rank is None or not t.shape.is_fully_defined():
                 continue
             saved[t.name] = (t, int(np.prod(t.shape.as_list())) * t.dtype.size)
+    return saved
+
+
+def saved_activations(backbone="resnet50", upsampler="jpu", crop=480, batch=2, num_classes=59,
+                      remat=None, resize="auto"):
+    """Bytes of forward tensors read by the backward pass of the step, per module."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_fastfcn import losses
+
+    model, applied = _build(backbone, upsampler, num_classes, "full", remat, resize)
+    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
+                  loss={"logits": losses.segmentation_loss(),
+                        "aux_logits": losses.segmentation_loss(), "se_logits": losses.se_loss()},
+                  loss_weights={"logits": 1.0, "aux_logits": 0.2, "se_logits": 0.2},
+                  jit_compile=False)
+    model.optimizer.build(model.trainable_variables)
+    specs = (tf.TensorSpec((batch, crop, crop, 3), tf.float32),
+             {"logits": tf.TensorSpec((batch, crop, crop), tf.int32),
+              "aux_logits": tf.TensorSpec((batch, crop, crop), tf.int32),
+              "se_logits": tf.TensorSpec((batch, num_classes), tf.float32)})
+    graph = tf.function(lambda x, y: model.train_step((x, y))).get_concrete_function(*specs).graph
+
+    saved = saved_for_backward(graph)
     per_group = collections.Counter()
     for t, nbytes in saved.values():
         if nbytes >= 1 << 20:  # skip per-channel statistics and scalars

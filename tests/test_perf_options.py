@@ -5,6 +5,9 @@ the plain computation (up to float rounding), inside `model.fit` too, and the
 options must survive serialization.
 """
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,6 +16,8 @@ import keras
 
 from keras_fastfcn import layers as L
 from keras_fastfcn import ops as kops
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _grads(layer, x):
@@ -217,35 +222,15 @@ def test_jpu_training_pass_matches_the_plain_formulation(rng, remat):
 
 
 def _saved_for_backward_bytes(fn, *specs):
-    """Bytes of forward tensors read by the backward pass of the traced `fn` (the
-    analysis of benchmarks/profile_memory.py, `saved` mode)."""
+    """Bytes of forward tensors read by the backward pass of the traced `fn`, by the
+    analysis of benchmarks/profile_memory.py (`saved` mode)."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import profile_memory
+    finally:
+        sys.path.pop(0)
     graph = tf.function(fn).get_concrete_function(*specs).graph
-    ops_list = graph.get_operations()
-    backward = set()
-    for op in ops_list:
-        if (op.name.startswith("gradient_tape/") or any(t.op.name in backward for t in op.inputs)
-                or any(c.name in backward for c in op.control_inputs)):
-            backward.add(op.name)
-    live, stack = set(), [op for op in ops_list if op.op_def.is_stateful]
-    stack += [t.op for t in graph.outputs]
-    while stack:
-        op = stack.pop()
-        if op.name not in live:
-            live.add(op.name)
-            stack.extend(t.op for t in op.inputs)
-            stack.extend(op.control_inputs)
-    aliasing = {"Identity", "IdentityN", "Reshape", "Squeeze", "ExpandDims", "StopGradient"}
-    saved = {}
-    for op in ops_list:
-        if op.name not in backward or op.name not in live:
-            continue
-        for t in op.inputs:
-            while t.op.type in aliasing and t.op.inputs:
-                t = t.op.inputs[t.value_index if t.op.type == "IdentityN" else 0]
-            if t.op.name in backward or t.op.type in ("ReadVariableOp", "Const", "Placeholder"):
-                continue
-            saved[t.name] = int(np.prod(t.shape.as_list())) * t.dtype.size
-    return sum(saved.values())
+    return sum(nbytes for _, nbytes in profile_memory.saved_for_backward(graph).values())
 
 
 def test_remat_keeps_less_for_the_backward_pass():
