@@ -15,6 +15,9 @@ Each configuration runs in its own process (clean GPU memory statistics):
 
 Usage (on the GPU machine, with keras/namex/optree importable):
     python benchmarks/gpu_jax.py --out results.jsonl --budget 480
+    # peak memory without XLA's autotuning workspaces (see benchmarks/GPU.md):
+    GPU_BENCH_MEMORY_ONLY=1 XLA_FLAGS=--xla_gpu_autotune_level=0 \
+        python benchmarks/gpu_jax.py --out memory.jsonl --budget 300
 """
 
 import argparse
