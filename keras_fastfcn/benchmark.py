@@ -5,8 +5,9 @@ one model's memory and thread pools do not bias the next; all run on the same in
 
 - Latency: the inference model (logits only) on one 512x512 image, through the
   fastest path the package offers: BatchNorm folded into the convolutions
-  (`keras_fastfcn.fold`) and a compiled `tf.function`, with and without XLA, the
-  faster kept. Protocol of the official `test_fps_params.py` (warm-up runs, then
+  (`keras_fastfcn.fold`) and a compiled `tf.function`, without XLA and with XLA for
+  every part but the JPU (`keras_fastfcn.inference.xla_parts`; for a dilated model
+  that is nearly the whole graph), the faster kept. Protocol of the official `test_fps_params.py` (warm-up runs, then
   repeated timed runs), reported as the median latency and its FPS. (The official
   script times the training model with its auxiliary head; we time what is deployed.)
 - FLOPs: TensorFlow's graph profiler on the frozen inference graph (a multiply-add
@@ -70,6 +71,8 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     import numpy as np
     import tensorflow as tf
 
+    from keras_fastfcn.inference import xla_parts
+
     model = _build(head, backbone, upsampler, num_classes)
     params = {"backbone": 0, "upsampler": 0, "head": 0}
     for layer in model.layers:
@@ -87,10 +90,12 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
                          tf.float32)
     spec = tf.TensorSpec((1, size, size, 3), tf.float32)
     best = None
-    for jit in (False, True):
-        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                         jit_compile=jit)
+    for jit in (False, "parts"):
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         start = time.perf_counter()
+        if jit == "parts":
+            with xla_parts(model):
+                fn.get_concrete_function()
         fn(images).numpy()
         compile_s = time.perf_counter() - start
         for _ in range(warmup - 1):
@@ -271,16 +276,17 @@ def write_report(results, out_dir, machine, size, crop, batch, title="CPU"):
             json.dump(payload, f, indent=2)
     lines = [f"# Benchmarks ({title})", "", f"Machine: {machine}.", "",
              f"Inference: one {size}x{size} image, batch 1, logits-only model, folded BN, "
-             "median of repeated runs after warm-up, faster of plain / XLA `tf.function`. "
+             "median of repeated runs after warm-up, faster of a plain `tf.function` and one with "
+             "XLA for every part but the JPU (column XLA). "
              f"Training memory: peak RSS of a child process running one step at crop {crop}, "
              f"batch {batch} (main + aux + SE losses), and its growth during the step.", "",
              "| head | backbone | upsampler | latency (s) | FPS | GFLOPs | params backbone / "
-             "upsampler / head (M) | train peak RSS (GB) | step growth (GB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "upsampler / head (M) | train peak RSS (GB) | step growth (GB) | XLA |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['head']} | {r['backbone']} | {r['upsampler']} | error: "
-                         f"{r['error'][:80]} | | | | | |")
+                         f"{r['error'][:80]} | | | | | | |")
             continue
         p = r["params"]
         mem = (f"{r['train_peak_rss_gb']:.2f} | {r['train_step_growth_gb']:.2f}"
@@ -288,7 +294,8 @@ def write_report(results, out_dir, machine, size, crop, batch, title="CPU"):
         lines.append(
             f"| {r['head']} | {r['backbone']} | {r['upsampler']} | {r['latency_s']:.3f} | "
             f"{r['fps']:.2f} | {r['gflops']:.0f} | {p['backbone'] / 1e6:.1f} / "
-            f"{p['upsampler'] / 1e6:.1f} / {p['head'] / 1e6:.1f} | {mem} |")
+            f"{p['upsampler'] / 1e6:.1f} / {p['head'] / 1e6:.1f} | {mem} | "
+            f"{'parts' if r.get('xla') else 'off'} |")
     lines += ["", "Ratios against the dilated output-stride-8 model (DilatedFCN) of the same "
               "head and backbone:", "",
               "| head | backbone | upsampler | speed-up | FLOPs ratio | peak RSS ratio | "

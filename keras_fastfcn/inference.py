@@ -46,6 +46,7 @@ runs windows, so its single-scale numbers correspond to
 `mode="slide", base_size=520, crop_size=480`.
 """
 
+import contextlib
 import math
 import os
 import weakref
@@ -75,6 +76,58 @@ def logits_model(model):
             raise ValueError(f"Model {model.name!r} has dict outputs without a 'logits' entry.")
         return keras.Model(model.input, model.output["logits"])
     return model
+
+
+# What `jit_compile` may be: off, the whole forward as one XLA cluster, or "parts".
+JIT_OPTIONS = (False, True, "parts")
+
+
+def _check_jit(jit_compile):
+    if not (isinstance(jit_compile, bool) or jit_compile == "parts"):
+        raise ValueError(f"Unknown jit_compile {jit_compile!r}: expected one of {JIT_OPTIONS}.")
+    return jit_compile
+
+
+@contextlib.contextmanager
+def xla_parts(model):
+    """While a `tf.function` is traced inside it: every top-level part of `model`
+    but the JPU / JPUX runs as its own XLA cluster, the JPU by TensorFlow's kernels.
+
+    Why: on CPU, TensorFlow's oneDNN kernels run the JPU's dilated depthwise convs
+    4-5x faster than XLA does (0.18 s vs 0.84 s for JPU width 512 at 64x64 on 2
+    cores), while XLA runs the big stride-8 heads faster (ASPP 0.41 s vs 0.70 s,
+    PSP 0.37 s vs 0.63 s). One setting for the whole graph leaves one of the two
+    slow; `benchmarks/RESULTS.md` measures both against this mixed form. The model
+    is only patched during the trace: the traced function keeps the clusters, the
+    layers are restored on exit.
+
+    Args:
+        model: a functional Keras model (a FastFCN or its `logits_model`).
+
+    Example:
+    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=32)
+    >>> fn = tf.function(lambda x: model(x, training=False))
+    >>> with xla_parts(model):
+    ...     traced = fn.get_concrete_function(tf.TensorSpec((1, 64, 64, 3)))
+    """
+    from keras_fastfcn.layers import JPU, JPUX
+
+    parts = [layer for layer in getattr(model, "layers", ())
+             if not isinstance(layer, (keras.layers.InputLayer, JPU, JPUX))]
+    if not parts:
+        raise ValueError(f"xla_parts needs a functional model with layers, got {model!r}.")
+    saved = [(layer, layer.__dict__.get("call")) for layer in parts]
+    try:
+        for layer in parts:
+            # An instance attribute shadows the method: Layer.__call__ looks up self.call.
+            layer.call = tf.function(layer.call, jit_compile=True, autograph=False)
+        yield model
+    finally:
+        for layer, original in saved:
+            if original is None:
+                layer.__dict__.pop("call", None)
+            else:
+                layer.__dict__["call"] = original
 
 
 def load_model(path):
@@ -280,8 +333,10 @@ class Predictor:
             (True for FastFCN, as the official code).
         pad_value: raw RGB padding colour for `"slide"` (default 0, black: the
             official `-mean / std` padding of normalized images).
-        jit_compile: compile the model forward with XLA (per input shape; useful in
-            `"slide"` mode on GPU, where every window has the same shape).
+        jit_compile: `False`; `True`, the model forward as one XLA cluster (per input
+            shape; useful in `"slide"` mode on GPU, where every window has the same
+            shape); or `"parts"`, XLA for the backbone and head but not the JPU
+            (`xla_parts`, the fastest on CPU for the PSP and DeepLab heads).
 
     Example:
     >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
@@ -314,15 +369,20 @@ class Predictor:
             align_corners = getattr(model, "align_corners", True)
         self.align_corners = bool(align_corners)
         self.pad_value = tuple(float(v) for v in np.broadcast_to(pad_value, (3,)))
+        self.jit_compile = _check_jit(jit_compile)
         spec = [tf.TensorSpec((None, None, None, 3), tf.float32)]
         # Plain Python loops over static scales/windows: no autograph needed.
+        # One trace for every image / window batch; XLA (if asked) specializes per shape.
+        graph = self._whole_graph if mode == "whole" else self._forward_graph
+        fn = tf.function(graph, input_signature=spec, jit_compile=jit_compile is True,
+                         autograph=False)
+        if jit_compile == "parts":
+            with xla_parts(self.model):
+                fn.get_concrete_function()  # traced now, while the parts are patched
         if mode == "whole":
-            self._whole = tf.function(self._whole_graph, input_signature=spec,
-                                      jit_compile=jit_compile, autograph=False)
+            self._whole = fn
         else:
-            # One trace for every window batch; XLA (if asked) specializes per shape.
-            self._forward = tf.function(self._forward_graph, input_signature=spec,
-                                        jit_compile=jit_compile, autograph=False)
+            self._forward = fn
 
     def _whole_graph(self, images):
         return multiscale_scores(self.model, images, self.scales, self.flip,
@@ -510,9 +570,11 @@ def add_inference_arguments(parser):
     group.add_argument("--base-size", type=int, default=None, metavar="N",
                        help="resize the long side to N * scale (official: 520 for Pascal "
                             "Context/ADE20K); default: each image's own size")
-    group.add_argument("--jit-compile", action="store_true",
-                       help="XLA-compile the model forward (slower on CPU in our measurement; "
-                            "may help --mode slide on GPU)")
+    group.add_argument("--jit-compile", nargs="?", const="on", default="off",
+                       choices=("off", "on", "parts"),
+                       help="XLA-compile the model forward: on (the whole forward; may help "
+                            "--mode slide on GPU), parts (backbone and head, not the JPU: "
+                            "the fastest on CPU for the psp and deeplab heads); default off")
     return group
 
 
@@ -528,7 +590,9 @@ def predictor_from_args(model, args):
     if args.base_size is not None and args.base_size < 1:
         raise ValueError(f"--base-size must be >= 1, got {args.base_size}.")
     return Predictor(model, mode=args.mode, scales=scales, flip=flip, crop_size=args.crop_size,
-                     base_size=args.base_size, jit_compile=args.jit_compile)
+                     base_size=args.base_size,
+                     jit_compile={"off": False, "on": True}.get(args.jit_compile,
+                                                                args.jit_compile))
 
 
 def describe_predictor(predictor):
@@ -545,4 +609,4 @@ def predictor_settings(predictor):
     """The predictor's options as a JSON-ready dict."""
     return {"mode": predictor.mode, "scales": list(predictor.scales), "flip": predictor.flip,
             "crop_size": predictor.crop_size if predictor.mode == "slide" else None,
-            "base_size": predictor.base_size}
+            "base_size": predictor.base_size, "jit_compile": predictor.jit_compile}

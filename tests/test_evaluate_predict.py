@@ -78,7 +78,8 @@ def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, folder_spe
     report = json.loads(out_json.read_text())
     assert report["images"] == 3 and report["split"] == "val"
     assert report["inference"] == {"mode": "whole", "scales": [1.0], "flip": False,
-                                   "crop_size": None, "base_size": None}
+                                   "crop_size": None, "base_size": None,
+                                   "jit_compile": False}
     assert [c["name"] for c in report["per_class"]] == NAMES  # the model's names win
 
     model = inference.load_model(model_path)

@@ -298,3 +298,28 @@ def test_converted_official_model_matches_official_evaluator(tmp_path):
     np.testing.assert_allclose(inference.normalize_scores(ours).numpy(),
                                expected / expected.sum(-1, keepdims=True), atol=2e-3)
     assert (ours.argmax(-1) == expected.argmax(-1)).mean() > 0.999
+
+
+def test_xla_parts_same_output_jpu_left_to_tensorflow():
+    """`jit_compile="parts"`: the backbone and head become XLA clusters, the JPU does
+    not, the output is unchanged and the model's layers are restored after the trace."""
+    model = kf.FastFCN(4, head="deeplab", backbone="resnet50", upsampler="jpu", jpu_width=16)
+    net = inference.logits_model(model)
+    x = tf.random.uniform((1, 64, 80, 3), 0, 255, seed=1)
+    reference = net(x, training=False).numpy()
+    fn = tf.function(lambda images: net(images, training=False))
+    with inference.xla_parts(net):
+        traced = fn.get_concrete_function(tf.TensorSpec((1, None, None, 3)))
+    assert all("call" not in layer.__dict__ for layer in net.layers)
+    clusters = [f.signature.name for f in traced.graph.as_graph_def().library.function
+                if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+    parts = [layer.name for layer in net.layers
+             if not isinstance(layer, (keras.layers.InputLayer, kf.layers.JPU))]
+    assert "jpu" in [layer.name for layer in net.layers] and "head" in parts
+    assert len(clusters) == len(parts)  # one XLA cluster per part, none for the JPU
+    np.testing.assert_allclose(traced(x).numpy(), reference, rtol=1e-4, atol=1e-4)
+    predictor = inference.Predictor(model, jit_compile="parts")
+    plain = inference.Predictor(model)
+    np.testing.assert_allclose(predictor(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="jit_compile"):
+        inference.Predictor(model, jit_compile="yes")
