@@ -105,6 +105,21 @@ def _build(backbone, upsampler, num_classes, variant, remat, resize):
     return keras.Model(images, {"logits": logits, "se_logits": se}), applied
 
 
+def _compiled_full(backbone, upsampler, num_classes, remat, resize):
+    """The full training model (main + 0.2 aux + 0.2 SE losses, SGD), compiled."""
+    import keras
+
+    from keras_fastfcn import losses
+
+    model, applied = _build(backbone, upsampler, num_classes, "full", remat, resize)
+    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
+                  loss={"logits": losses.segmentation_loss(),
+                        "aux_logits": losses.segmentation_loss(), "se_logits": losses.se_loss()},
+                  loss_weights={"logits": 1.0, "aux_logits": 0.2, "se_logits": 0.2},
+                  jit_compile=False)
+    return model, applied
+
+
 def _train_step_fn(model, variant, num_classes):
     """A tf.function SGD step for the sub-model variants (the full ones use fit's step)."""
     import keras
@@ -260,7 +275,6 @@ def timeline(backbone="resnet50", upsampler="jpu", crop=480, batch=2, num_classe
     its peak by module. Needs TF_CPU_ALLOCATOR_USE_BFC=true (set by the command line)."""
     import tempfile
 
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -269,12 +283,7 @@ def timeline(backbone="resnet50", upsampler="jpu", crop=480, batch=2, num_classe
     off = os.environ.get("PROFILE_MEMORY_GRAPPLER_OFF")
     if off:  # e.g. "constant_folding,arithmetic_optimization", to test their effect
         tf.config.optimizer.set_experimental_options({k: False for k in off.split(",")})
-    model, applied = _build(backbone, upsampler, num_classes, "full", remat, resize)
-    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
-                  loss={"logits": losses.segmentation_loss(),
-                        "aux_logits": losses.segmentation_loss(), "se_logits": losses.se_loss()},
-                  loss_weights={"logits": 1.0, "aux_logits": 0.2, "se_logits": 0.2},
-                  jit_compile=False)
+    model, applied = _compiled_full(backbone, upsampler, num_classes, remat, resize)
     rng = np.random.RandomState(0)
     x = rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
     y = rng.randint(0, num_classes, (batch, crop, crop)).astype("int32")
@@ -414,18 +423,10 @@ def saved_for_backward(graph):
 def saved_activations(backbone="resnet50", upsampler="jpu", crop=480, batch=2, num_classes=59,
                       remat=None, resize="auto"):
     """Bytes of forward tensors read by the backward pass of the step, per module."""
-    import keras
     import numpy as np
     import tensorflow as tf
 
-    from keras_fastfcn import losses
-
-    model, applied = _build(backbone, upsampler, num_classes, "full", remat, resize)
-    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
-                  loss={"logits": losses.segmentation_loss(),
-                        "aux_logits": losses.segmentation_loss(), "se_logits": losses.se_loss()},
-                  loss_weights={"logits": 1.0, "aux_logits": 0.2, "se_logits": 0.2},
-                  jit_compile=False)
+    model, applied = _compiled_full(backbone, upsampler, num_classes, remat, resize)
     model.optimizer.build(model.trainable_variables)
     specs = (tf.TensorSpec((batch, crop, crop, 3), tf.float32),
              {"logits": tf.TensorSpec((batch, crop, crop), tf.int32),
