@@ -75,6 +75,13 @@ def _resize_matmul(images, out_h, out_w, align_corners):
 RESIZE_METHODS = ("gather", "matmul")
 
 
+def layer_resize_method(training):
+    """The `resize_bilinear` method the layers use: `"matmul"` in training (its
+    gradient needs no full-size temporaries), `"gather"` at inference (cost linear
+    in the output size)."""
+    return "matmul" if training else "gather"
+
+
 def resize_bilinear(images, size, align_corners=True, method="gather"):
     """Bilinear resize of NHWC `images` to `size`, PyTorch-exact.
 
@@ -100,7 +107,8 @@ def resize_bilinear(images, size, align_corners=True, method="gather"):
       the convolutions there; and a non-finite input value spreads to its whole
       output row/column (0 * inf), not only to its neighbours.
 
-    The layers use `"matmul"` in training and `"gather"` at inference.
+    The layers use `"matmul"` in training and `"gather"` at inference
+    (`layer_resize_method`).
 
     Args:
         images: a 4-D tensor `(batch, height, width, channels)`.

@@ -12,7 +12,7 @@ from keras import ops
 
 from keras_fastfcn.layers.conv import ConvBNReLU
 from keras_fastfcn.layers.encoding import EncModule
-from keras_fastfcn.ops import adaptive_avg_pool2d, resize_bilinear
+from keras_fastfcn.ops import adaptive_avg_pool2d, layer_resize_method, resize_bilinear
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
@@ -130,9 +130,8 @@ class PyramidPooling(keras.layers.Layer):
         feats = [inputs]
         for bins, conv in zip(self.bins, self.convs):
             pooled = conv(adaptive_avg_pool2d(inputs, bins), training=training)
-            # Matrix form in training: its gradient needs no full-size temporaries.
-            method = "matmul" if training else "gather"
-            feats.append(resize_bilinear(pooled, size, self.align_corners, method))
+            feats.append(resize_bilinear(pooled, size, self.align_corners,
+                                         layer_resize_method(training)))
         return ops.concatenate(feats, axis=-1)
 
     def compute_output_shape(self, input_shape):

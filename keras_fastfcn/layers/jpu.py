@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN, make_norm
-from keras_fastfcn.ops import resize_bilinear
+from keras_fastfcn.ops import layer_resize_method, resize_bilinear
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
@@ -18,12 +18,6 @@ _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 # changes no result and costs little (about +4% of a ResNet-50 training step on CPU)
 # for much less training memory (about -0.5 GB of peak RSS at crop 480, batch 2).
 REMAT_DEFAULT = True
-
-
-def _resize_method(training):
-    # The matmul form has the cheaper gradient; the gather form costs less for
-    # large outputs at inference (see `resize_bilinear`).
-    return "matmul" if training else "gather"
 
 
 def _run_branches(branches, feat, training):
@@ -214,7 +208,7 @@ class JPU(_BranchRemat, keras.layers.Layer):
         c3, c4, c5 = _as_feature_list(inputs, "JPU")
         f3 = self.conv3(c3, training=training)
         size = ops.shape(f3)[1:3]
-        method = _resize_method(training)
+        method = layer_resize_method(training)
         f4 = resize_bilinear(self.conv4(c4, training=training), size, self.align_corners,
                              method)
         f5 = resize_bilinear(self.conv5(c5, training=training), size, self.align_corners,
@@ -291,7 +285,7 @@ class JUM(_BranchRemat, keras.layers.Layer):
         x_l, x_h = inputs
         f_h = self.conv_h(x_h, training=training)
         f_l = resize_bilinear(self.conv_l(x_l, training=training), ops.shape(f_h)[1:3],
-                              self.align_corners, _resize_method(training))
+                              self.align_corners, layer_resize_method(training))
         feat = ops.concatenate([f_l, f_h], axis=-1)
         # The branches' ReLU after the concatenation (exact for f_l too: it is a ReLU
         # output already).

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_fastfcn.ops import RESIZE_METHODS, resize_bilinear
+from keras_fastfcn.ops import RESIZE_METHODS, layer_resize_method, resize_bilinear
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
@@ -101,9 +101,7 @@ class BilinearResize(keras.layers.Layer):
     def call(self, inputs, training=None):
         x, reference = inputs
         size = ops.shape(reference)[1:3]
-        method = self.method
-        if method == "auto":
-            method = "matmul" if training else "gather"
+        method = layer_resize_method(training) if self.method == "auto" else self.method
         return ops.cast(resize_bilinear(x, size, self.align_corners, method),
                         self.compute_dtype)
 
