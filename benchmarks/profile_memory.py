@@ -59,8 +59,10 @@ def _apply_options(model, remat, resize):
         jpu.remat = remat
         applied["remat"] = remat
     if resize == "gather":
-        if hasattr(jpu_module, "_resize_method"):
-            jpu_module._resize_method = lambda training: "gather"
+        # The JPU module's resize policy (`_resize_method` in older checkouts).
+        for policy in ("layer_resize_method", "_resize_method"):
+            if hasattr(jpu_module, policy):
+                setattr(jpu_module, policy, lambda training: "gather")
         for name in ("logits", "aux_logits"):
             try:
                 layer = model.get_layer(name)
@@ -487,6 +489,22 @@ def _options(args, upsampler):
     return [(rm, rs) for rm in remats for rs in resizes]
 
 
+def _configs(args):
+    """The configurations the command line asks for, as measurement keyword arguments."""
+    for backbone in args.backbones.split(","):
+        for upsampler in args.upsamplers.split(","):
+            for remat, resize in _options(args, upsampler):
+                yield {"backbone": backbone, "upsampler": upsampler, "crop": args.crop,
+                       "batch": args.batch, "num_classes": args.num_classes,
+                       "remat": remat, "resize": resize}
+
+
+def _append_json(path, row):
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", choices=("saved", "timeline", "peak", "rss"))
@@ -507,19 +525,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.code_root:
         _CODE_ROOT[:] = [os.path.abspath(args.code_root)]
-    backbones = args.backbones.split(",")
-    upsamplers = args.upsamplers.split(",")
-
     rows = []
     if args.mode == "saved":
-        for backbone in backbones:
-            for upsampler in upsamplers:
-                for remat, resize in _options(args, upsampler):
-                    r = _saved_child({"backbone": backbone, "upsampler": upsampler,
-                                      "crop": args.crop, "batch": args.batch,
-                                      "num_classes": args.num_classes, "remat": remat,
-                                      "resize": resize})
-                    rows.append(r)
+        rows = [_saved_child(config) for config in _configs(args)]
         groups = sorted({g for r in rows for g in r["saved_mb"]},
                         key=lambda g: -max(r["saved_mb"].get(g, 0) for r in rows))
         labels = [f"{r['backbone']} {_label(r)}" for r in rows]
@@ -533,48 +541,32 @@ def main(argv=None):
         print(f"{'weights (MB, x3 with grads+momentum)':<34}"
               + "".join(f"{r['trainable_params'] * 4 / 2**20:>{width + 2}.0f}" for r in rows))
     elif args.mode == "timeline":
-        for backbone in backbones:
-            for upsampler in upsamplers:
-                for remat, resize in _options(args, upsampler):
-                    r = _child({"backbone": backbone, "upsampler": upsampler,
-                                "crop": args.crop, "batch": args.batch,
-                                "num_classes": args.num_classes, "remat": remat,
-                                "resize": resize}, bfc=True, entry="timeline")
-                    rows.append(r)
-                    if "error" in r:
-                        print(f"{backbone} {upsampler}: ERROR {r['error']}")
-                        continue
-                    print(f"\n{backbone} {_label(r)}: allocator peak {r['peak_gb']:.2f} GB "
-                          f"({r['live_requested_gb']:.2f} GB requested by the live tensors), "
-                          f"reached in the {r['phase']} at op {r['peak_op']}")
-                    for g, mb in sorted(r["live_mb"].items(), key=lambda kv: -kv[1]):
-                        if mb >= 1:
-                            print(f"  {g:<40} {mb:8.0f} MB")
-                    print("  largest live tensors:")
-                    for op, mb, shape in r["biggest"]:
-                        print(f"    {mb:7.1f} MB {shape:<22} {op}")
-                    if args.json:
-                        with open(args.json, "a") as f:
-                            f.write(json.dumps(r) + "\n")
+        for config in _configs(args):
+            r = _child(config, bfc=True, entry="timeline")
+            rows.append(r)
+            if "error" in r:
+                print(f"{config['backbone']} {config['upsampler']}: ERROR {r['error']}")
+                continue
+            print(f"\n{config['backbone']} {_label(r)}: allocator peak {r['peak_gb']:.2f} GB "
+                  f"({r['live_requested_gb']:.2f} GB requested by the live tensors), "
+                  f"reached in the {r['phase']} at op {r['peak_op']}")
+            for g, mb in sorted(r["live_mb"].items(), key=lambda kv: -kv[1]):
+                if mb >= 1:
+                    print(f"  {g:<40} {mb:8.0f} MB")
+            print("  largest live tensors:")
+            for op, mb, shape in r["biggest"]:
+                print(f"    {mb:7.1f} MB {shape:<22} {op}")
+            _append_json(args.json, r)
     else:
         bfc = args.mode == "peak"
-        variants = args.variants.split(",")
         for rep in range(args.repeats):
-            for backbone in backbones:
-                for upsampler in upsamplers:
-                    for remat, resize in _options(args, upsampler):
-                        for variant in variants:
-                            config = {"backbone": backbone, "upsampler": upsampler,
-                                      "variant": variant, "crop": args.crop,
-                                      "batch": args.batch, "num_classes": args.num_classes,
-                                      "remat": remat, "resize": resize}
-                            r = _child(config, bfc)
-                            r["repeat"], r["tag"] = rep, args.tag
-                            rows.append(r)
-                            print(_row_text(r, bfc), flush=True)
-                            if args.json:
-                                with open(args.json, "a") as f:
-                                    f.write(json.dumps(r) + "\n")
+            for config in _configs(args):
+                for variant in args.variants.split(","):
+                    r = _child({**config, "variant": variant}, bfc)
+                    r["repeat"], r["tag"] = rep, args.tag
+                    rows.append(r)
+                    print(_row_text(r, bfc), flush=True)
+                    _append_json(args.json, r)
     return rows
 
 
