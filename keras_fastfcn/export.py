@@ -13,9 +13,10 @@ B, H and W are dynamic; with `input_size=(H, W)` the network itself runs at that
 fixed size (images resized to it in the graph, results resized back, as Model
 Garden's `input_image_size` + `rescale_output`). Outputs (a dict):
 - `class_map`: int32 `[B, H, W]`, at the input image's size;
-- `probabilities`: float32 `[B, H, W, C]`: the softmax, or with multi-scale /
-  flip the ensemble scores of `keras_fastfcn.inference` normalized per pixel;
-  left out with `probabilities=False`, as it is `4 * C` bytes per pixel;
+- `probabilities`: float32 `[B, H, W, C]`: the softmax of the logits, or with
+  multi-scale / flip the official ensemble's scores normalized per pixel (the
+  softmax of `keras_fastfcn.inference`'s log-scores); left out with
+  `probabilities=False`, as it is `4 * C` bytes per pixel;
 - `class_names`: string `[B, C]` when the model carries class names. It is
   repeated per image (not `[C]`) because TF Serving's REST row format
   (`"instances"`) requires every output to share the batch dimension.
@@ -117,17 +118,16 @@ def _prepare(model, fold_bn):
 
 def make_forward(model, scales=(1.0,), flip=False, input_size=None, base_size=None,
                  align_corners=True):
-    """A function `images float32 [B, H, W, 3] 0-255 -> probabilities [B, H, W, C]`.
+    """A function `images float32 [B, H, W, 3] 0-255 -> log-scores [B, H, W, C]`.
 
-    Plain TensorFlow, traceable in a `tf.function` with dynamic B, H and W.
-    Single scale without flip: `softmax(model(images))`. With several scales or
-    flip: the package's whole-image ensemble,
-    `inference.normalize_scores(inference.multiscale_scores(...))` (the official
-    evaluator's scores as a per-pixel distribution; its argmax is the class map
-    `keras-fastfcn evaluate/predict --mode whole` give). With `input_size` the
-    network runs at exactly that size: the images are resized to it and the
-    result resized back to the input size (bilinear, the model's
-    `align_corners`, as the inference module resizes).
+    Plain TensorFlow, traceable in a `tf.function` with dynamic B, H and W: the
+    package's whole-image ensemble `inference.multiscale_log_scores` (the logits
+    themselves for one scale without flip; otherwise the log of the official
+    evaluator's scores, finite for any logits). Its argmax is the class map that
+    `keras-fastfcn evaluate/predict --mode whole` give, its softmax the
+    probabilities. With `input_size` the network runs at exactly that size: the
+    images are resized to it and the log-scores resized back to the input size in
+    the log domain (as the official evaluator resizes each scale's scores).
 
     Args:
         model: a logits model (e.g. `FastFCN.inference_model()` or a folded one).
@@ -145,10 +145,10 @@ def make_forward(model, scales=(1.0,), flip=False, input_size=None, base_size=No
     """
     import tensorflow as tf
 
-    from keras_fastfcn.ops import resize_bilinear
+    from keras_fastfcn import inference
+    from keras_fastfcn.ops import log_resize_bilinear, resize_bilinear
 
     scales = tuple(float(s) for s in scales)
-    ensemble = len(scales) > 1 or scales[0] != 1.0 or flip or base_size is not None
 
     def forward(images):
         images = tf.cast(images, tf.float32)
@@ -157,31 +157,26 @@ def make_forward(model, scales=(1.0,), flip=False, input_size=None, base_size=No
         if input_size is not None:
             x = resize_bilinear(images, input_size, align_corners)
             x = tf.ensure_shape(x, [None, input_size[0], input_size[1], 3])
-        if ensemble:
-            from keras_fastfcn import inference
-
-            probs = inference.normalize_scores(inference.multiscale_scores(
-                model, x, scales, flip, base_size, align_corners))
-        else:
-            # softmax, not the ensemble's exp-and-normalize: stable for any logits.
-            probs = tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+        log_scores = inference.multiscale_log_scores(model, x, scales, flip, base_size,
+                                                     align_corners)
         if input_size is not None:
-            # A bilinear blend of distributions is still a distribution.
-            probs = resize_bilinear(probs, size, align_corners)
-        return probs
+            log_scores = log_resize_bilinear(log_scores, size, align_corners)
+        return log_scores
 
     return forward
 
 
-def _outputs(probs, class_names, probabilities):
+def _outputs(log_scores, class_names, probabilities):
     import tensorflow as tf
 
-    out = {"class_map": tf.argmax(probs, axis=-1, output_type=tf.int32)}
+    # The class map is the argmax of the log-scores themselves (exact: the logits'
+    # argmax for a single scale), not of the rounded probabilities.
+    out = {"class_map": tf.argmax(log_scores, axis=-1, output_type=tf.int32)}
     if probabilities:
-        out["probabilities"] = tf.identity(probs)
+        out["probabilities"] = tf.nn.softmax(log_scores, axis=-1)
     if class_names:
         names = tf.constant(class_names, dtype=tf.string)
-        out["class_names"] = tf.tile(names[None], [tf.shape(probs)[0], 1])
+        out["class_names"] = tf.tile(names[None], [tf.shape(log_scores)[0], 1])
     return out
 
 

@@ -15,19 +15,25 @@ not a softmax probability. In sliding-window mode the exponentiated window score
 are averaged where windows overlap. Each scale's scores are resized (bilinear) to
 the input size and the scales are summed. The class map is the argmax.
 
-One deliberate difference: `exp` overflows float32 once logits reach ~88 (easy
-with flip, which doubles them, or with an untrained model). Scores are therefore
-computed as `exp(z - shift)` with one shift per image, `shift = max(0, max(z) -
-80)`, kept consistent across scales (a running rescale, as in a streaming
-log-sum-exp). When every logit is below 80 (any reasonably trained model) the shift
-is 0 and the scores are exactly the official ones; otherwise they are the official
-scores times `exp(-shift)`, a positive constant per image, so the argmax and
-per-pixel normalized scores (`normalize_scores`) are unchanged.
+The package returns these scores as their logarithm, the *log-scores*: the scale's
+log-score is `z + flip(z_flipped)` itself, overlapping windows are combined with a
+log-sum-exp (minus the log of the window count), resizes between scales are done
+in the log domain (`ops.log_resize_bilinear`), and scales are log-summed. This
+is the log of the official float computation wherever that is finite, and it stays
+finite for any logits: trained models reach logits in the hundreds, where the
+official float32 `exp` overflows for some pixels and underflows to 0 for others
+(every class 0, argmax class 0). Consequences:
+
+- one scale of 1.0 without flip (`mode="whole"`) returns the logits unchanged, so
+  the class map is exactly `argmax(model(images))`;
+- `argmax(log_scores)` is the official ensemble's class map;
+- `normalize_scores(log_scores)` (a softmax) is the official scores normalized per
+  pixel; for a single scale without flip, the softmax of the logits.
 
 Modes:
     - `"whole"`: the model sees the whole (resized) image, any size, no padding.
       Traceable in a `tf.function` with dynamic height and width
-      (`multiscale_scores`), which the exporter builds its serving graph on.
+      (`multiscale_log_scores`), which the exporter builds its serving graph on.
     - `"slide"`: the official evaluator exactly. Per scale: if the long side is at
       most `crop_size`, pad to `crop_size` and run once; else pad the short side up
       to `crop_size` if needed and run `crop_size` windows on a grid with stride
@@ -55,14 +61,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fastfcn.ops import resize_bilinear
+from keras_fastfcn.ops import log_add_exp, log_resize_bilinear, resize_bilinear
 
 MODES = ("whole", "slide")
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 STRIDE_RATE = 2.0 / 3.0
-# Logits above this would make exp() overflow float32 (max ~3.4e38 = e^88.7) once a
-# few scales are summed; see the module docstring.
-_MAX_EXP_ARG = 80.0
 
 # --------------------------------------------------------------------------- model
 
@@ -239,31 +242,25 @@ def _call_logits(model, x):
     return tf.cast(out, tf.float32)
 
 
-def _accumulate(acc, acc_shift, term, term_shift):
-    """acc * exp(-acc_shift) + term * exp(-term_shift) re-expressed at the larger shift."""
-    if acc is None:
-        return term, term_shift
-    new_shift = tf.maximum(acc_shift, term_shift)
-    return (acc * tf.exp(acc_shift - new_shift) + term * tf.exp(term_shift - new_shift),
-            new_shift)
+def _add_scale(acc, term):
+    """Adds one scale's log-scores to the running log-sum (None: the first scale)."""
+    return term if acc is None else log_add_exp(acc, term)
 
 
-def _exp_shift(max_logit):
-    """Per-image shift (B, 1, 1, 1) that keeps exp() finite; 0 for sane logits."""
-    return tf.maximum(max_logit - _MAX_EXP_ARG, 0.0)
-
-
-def multiscale_scores(model, images, scales=(1.0,), flip=False, base_size=None,
-                      align_corners=True):
-    """Whole-image multi-scale (+ flip) class scores, written with tf ops only.
+def multiscale_log_scores(model, images, scales=(1.0,), flip=False, base_size=None,
+                          align_corners=True):
+    """Whole-image multi-scale (+ flip) log-scores, written with tf ops only.
 
     For each scale the batch is resized (bilinear, `align_corners`) to
-    `scaled_size(H, W, scale, base_size)`, run through `model` whole (no padding, no
-    windows), exponentiated as `exp(z + flip(z_flipped))` (see the module docstring
-    for the shift that prevents overflow), resized back to `(H, W)` and summed over
-    scales. Height and width may be dynamic: this function can be traced once in a
-    `tf.function` with `input_signature=[tf.TensorSpec((None, None, None, 3))]` and
-    serves any image size (the exporter's serving graph is built on it).
+    `scaled_size(H, W, scale, base_size)` and run through `model` whole (no
+    padding, no windows); the scale's log-score is `z + flip(z_flipped)` (its
+    official score is the `exp` of that), resized back to `(H, W)` in the log
+    domain (`ops.log_resize_bilinear`) and log-summed over scales. The result is
+    the log of the official ensemble's scores, finite for any logits; a single
+    scale of 1.0 without flip returns the logits themselves. Height and width may
+    be dynamic: this function can be traced once in a `tf.function` with
+    `input_signature=[tf.TensorSpec((None, None, None, 3))]` and serves any image
+    size (the exporter's serving graph is built on it).
 
     Args:
         model: a Keras model, 0-255 RGB `(B, H, W, 3)` -> logits `(B, H, W, C)`
@@ -275,19 +272,19 @@ def multiscale_scores(model, images, scales=(1.0,), flip=False, base_size=None,
         align_corners: bool, resize semantics (the official code uses True).
 
     Returns:
-        float32 tensor `(B, H, W, C)` of summed scores; argmax over the last axis is
-        the class map.
+        float32 tensor `(B, H, W, C)` of log-scores; argmax over the last axis is
+        the class map, `normalize_scores` the per-pixel distribution.
 
     Example:
     >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
-    >>> multiscale_scores(model, tf.zeros((1, 64, 80, 3)), scales=(0.5, 1.0), flip=True).shape
+    >>> multiscale_log_scores(model, tf.zeros((1, 64, 80, 3)), (0.5, 1.0), flip=True).shape
     TensorShape([1, 64, 80, 3])
     """
     scales = _check_scales(scales)
     images = tf.cast(images, tf.float32)
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
-    acc = shift = None
+    acc = None
     for scale in scales:
         identity = scale == 1.0 and base_size is None
         if identity:
@@ -295,23 +292,20 @@ def multiscale_scores(model, images, scales=(1.0,), flip=False, base_size=None,
         else:
             size = _scaled_size_tensor(height, width, scale, base_size)
             x = resize_bilinear(images, size, align_corners)
-        z = _logits_with_flip(model, x, flip)
-        term_shift = _exp_shift(tf.reduce_max(z, axis=[1, 2, 3], keepdims=True))
-        term = tf.exp(z - term_shift)
+        term = _logits_with_flip(model, x, flip)
         if not identity:
-            term = resize_bilinear(term, (height, width), align_corners)
-        acc, shift = _accumulate(acc, shift, term, term_shift)
+            term = log_resize_bilinear(term, (height, width), align_corners)
+        acc = _add_scale(acc, term)
     return acc
 
 
-def normalize_scores(scores):
-    """Per-pixel normalized scores (sum to 1 over classes).
+def normalize_scores(log_scores):
+    """Per-pixel distribution of log-scores (softmax over the class axis).
 
-    For a single scale without flip this is exactly the softmax of the logits;
-    otherwise it is the official ensemble's scores as a distribution.
+    For a single scale without flip this is the softmax of the logits; otherwise
+    it is the official ensemble's scores divided by their sum over classes.
     """
-    scores = tf.convert_to_tensor(scores, tf.float32)
-    return scores / tf.maximum(tf.reduce_sum(scores, axis=-1, keepdims=True), 1e-30)
+    return tf.nn.softmax(tf.convert_to_tensor(log_scores, tf.float32), axis=-1)
 
 
 class Predictor:
@@ -385,14 +379,14 @@ class Predictor:
             self._forward = fn
 
     def _whole_graph(self, images):
-        return multiscale_scores(self.model, images, self.scales, self.flip,
+        return multiscale_log_scores(self.model, images, self.scales, self.flip,
                                  self.base_size, self.align_corners)
 
     def _forward_graph(self, windows):
         return _logits_with_flip(self.model, windows, self.flip)
 
     def __call__(self, images):
-        """Summed class scores `(B, H, W, C)` (float32 tensor) at the input size.
+        """Log-scores `(B, H, W, C)` (float32 tensor) at the input size (module docstring).
 
         Args:
             images: `(B, H, W, 3)` or one `(H, W, 3)` image (a batch axis is added
@@ -430,13 +424,11 @@ class Predictor:
         return shifted + colour
 
     def _slide_scale(self, images, height, width):
-        """One scale of the official evaluator: scores (B, height, width, C) and shift."""
+        """One scale of the official evaluator: log-scores (B, height, width, C)."""
         crop = self.crop_size
         batch = images.shape[0]
         if max(height, width) <= crop:
-            z = self._forward(self._pad(images, crop, crop))[:, :height, :width]
-            shift = _exp_shift(tf.reduce_max(z, axis=[1, 2, 3], keepdims=True))
-            return tf.exp(z - shift), shift
+            return self._forward(self._pad(images, crop, crop))[:, :height, :width]
 
         stride = int(crop * STRIDE_RATE)
         # Official: pad the short side to the crop size if it is smaller.
@@ -456,41 +448,40 @@ class Predictor:
 
         # Official count_norm counts each window over [h0, min(h0 + crop, ph)); the
         # result is then cut to (height, width), so only that region matters.
-        valid = np.zeros((len(origins), 1, crop, crop, 1), bool)
         count = np.zeros((grid_h, grid_w), np.float32)
-        for k, (y, x) in enumerate(origins):
-            valid[k, 0, :max(0, min(crop, height - y)), :max(0, min(crop, width - x))] = True
+        for y, x in origins:
             count[y:min(y + crop, ph), x:min(x + crop, pw)] += 1
-        max_logit = tf.reduce_max(tf.where(valid, z, -np.inf), axis=[0, 2, 3, 4])
-        shift = _exp_shift(tf.reshape(max_logit, (batch, 1, 1, 1)))
-        e = tf.exp(z - shift[None])
+        assert (count[:height, :width] > 0).all()
 
-        # Scatter-add every window into the canvas in one op.
+        # The official average of exp(z) over the windows covering a pixel, as a
+        # log-sum-exp: per pixel and class, shift by the largest window logit there
+        # (scatter-max), so every exponential is at most 1 and their sum at least 1.
         ys, xs = np.meshgrid(np.arange(crop), np.arange(crop), indexing="ij")
         idx = np.empty((len(origins), batch, crop, crop, 3), np.int32)
         for k, (y, x) in enumerate(origins):
             idx[k, :, :, :, 0] = np.arange(batch)[:, None, None]
             idx[k, :, :, :, 1] = y + ys
             idx[k, :, :, :, 2] = x + xs
-        canvas = tf.tensor_scatter_nd_add(
-            tf.zeros((batch, grid_h, grid_w, num_classes), tf.float32), idx, e)
-        assert (count[:height, :width] > 0).all()
-        canvas = canvas[:, :height, :width] / count[None, :height, :width, None]
-        return canvas, shift
+        canvas_shape = (batch, grid_h, grid_w, num_classes)
+        peak = tf.tensor_scatter_nd_max(tf.fill(canvas_shape, -np.inf), idx, z)
+        total = tf.tensor_scatter_nd_add(
+            tf.zeros(canvas_shape, tf.float32), idx, tf.exp(z - tf.gather_nd(peak, idx)))
+        log_scores = peak + tf.math.log(total) - np.log(np.maximum(count, 1.0))[None, :, :, None]
+        return log_scores[:, :height, :width]
 
     def _slide(self, images):
         in_h, in_w = images.shape[1], images.shape[2]
-        acc = shift = None
+        acc = None
         for scale in self.scales:
             height, width = scaled_size(in_h, in_w, scale, self.base_size)
             if (height, width) == (in_h, in_w):
                 current = images
             else:
                 current = resize_bilinear(images, (height, width), self.align_corners)
-            term, term_shift = self._slide_scale(current, height, width)
+            term = self._slide_scale(current, height, width)
             if (height, width) != (in_h, in_w):
-                term = resize_bilinear(term, (in_h, in_w), self.align_corners)
-            acc, shift = _accumulate(acc, shift, term, term_shift)
+                term = log_resize_bilinear(term, (in_h, in_w), self.align_corners)
+            acc = _add_scale(acc, term)
         return acc
 
 
@@ -499,7 +490,7 @@ _PREDICTORS = weakref.WeakKeyDictionary()
 
 def predict(model, images, mode="whole", scales=(1.0,), flip=False, crop_size=None,
             base_size=None, **kwargs):
-    """Summed class scores `(B, H, W, C)` of full-size images (see the module docstring).
+    """Log-scores `(B, H, W, C)` of full-size images (see the module docstring).
 
     A convenience around `Predictor`, cached per model and options, so calling it in
     a loop does not retrace.
@@ -516,7 +507,9 @@ def predict(model, images, mode="whole", scales=(1.0,), flip=False, crop_size=No
             `jit_compile`).
 
     Returns:
-        float32 `tf.Tensor` of scores; `tf.argmax(scores, -1)` is the class map.
+        float32 `tf.Tensor` of log-scores (the logits themselves for one scale
+        without flip); `tf.argmax(log_scores, -1)` is the class map and
+        `normalize_scores(log_scores)` the per-pixel probabilities.
 
     Example:
     >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)

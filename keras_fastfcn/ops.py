@@ -137,6 +137,74 @@ def resize_bilinear(images, size, align_corners=True, method="gather"):
     return _interp_1d(x, 2, out_w, align_corners)
 
 
+def _log_interp_1d(log_x, axis, out_size, align_corners):
+    """`log(interp_1d(exp(log_x)))` without leaving the log domain.
+
+    Each output is `m + log(w0 * exp(a - m) + w1 * exp(b - m))` of its two source
+    values `a`, `b` with bilinear weights `w0 + w1 = 1`, where `m` is the larger of
+    the values whose weight is not zero: every exponential is at most 1 and the
+    sum at least the smallest non-zero weight, so the result is finite for any
+    finite input and equal to the log of the linear blend of the exponentials.
+    A neighbour of weight 0 is left out entirely (not `0 * exp(...)`, which is NaN
+    once its exponential overflows).
+    """
+    in_size = ops.shape(log_x)[axis]
+    src = _source_coords(in_size, out_size, align_corners)
+    last = ops.cast(in_size, "int32") - 1
+    i0 = ops.minimum(ops.cast(ops.floor(src), "int32"), last)
+    i1 = ops.minimum(i0 + 1, last)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    w1 = ops.cast(ops.reshape(src - ops.cast(i0, "float32"), shape), log_x.dtype)
+    w0 = 1.0 - w1
+    a = ops.take(log_x, i0, axis=axis)
+    b = ops.take(log_x, i1, axis=axis)
+    use_a, use_b = w0 > 0, w1 > 0
+    m = ops.where(use_a, ops.where(use_b, ops.maximum(a, b), a), b)
+    total = (ops.where(use_a, w0 * ops.exp(a - m), 0.0)
+             + ops.where(use_b, w1 * ops.exp(b - m), 0.0))
+    return m + ops.log(total)
+
+
+def log_resize_bilinear(log_x, size, align_corners=True):
+    """`log(resize_bilinear(exp(log_x), size))`, computed stably in the log domain.
+
+    The official FastFCN evaluator resizes exponentiated logits (scores) between
+    scales; with trained models' logits (hundreds) `exp` overflows or underflows
+    float32 for most pixels. This resizes their logarithm instead, with the same
+    bilinear weights (`resize_bilinear`), so the result is exact wherever the
+    float32 computation in the linear domain would be finite, and finite for any
+    finite input. Traces to Gather/Exp/Log/Select ops (SavedModel, ONNX, TFLite).
+
+    Args:
+        log_x: 4-D NHWC tensor of log-scores.
+        size: `(height, width)`, Python ints or scalar tensors.
+        align_corners: bool, as `resize_bilinear`.
+
+    Returns:
+        The resized log-scores, `(batch, size[0], size[1], channels)`.
+
+    Example:
+    >>> x = keras.ops.reshape(keras.ops.array([0.0, 500.0]), (1, 1, 2, 1))
+    >>> log_resize_bilinear(x, (1, 3))[0, 0, :, 0]  # [0, 500 + log(0.5), 500]
+    """
+    if len(log_x.shape) != 4:
+        raise ValueError(
+            f"log_resize_bilinear expects a 4-D NHWC tensor, got shape {log_x.shape}.")
+    x = _log_interp_1d(log_x, 1, size[0], align_corners)
+    return _log_interp_1d(x, 2, size[1], align_corners)
+
+
+def log_add_exp(x, y):
+    """`log(exp(x) + exp(y))` elementwise, finite for finite inputs.
+
+    Written with max/exp/log only (`keras.ops.logaddexp` uses softplus, which
+    TFLite has no builtin kernel for).
+    """
+    m = ops.maximum(x, y)
+    return m + ops.log(ops.exp(x - m) + ops.exp(y - m))
+
+
 def adaptive_avg_pool2d(x, output_size):
     """PyTorch `AdaptiveAvgPool2d` on NHWC input of any (dynamic) size.
 

@@ -230,11 +230,12 @@ def test_fixed_input_size_no_probabilities_no_class_names(enc_model, tmp_path, r
     assert set(sig.structured_outputs) == {"class_map"}
     image = rng.randint(0, 256, (1, 50, 70, 3)).astype(np.uint8)
     class_map = sig(image_tensor=tf.constant(image))["class_map"].numpy()
-    # The network runs at 64x64; its probabilities are resized back to 50x70.
+    # The network runs at 64x64; its scores (exp of the logits) are resized back
+    # to 50x70, as the official evaluator resizes each scale's scores.
     x = resize_bilinear(tf.constant(image, tf.float32), (64, 64))
-    probs = resize_bilinear(keras.ops.softmax(enc_model(x, training=False)), (50, 70))
+    scores = resize_bilinear(keras.ops.exp(enc_model(x, training=False)), (50, 70))
     assert class_map.shape == (1, 50, 70)
-    assert (class_map == keras.ops.convert_to_numpy(probs).argmax(-1)).mean() >= 0.999
+    assert (class_map == keras.ops.convert_to_numpy(scores).argmax(-1)).mean() >= 0.999
 
 
 def test_multiscale_flip_in_graph(enc_model, tmp_path, rng):
@@ -248,6 +249,78 @@ def test_multiscale_flip_in_graph(enc_model, tmp_path, rng):
         ref = inference.normalize_scores(
             inference.predict(enc_model, image, scales=(0.75, 1.0), flip=True)).numpy()
         assert_agrees(out["probabilities"].numpy(), out["class_map"].numpy(), ref)
+
+
+def official_ensemble_f64(net, image, scales, flip):
+    """The official evaluator's whole-image scores in float64: per scale
+    `exp(z + flip(z'))` resized to the image (align_corners=True) and summed. Finite
+    for logits up to ~350 (flip doubles them; float64 exp overflows at 709)."""
+    import torch
+    import torch.nn.functional as F
+
+    image = np.asarray(image, np.float32)
+    h, w = image.shape[1:3]
+    total = 0.0
+    for scale in scales:
+        size = inference.scaled_size(h, w, scale)
+        x = resize_bilinear(tf.constant(image), size)
+        z = np.asarray(net(x, training=False), np.float64)
+        if flip:
+            z = z + np.asarray(net(x[:, :, ::-1], training=False), np.float64)[:, :, ::-1]
+        e = torch.from_numpy(np.exp(z)).permute(0, 3, 1, 2)
+        total = total + F.interpolate(e, (h, w), mode="bilinear", align_corners=True)
+    total = total.permute(0, 2, 3, 1).numpy()
+    assert np.isfinite(total).all()
+    return total
+
+
+def test_ms_flip_exports_of_a_confident_model_match_the_official_ensemble(
+        tmp_path, rng, tiny_backbone):
+    """Logits in the hundreds (as a trained model's): the `--ms` class maps of every
+    format equal the float64 official ensemble (a per-image exp shift sent 99% of
+    such pixels to class 0)."""
+    from conftest import make_confident
+
+    keras.utils.set_random_seed(5)
+    model = kf.FastFCN(num_classes=5, head="encnet", backbone=tiny_backbone, jpu_width=32)
+    image = rng.uniform(0, 255, (1, 48, 64, 3)).astype(np.float32)
+    make_confident(model, image, peak=300.0)
+    logits = np.asarray(model(image, training=False))
+    assert np.abs(logits).max() > 250 and np.median(logits.max(-1)) < logits.max() - 50
+    ref = official_ensemble_f64(model, image, inference.MS_SCALES, flip=True)
+    expected = ref.argmax(-1)
+    options = dict(scales=inference.MS_SCALES, flip=True)
+
+    ours = inference.predict(model, image, **options).numpy()
+    assert (ours.argmax(-1) == expected).mean() >= 0.999
+
+    path = export.export_saved_model(model, str(tmp_path / "sm"), **options)
+    out = tf.saved_model.load(path).signatures["serving_float"](image_tensor=tf.constant(image))
+    assert (out["class_map"].numpy() == expected).mean() >= 0.999
+    probs = out["probabilities"].numpy()
+    np.testing.assert_allclose(probs, ref / ref.sum(-1, keepdims=True), atol=2e-3)
+
+    # ONNX and TFLite with two scales + flip (the same ensemble code; the six-scale
+    # graph takes minutes to convert).
+    options = dict(scales=(0.75, 1.25), flip=True)
+    expected = official_ensemble_f64(model, image, options["scales"], flip=True).argmax(-1)
+    ort = pytest.importorskip("onnxruntime")
+    onnx_path = export.export_onnx(model, str(tmp_path / "m.onnx"), **options)
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    class_map, _ = sess.run(None, {"images": image})
+    assert (class_map == expected).mean() >= 0.999
+
+    tfl = export.export_tflite(model, str(tmp_path / "m.tflite"), input_size=(48, 64),
+                               **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runner = tf.lite.Interpreter(tfl).get_signature_runner()
+    assert (runner(images=image)["class_map"] == expected).mean() >= 0.999
+
+    # Single scale: the class map is the logits' argmax (no exponentials).
+    single = export.export_saved_model(model, str(tmp_path / "single"), fold_bn=False)
+    out = tf.saved_model.load(single).signatures["serving_float"](image_tensor=tf.constant(image))
+    assert (out["class_map"].numpy() == logits.argmax(-1)).mean() >= 0.9999
 
 
 def test_refuses_existing_version_and_reports_bad_paths(fcn_model, saved_model_dir, tmp_path):

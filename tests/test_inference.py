@@ -131,6 +131,11 @@ def to_nhwc(t):
     return t.permute(0, 2, 3, 1).numpy()
 
 
+def assert_log_close(log_scores, ref, atol=2e-4):
+    """Our log-scores against official (linear, float64) scores: rtol on the scores."""
+    np.testing.assert_allclose(log_scores, np.log(ref), rtol=0, atol=atol)
+
+
 @pytest.mark.parametrize("shape", [(50, 70), (61, 44)])
 def test_slide_ms_flip_matches_official(rng, shape):
     model, w, b = toy_model(rng)
@@ -140,7 +145,7 @@ def test_slide_ms_flip_matches_official(rng, shape):
     ours = inference.predict(model, image[None], mode="slide", scales=inference.MS_SCALES,
                              flip=True, crop_size=40, base_size=64).numpy()
     assert ours.shape == (1,) + shape + (NCLASS,)
-    np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=1e-6)
+    assert_log_close(ours, ref)
 
 
 def test_slide_single_scale_no_flip_matches_official(rng):
@@ -149,7 +154,7 @@ def test_slide_single_scale_no_flip_matches_official(rng):
     ref = to_nhwc(official_ms_eval(torch_logits(w, b), to_torch(image), (1.0,), False,
                                    base_size=83, crop_size=30))
     ours = inference.predict(model, image, mode="slide", crop_size=30).numpy()  # (H, W, 3) in
-    np.testing.assert_allclose(ours[None], ref, rtol=2e-4, atol=1e-6)
+    assert_log_close(ours[None], ref)
 
 
 def test_whole_ms_flip_matches_hand_computation(rng):
@@ -159,7 +164,7 @@ def test_whole_ms_flip_matches_hand_computation(rng):
     ours = inference.predict(model, images, scales=scales, flip=True, base_size=60).numpy()
     for i in range(2):
         ref = to_nhwc(official_whole(torch_logits(w, b), to_torch(images[i]), scales, True, 60))
-        np.testing.assert_allclose(ours[i:i + 1], ref, rtol=2e-4, atol=1e-6)
+        assert_log_close(ours[i:i + 1], ref)
 
 
 def test_flip_adds_mirrored_logits_before_exp(rng):
@@ -169,10 +174,10 @@ def test_flip_adds_mirrored_logits_before_exp(rng):
     z = model(image).numpy().astype("float64")
     zf = model(image[:, :, ::-1]).numpy().astype("float64")[:, :, ::-1]
     ours = inference.predict(model, image, flip=True).numpy()
-    np.testing.assert_allclose(ours, np.exp(z + zf), rtol=1e-4)
-    # No flip, one scale: exactly exp(logits); normalized, exactly the softmax.
+    np.testing.assert_allclose(ours, z + zf, rtol=0, atol=1e-4)
+    # No flip, one scale: exactly the logits; normalized, exactly the softmax.
     plain = inference.predict(model, image)
-    np.testing.assert_allclose(plain.numpy(), np.exp(z), rtol=1e-5)
+    np.testing.assert_allclose(plain.numpy(), z, rtol=0, atol=1e-5)
     np.testing.assert_allclose(inference.normalize_scores(plain).numpy(),
                                tf.nn.softmax(z).numpy(), rtol=1e-5, atol=1e-7)
 
@@ -184,39 +189,58 @@ def test_slide_equals_whole_for_pointwise_model_and_covers_every_pixel(rng):
         whole = inference.predict(model, image, scales=scales, flip=True, base_size=101).numpy()
         slide = inference.predict(model, image, mode="slide", scales=scales, flip=True,
                                   crop_size=32, base_size=101).numpy()
-        assert np.all(slide > 0)  # every pixel got a score (count_norm > 0 everywhere)
-        np.testing.assert_allclose(slide, whole, rtol=1e-4)
+        assert np.isfinite(slide).all()  # every pixel got a score (count_norm > 0)
+        np.testing.assert_allclose(slide, whole, rtol=0, atol=1e-4)
 
 
-def test_large_logits_do_not_overflow(rng):
-    # Logits ~150, doubled by flip: exp() overflows float32 (the official code would
-    # return inf); ours equal the official scores times one factor per image.
+def trained_like_model(rng, peak=300.0):
+    """The toy model with logits like a trained network's: confident, spanning hundreds.
+
+    Its classifier weights are scaled so that the largest |logit| on a photo-like
+    image is about `peak`, and pixels differ by hundreds: one shift per image can
+    not keep exp() finite for all of them.
+    """
     model, w, b = toy_model(rng)
     conv = model.layers[-1]
-    kernel, bias = conv.get_weights()
-    conv.set_weights([kernel, bias + 150.0])
-    b = b + 150.0
-    image = smooth_image(rng, (33, 47))
+    probe = smooth_image(np.random.RandomState(0), (40, 40))[None].astype("float32")
+    factor = peak / np.abs(model(probe).numpy()).max()
+    w, b = w * factor, b * factor
+    conv.set_weights([w.astype("float32"), b.astype("float32")])
+    return model, w, b
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_logits_in_the_hundreds_give_the_official_ensemble(rng, mode):
+    # Regression for wrong class maps of trained models: one exp() shift per image
+    # underflowed every class to 0 on most pixels (argmax = class 0). In float64 the
+    # official sums are still finite here (flip doubles 300 -> 600 < 709).
+    model, w, b = trained_like_model(rng)
+    image = smooth_image(rng, (41, 57))
+    z = model(image[None].astype("float32")).numpy()
+    assert z.max() - np.median(z.max(-1)) > 100  # pixels differ by hundreds
     x = to_torch(image)
-    refs = {  # float64: finite
-        "slide": official_ms_eval(torch_logits(w, b), x, (0.75, 1.0), True, 47, crop_size=30),
-        "whole": official_whole(torch_logits(w, b), x, (0.75, 1.0), True, 47),
-    }
-    for mode, ref in refs.items():
-        ref = to_nhwc(ref)
-        assert ref.max() > 1e120
-        ours = inference.predict(model, image[None], mode=mode, scales=(0.75, 1.0), flip=True,
-                                 crop_size=30, base_size=47).numpy()
-        assert np.isfinite(ours).all() and ours.max() > 0
-        ratio = ours / ref
-        np.testing.assert_allclose(ratio, ratio.mean(), rtol=1e-3)
-        assert (ours.argmax(-1) == ref.argmax(-1)).all()
+    if mode == "slide":
+        ref = official_ms_eval(torch_logits(w, b), x, (0.75, 1.0, 1.25), True, 57, crop_size=30)
+    else:
+        ref = official_whole(torch_logits(w, b), x, (0.75, 1.0, 1.25), True, 57)
+    ref = to_nhwc(ref)
+    assert np.isfinite(ref).all() and ref.max() > 1e200
+    ours = inference.predict(model, image[None], mode=mode, scales=(0.75, 1.0, 1.25),
+                             flip=True, crop_size=30, base_size=57).numpy()
+    assert np.isfinite(ours).all()
+    # Log-scores to float32 precision of values in the hundreds.
+    np.testing.assert_allclose(ours, np.log(ref), rtol=1e-5, atol=2e-3)
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.999
+    # One scale, no flip: exactly the logits and their argmax.
+    plain = inference.predict(model, image[None]).numpy()
+    np.testing.assert_allclose(plain, z, rtol=1e-6, atol=1e-4)
+    assert (plain.argmax(-1) == z.argmax(-1)).all()
 
 
-def test_multiscale_scores_traces_once_for_any_size(rng):
+def test_multiscale_log_scores_traces_once_for_any_size(rng):
     model, w, b = toy_model(rng)
     fn = tf.function(
-        lambda x: inference.multiscale_scores(model, x, (0.5, 1.25), True, base_size=None),
+        lambda x: inference.multiscale_log_scores(model, x, (0.5, 1.25), True, base_size=None),
         input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
     for shape in [(1, 40, 56), (2, 33, 29)]:
         images = np.stack([smooth_image(rng, shape[1:]) for _ in range(shape[0])]).astype("float32")
@@ -224,7 +248,7 @@ def test_multiscale_scores_traces_once_for_any_size(rng):
         for i in range(shape[0]):
             ref = official_whole(torch_logits(w, b), to_torch(images[i]), (0.5, 1.25), True,
                                  max(shape[1:]))
-            np.testing.assert_allclose(out[i:i + 1], to_nhwc(ref), rtol=2e-4, atol=1e-6)
+            assert_log_close(out[i:i + 1], to_nhwc(ref))
     assert fn.experimental_get_tracing_count() == 1
 
 
