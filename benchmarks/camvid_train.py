@@ -4,7 +4,7 @@
 Trains the bundled `camvid` config (EncNet + JPU, ResNet-50) at reduced resolution
 from a random initialization (no ImageNet download is needed), then evaluates the
 whole 360x480 validation images with the official metrics and writes
-`benchmarks/CAMVID.md`. With ImageNet weights (`--set model.backbone_weights=imagenet`
+`benchmarks/CAMVID.md`. With ImageNet weights (`--set model.encoder_weights=imagenet`
 on a machine with internet) the same recipe reaches far higher numbers.
 
 Usage:
@@ -35,7 +35,7 @@ def main():
 
     cmd = [sys.executable, "-m", "keras_fastfcn", "train", "--config", "camvid",
            "--output-dir", args.output, "--epochs", str(args.epochs),
-           "--set", f"model.backbone_weights={args.backbone_weights}",
+           "--set", f"model.encoder_weights={args.backbone_weights}",
            "--set", f"data.crop_size={args.crop}", "--set", f"data.base_size={args.base}",
            "--set", f"train.batch_size={args.batch}", "--set", "train.verbose=2"]
     print(" ".join(cmd), flush=True)

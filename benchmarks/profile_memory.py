@@ -80,20 +80,20 @@ def _build(backbone, upsampler, num_classes, variant, remat, resize):
     from keras_fastfcn import benchmark
 
     if variant == "no_aux":
-        from keras_fastfcn import FastFCN
+        from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter
 
         up, stride = benchmark.UPSAMPLERS[upsampler]
-        full = FastFCN(num_classes=num_classes, head="encnet", backbone=backbone,
-                       upsampler=up, output_stride=stride, aux=False, se_loss=True)
-    else:
-        full = benchmark._build("encnet", backbone, upsampler, num_classes, training=True)
+        full = FastFCNImageSegmenter(
+            FastFCNBackbone(encoder=backbone, upsampler=up, output_stride=stride),
+            num_classes=num_classes, head="encnet", aux=False, se_loss=True)
+    else:  # the official training heads: aux + SE
+        full = benchmark._build("encnet", backbone, upsampler, num_classes)
     applied = _apply_options(full, remat, resize)
     if variant in ("idle", "full", "no_aux"):
         return full, applied
     # Sub-models share the full model's layers: same weights and options.
     images = keras.Input((None, None, 3), name="images")
-    bb = next(layer for layer in full.layers if layer.name.startswith(backbone))
-    c2, c3, c4, c5 = bb(full.get_layer("preprocessing")(images))
+    c2, c3, c4, c5 = full.backbone.encoder(full.get_layer("preprocessing")(images))
     if variant == "backbone":
         return keras.Model(images, c5), applied
     try:
@@ -111,14 +111,8 @@ def _compiled_full(backbone, upsampler, num_classes, remat, resize):
     """The full training model (main + 0.2 aux + 0.2 SE losses, SGD), compiled."""
     import keras
 
-    from keras_fastfcn import losses
-
     model, applied = _build(backbone, upsampler, num_classes, "full", remat, resize)
-    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
-                  loss={"logits": losses.segmentation_loss(),
-                        "aux_logits": losses.segmentation_loss(), "se_logits": losses.se_loss()},
-                  loss_weights={"logits": 1.0, "aux_logits": 0.2, "se_logits": 0.2},
-                  jit_compile=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=False)
     return model, applied
 
 
@@ -158,7 +152,6 @@ def measure(backbone="resnet50", upsampler="jpu", variant="full", crop=480, batc
     import numpy as np
     import tensorflow as tf
 
-    from keras_fastfcn import losses
     from keras_fastfcn.benchmark import _vm  # the benchmark's /proc/self/status reader
 
     bfc = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
@@ -174,20 +167,12 @@ def measure(backbone="resnet50", upsampler="jpu", variant="full", crop=480, batc
     x = rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
     y = rng.randint(0, num_classes, (batch, crop, crop)).astype("int32")
     if variant in ("idle", "full", "no_aux"):
-        loss = {"logits": losses.segmentation_loss()}
-        weights = {"logits": 1.0}
-        if "aux_logits" in model.output:
-            loss["aux_logits"], weights["aux_logits"] = losses.segmentation_loss(), 0.2
-        loss["se_logits"], weights["se_logits"] = losses.se_loss(), 0.2
-        model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), loss=loss,
-                      loss_weights=weights, jit_compile=False)
-        targets = losses.training_targets(y, num_classes, aux="aux_logits" in model.output,
-                                          se=True)
-        targets = {k: np.asarray(v) for k, v in targets.items()}
+        # The segmenter's own losses: main + 0.2 aux (when built with it) + 0.2 SE.
+        model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=False)
         model.optimizer.build(model.trainable_variables)
 
         def run():
-            model.train_on_batch(x, targets)
+            model.train_on_batch(x, y)
     else:
         step = _train_step_fn(model, variant, num_classes)
         xt, yt = tf.constant(x), tf.constant(y)
@@ -280,8 +265,6 @@ def timeline(backbone="resnet50", upsampler="jpu", crop=480, batch=2, num_classe
     import numpy as np
     import tensorflow as tf
 
-    from keras_fastfcn import losses
-
     off = os.environ.get("PROFILE_MEMORY_GRAPPLER_OFF")
     if off:  # e.g. "constant_folding,arithmetic_optimization", to test their effect
         tf.config.optimizer.set_experimental_options({k: False for k in off.split(",")})
@@ -289,13 +272,11 @@ def timeline(backbone="resnet50", upsampler="jpu", crop=480, batch=2, num_classe
     rng = np.random.RandomState(0)
     x = rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
     y = rng.randint(0, num_classes, (batch, crop, crop)).astype("int32")
-    targets = {k: np.asarray(v) for k, v in
-               losses.training_targets(y, num_classes, aux=True, se=True).items()}
-    model.train_on_batch(x, targets)
+    model.train_on_batch(x, y)
     logdir = tempfile.mkdtemp(prefix="profile_memory_")
     tf.config.experimental.reset_memory_stats("CPU:0")
     tf.profiler.experimental.start(logdir)
-    model.train_on_batch(x, targets)
+    model.train_on_batch(x, y)
     tf.profiler.experimental.stop()
     peak, peak_op, live = _live_at_peak(logdir)
     per_group = collections.Counter()

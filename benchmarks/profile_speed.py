@@ -42,33 +42,26 @@ def train(steps=4, crop=480, batch=2, num_classes=59, backbone="resnet50"):
     import keras
     import numpy as np
 
-    from keras_fastfcn import benchmark, losses
+    from keras_fastfcn import benchmark
 
     models = {}
     for remat in (False, True):
         keras.utils.set_random_seed(0)
-        model = benchmark._build("encnet", backbone, "jpu", num_classes, training=True)
-        model.get_layer("jpu").remat = remat
-        model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9),
-                      loss={"logits": losses.segmentation_loss(),
-                            "aux_logits": losses.segmentation_loss(),
-                            "se_logits": losses.se_loss()},
-                      loss_weights={"logits": 1.0, "aux_logits": 0.2, "se_logits": 0.2},
-                      jit_compile=False)
+        model = benchmark._build("encnet", backbone, "jpu", num_classes)  # aux + SE heads
+        model.backbone.upsampler.remat = remat
+        model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=False)
         models[remat] = model
     models[True].set_weights(models[False].get_weights())
     rng = np.random.RandomState(0)
     x = rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
     y = rng.randint(0, num_classes, (batch, crop, crop)).astype("int32")
-    targets = {k: np.asarray(v) for k, v in
-               losses.training_targets(y, num_classes, aux=True, se=True).items()}
     times = {False: [], True: []}
     for model in models.values():
-        model.train_on_batch(x, targets)  # trace + warm-up
+        model.train_on_batch(x, y)  # trace + warm-up
     for _ in range(steps):
         for remat, model in models.items():
             start = time.perf_counter()
-            model.train_on_batch(x, targets)
+            model.train_on_batch(x, y)
             times[remat].append(time.perf_counter() - start)
     for remat in (False, True):
         print(f"train step, remat={remat}: {_spread(times[remat])}")
@@ -82,7 +75,7 @@ def infer(runs=10, size=512, num_classes=59, backbone="resnet50"):
     import tensorflow as tf
 
     from keras_fastfcn import benchmark
-    from keras_fastfcn.fold import fold_batchnorm
+    from keras_fastfcn.serving.fold import fold_batchnorm
 
     base = benchmark._build("encnet", backbone, "jpu", num_classes)
     images = tf.constant(np.random.RandomState(0).uniform(0, 255, (1, size, size, 3)),

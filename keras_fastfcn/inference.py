@@ -53,32 +53,82 @@ runs windows, so its single-scale numbers correspond to
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import weakref
+from typing import List, Optional, Sequence, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fastfcn.ops import log_add_exp, log_resize_bilinear, resize_bilinear
+from keras_fastfcn.layers.resize import log_add_exp, log_resize_bilinear, resize_bilinear
 
 MODES = ("whole", "slide")
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+# The largest network input (height x width) `keras-fastfcn predict` runs and a
+# SavedModel accepts by default: 2048 x 2048. A ResNet-50 FastFCN at that size peaks
+# at a few GB; a 100-megapixel photo run whole would need tens (README: "Large images").
+MAX_PIXELS = 2048 * 2048
 STRIDE_RATE = 2.0 / 3.0
 
 # --------------------------------------------------------------------------- model
 
 
 def logits_model(model):
-    """The logits-only model of `model` (FastFCN dict outputs -> `"logits"`)."""
-    if hasattr(model, "inference_model"):
-        return model.inference_model()
-    if isinstance(getattr(model, "output", None), dict):
-        if "logits" not in model.output:
+    """The logits-only functional model of `model`.
+
+    A `FastFCNImageSegmenter` (whose graph also holds the training-only outputs)
+    and any functional model with dict outputs are reduced to their `"logits"`
+    (sharing layers and weights); any other model is returned as is.
+    """
+    try:
+        output = model.output
+    except (AttributeError, ValueError):  # a subclassed model has no symbolic output
+        output = None
+    if isinstance(output, dict):
+        if "logits" not in output:
             raise ValueError(f"Model {model.name!r} has dict outputs without a 'logits' entry.")
-        return keras.Model(model.input, model.output["logits"])
+        return keras.Model(model.input, output["logits"], name=f"{model.name}_logits")
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What prediction, evaluation and export need to know about a segmentation model."""
+
+    num_classes: int
+    class_names: Optional[List[str]]
+    dataset: Optional[str]
+    align_corners: bool
+
+
+def model_info(model):
+    """`ModelInfo` of any Keras model mapping images `(B, H, W, 3)` to logits `(B, H, W, C)`.
+
+    keras_fastfcn models carry their class names and dataset; for other models (e.g.
+    one a user built around `keras_fastfcn.layers.JPU`) the number of classes is read
+    off the output shape and the names are None.
+
+    Raises:
+        ValueError: the model does not take `(B, H, W, 3)` images or does not return
+            `(B, H, W, C)` logits with a known C.
+    """
+    net = logits_model(model)
+    in_shape = tuple(getattr(net, "input_shape", ()) or ())
+    out_shape = tuple(getattr(net, "output_shape", ()) or ())
+    if len(in_shape) != 4 or in_shape[-1] != 3:
+        raise ValueError(f"Model {model.name!r} takes inputs of shape {in_shape}; a segmentation "
+                         "model must take RGB images (batch, height, width, 3).")
+    if len(out_shape) != 4 or out_shape[-1] is None:
+        raise ValueError(f"Model {model.name!r} returns shape {out_shape}; a segmentation model "
+                         "must return logits (batch, height, width, num_classes).")
+    num_classes = int(getattr(model, "num_classes", None) or out_shape[-1])
+    names = getattr(model, "class_names", None)
+    return ModelInfo(num_classes=num_classes, class_names=list(names) if names else None,
+                     dataset=getattr(model, "dataset", None),
+                     align_corners=bool(getattr(model, "align_corners", True)))
 
 
 # What `jit_compile` may be: off, the whole forward as one XLA cluster, or "parts".
@@ -134,25 +184,25 @@ def xla_parts(model):
 
 
 def load_model(path):
-    """Loads a saved `keras_fastfcn.FastFCN` (`.keras`) with a clear error otherwise.
+    """Loads a segmentation model from a `.keras` file, with a clear error otherwise.
+
+    Any Keras model mapping `(B, H, W, 3)` images to `(B, H, W, C)` logits is accepted
+    (a keras_fastfcn model, a 0.1 `FastFCN` file, or a model of your own).
 
     Args:
         path: path of a `.keras` file written by `model.save`.
 
     Returns:
-        The `FastFCN` model.
+        The model (not compiled).
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: the file is not a Keras model, or is a Keras model that is not
-            a keras_fastfcn `FastFCN`.
+        ValueError: the file is not a Keras model, or not a segmentation model.
 
     Example:
     >>> model = load_model("model.keras")  # doctest: +SKIP
     """
     import zipfile
-
-    from keras_fastfcn.models import FastFCN
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -163,20 +213,41 @@ def load_model(path):
         raise ValueError(
             f"{path} is not a Keras model file (.keras, a zip archive written by model.save)."
         )
+    import keras_fastfcn.models  # noqa: F401  (registers the classes)
+
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for foreign or broken files.
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Could not load {path} as a Keras model: {first_line}") from err
-    if not isinstance(model, FastFCN):
-        raise ValueError(
-            f"{path} holds a {type(model).__name__} model ({model.name!r}), not a "
-            "keras_fastfcn FastFCN model."
-        )
+    try:
+        model_info(model)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a segmentation model: {err}") from None
     return model
 
 
 # ------------------------------------------------------------------- size helpers
+
+
+def fit_to_pixels(height, width, max_pixels=MAX_PIXELS):
+    """`(height, width)` scaled down, aspect kept, to at most `max_pixels` pixels (the
+    size unchanged when it fits or `max_pixels` is None).
+
+    Example:
+    >>> fit_to_pixels(10000, 10000, 2048 * 2048)
+    (2048, 2048)
+    """
+    if not max_pixels or height * width <= max_pixels:
+        return int(height), int(width)
+    factor = math.sqrt(max_pixels / float(height * width))
+    h, w = max(1, int(height * factor)), max(1, int(width * factor))
+    while h * w > max_pixels and max(h, w) > 1:  # float rounding
+        if h >= w:
+            h -= 1
+        else:
+            w -= 1
+    return h, w
 
 
 def scaled_size(height, width, scale, base_size=None):
@@ -339,8 +410,11 @@ class Predictor:
     TensorShape([1, 64, 96, 3])
     """
 
-    def __init__(self, model, mode="whole", scales=(1.0,), flip=False, crop_size=None,
-                 base_size=None, align_corners=None, pad_value=0.0, jit_compile=False):
+    def __init__(self, model: keras.Model, mode: str = "whole",
+                 scales: Sequence[float] = (1.0,), flip: bool = False,
+                 crop_size: Optional[int] = None, base_size: Optional[int] = None,
+                 align_corners: Optional[bool] = None, pad_value: float = 0.0,
+                 jit_compile: Union[bool, str] = False):
         if mode not in MODES:
             raise ValueError(f"Unknown inference mode {mode!r}: expected one of {MODES}.")
         self.scales = _check_scales(scales)
@@ -360,7 +434,7 @@ class Predictor:
         self.crop_size = crop_size
         self.base_size = base_size
         if align_corners is None:
-            align_corners = getattr(model, "align_corners", True)
+            align_corners = model_info(model).align_corners
         self.align_corners = bool(align_corners)
         self.pad_value = tuple(float(v) for v in np.broadcast_to(pad_value, (3,)))
         self.jit_compile = _check_jit(jit_compile)
@@ -377,6 +451,19 @@ class Predictor:
             self._whole = fn
         else:
             self._forward = fn
+
+    def settings(self):
+        """The options as a JSON-ready dict (stored in evaluation reports)."""
+        return {"mode": self.mode, "scales": list(self.scales), "flip": self.flip,
+                "crop_size": self.crop_size if self.mode == "slide" else None,
+                "base_size": self.base_size, "jit_compile": self.jit_compile}
+
+    def describe(self):
+        """One line naming the settings (printed by the CLI)."""
+        text = f"mode={self.mode} scales={list(self.scales)} flip={self.flip}"
+        if self.mode == "slide":
+            text += f" crop_size={self.crop_size}"
+        return text + f" base_size={self.base_size or 'image'}"
 
     def _whole_graph(self, images):
         return multiscale_log_scores(self.model, images, self.scales, self.flip,
@@ -488,8 +575,9 @@ class Predictor:
 _PREDICTORS = weakref.WeakKeyDictionary()
 
 
-def predict(model, images, mode="whole", scales=(1.0,), flip=False, crop_size=None,
-            base_size=None, **kwargs):
+def predict(model: keras.Model, images, mode: str = "whole", scales: Sequence[float] = (1.0,),
+            flip: bool = False, crop_size: Optional[int] = None,
+            base_size: Optional[int] = None, **kwargs):
     """Log-scores `(B, H, W, C)` of full-size images (see the module docstring).
 
     A convenience around `Predictor`, cached per model and options, so calling it in
@@ -527,79 +615,3 @@ def predict(model, images, mode="whole", scales=(1.0,), flip=False, crop_size=No
         cache[key] = Predictor(model, mode=mode, scales=scales, flip=flip, crop_size=crop_size,
                                base_size=base_size, **kwargs)
     return cache[key](images)
-
-
-# ------------------------------------------------------------------ CLI options
-
-
-def _parse_scales(text):
-    try:
-        scales = tuple(float(s) for s in str(text).replace(" ", "").split(",") if s)
-        return _check_scales(scales)
-    except ValueError as err:
-        import argparse
-
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive numbers like 0.75,1.0,1.25, got {text!r}"
-        ) from err
-
-
-def add_inference_arguments(parser):
-    """The `--mode/--scales/--ms/--flip/--crop-size/--base-size` options of evaluate/predict."""
-    group = parser.add_argument_group("inference")
-    group.add_argument("--mode", choices=MODES, default="whole",
-                       help="whole: the model sees each (resized) image whole; slide: the "
-                            "official sliding window of --crop-size tiles, stride 2/3 crop "
-                            "(default: whole)")
-    group.add_argument("--scales", type=_parse_scales, default=None, metavar="S1,S2,...",
-                       help="resize factors of --base-size, scores summed (default: 1.0)")
-    group.add_argument("--ms", action="store_true",
-                       help="official multi-scale test: scales "
-                            f"{','.join(str(s) for s in MS_SCALES)} with --flip")
-    group.add_argument("--flip", action="store_true",
-                       help="add horizontally flipped predictions")
-    group.add_argument("--crop-size", type=int, default=480, metavar="N",
-                       help="window size for --mode slide (official: 480; default 480)")
-    group.add_argument("--base-size", type=int, default=None, metavar="N",
-                       help="resize the long side to N * scale (official: 520 for Pascal "
-                            "Context/ADE20K); default: each image's own size")
-    group.add_argument("--jit-compile", nargs="?", const="on", default="off",
-                       choices=("off", "on", "parts"),
-                       help="XLA-compile the model forward: on (the whole forward; may help "
-                            "--mode slide on GPU), parts (backbone and head, not the JPU: "
-                            "the fastest on CPU for the psp and deeplab heads); default off")
-    return group
-
-
-def predictor_from_args(model, args):
-    """A `Predictor` from parsed `add_inference_arguments` options."""
-    if args.ms and args.scales is not None:
-        raise ValueError("--ms and --scales are exclusive: --ms means --scales "
-                         f"{','.join(str(s) for s in MS_SCALES)} --flip.")
-    scales = MS_SCALES if args.ms else (args.scales or (1.0,))
-    flip = bool(args.flip or args.ms)
-    if args.crop_size is not None and args.crop_size < 2:
-        raise ValueError(f"--crop-size must be >= 2, got {args.crop_size}.")
-    if args.base_size is not None and args.base_size < 1:
-        raise ValueError(f"--base-size must be >= 1, got {args.base_size}.")
-    return Predictor(model, mode=args.mode, scales=scales, flip=flip, crop_size=args.crop_size,
-                     base_size=args.base_size,
-                     jit_compile={"off": False, "on": True}.get(args.jit_compile,
-                                                                args.jit_compile))
-
-
-def describe_predictor(predictor):
-    """One line naming the inference settings (printed by the CLI, stored in JSON)."""
-    settings = predictor_settings(predictor)
-    text = f"mode={settings['mode']} scales={list(settings['scales'])} flip={settings['flip']}"
-    if settings["mode"] == "slide":
-        text += f" crop_size={settings['crop_size']}"
-    text += f" base_size={settings['base_size'] or 'image'}"
-    return text
-
-
-def predictor_settings(predictor):
-    """The predictor's options as a JSON-ready dict."""
-    return {"mode": predictor.mode, "scales": list(predictor.scales), "flip": predictor.flip,
-            "crop_size": predictor.crop_size if predictor.mode == "slide" else None,
-            "base_size": predictor.base_size, "jit_compile": predictor.jit_compile}

@@ -4,14 +4,17 @@
   `SparseCategoricalCrossentropy(ignore_class=255)` already averages over the
   non-ignored pixels only, as PyTorch's `CrossEntropyLoss(ignore_index=...)`, so it is
   used as it is (`segmentation_loss`).
-- Auxiliary loss: the same cross-entropy on the `"aux_logits"` output, weight 0.2.
-- SE loss (EncNet): binary cross-entropy between the `"se_logits"` and the set of
-  classes present in the label map, weight 0.2. Its target is built in the input
-  pipeline (`class_presence`), so the loss is plain `BinaryCrossentropy`.
+- Auxiliary loss: the same cross-entropy on the auxiliary head's logits, weight 0.2
+  (0.4 in the official PSP and DeepLabV3 scripts).
+- SE loss (EncNet): binary cross-entropy between the SE logits and the set of classes
+  present in the label map (`class_presence`), weight 0.2.
+
+`FastFCNImageSegmenter.compute_loss` combines them from the masks alone, so `fit`
+takes plain `(images, masks)` pairs. Written with `keras.ops` (every backend).
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 IGNORE_LABEL = 255
 
@@ -45,37 +48,22 @@ def class_presence(labels, num_classes):
     ignore pixels (255) and other out-of-range values do not count.
 
     Args:
-        labels: int tensor `(B, H, W)` or `(H, W)`.
+        labels: int tensor `(B, H, W)` (or `(B, H, W, 1)`).
         num_classes: int.
 
     Example:
-    >>> class_presence(tf.constant([[[0, 2], [255, 2]]]), 4).numpy()
+    >>> keras.ops.convert_to_numpy(class_presence(np.array([[[0, 2], [255, 2]]]), 4))
     array([[1., 0., 1., 0.]], dtype=float32)
     """
-    labels = tf.cast(labels, tf.int32)
-    batched = labels.shape.rank == 3
-    if not batched:
-        labels = labels[None]
-    flat = tf.reshape(labels, (tf.shape(labels)[0], -1))
-    valid = tf.logical_and(flat >= 0, flat < num_classes)
-    # bincount drops values >= maxlength, so ignore pixels map to num_classes.
-    flat = tf.where(valid, flat, num_classes)
-    counts = tf.math.bincount(flat, minlength=num_classes, maxlength=num_classes, axis=-1)
-    presence = tf.cast(counts > 0, tf.float32)
-    return presence if batched else presence[0]
-
-
-def training_targets(labels, num_classes, aux=False, se=False):
-    """The `y` of `model.fit` for a FastFCN model with the given extra outputs.
-
-    Returns the label map itself for a single-output model, else a dict keyed like
-    the model outputs (`"logits"`, `"aux_logits"`, `"se_logits"`).
-    """
-    if not aux and not se:
-        return labels
-    targets = {"logits": labels}
-    if aux:
-        targets["aux_logits"] = labels
-    if se:
-        targets["se_logits"] = class_presence(labels, num_classes)
-    return targets
+    labels = ops.cast(labels, "int32")
+    batch = ops.shape(labels)[0]
+    flat = ops.reshape(labels, (batch, -1))
+    valid = ops.logical_and(flat >= 0, flat < num_classes)
+    # One histogram over batch * (C + 1) bins: image b's class c is bin b * (C + 1) + c,
+    # and everything that is not a class goes to the spare bin C.
+    flat = ops.where(valid, flat, num_classes)
+    offsets = ops.arange(batch, dtype="int32")[:, None] * (num_classes + 1)
+    counts = ops.bincount(ops.reshape(flat + offsets, (-1,)),
+                          minlength=batch * (num_classes + 1))
+    counts = ops.reshape(counts[:batch * (num_classes + 1)], (batch, num_classes + 1))
+    return ops.cast(counts[:, :num_classes] > 0, "float32")

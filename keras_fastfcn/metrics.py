@@ -14,11 +14,10 @@ whole dataset, never averaged per image:
   `nanmean` and also what `keras.metrics.MeanIoU` computes. The two agree when
   every class occurs; on small or partial evaluation sets the official one is lower.
 
-`SegmentationMetric` (alias `ConfusionAccumulator`) is the exact accumulator (int64
-confusion matrix, numpy) used by `keras-fastfcn evaluate` and the final evaluation
-of training; `PixelAccuracy` and `mean_iou` (`segmentation_metrics()`, alias
-`training_metrics()`) are the streaming metrics for `model.compile(metrics=...)` on
-the `"logits"` output.
+`SegmentationMetric` is the exact accumulator (int64 confusion matrix, numpy) used by
+`keras-fastfcn evaluate` and the final evaluation of training; `PixelAccuracy` and
+`MeanIoU` (`segmentation_metrics()`) are the streaming Keras metrics that
+`FastFCNImageSegmenter.compile()` uses, with the same definitions.
 """
 
 import numpy as np
@@ -169,21 +168,60 @@ def format_results(result):
 # ----------------------------------------------------------- Keras streaming metrics
 
 
-def mean_iou(num_classes, ignore_label=IGNORE_LABEL, name="mean_iou"):
-    """`keras.metrics.MeanIoU` on logits, skipping `ignore_label` pixels.
+@keras.saving.register_keras_serializable(package="keras_fastfcn")
+class MeanIoU(keras.metrics.MeanIoU):
+    """Streaming mean IoU on logits that skips `ignore_class`: official or over present classes.
 
-    Keras' metric already does what training needs (a streaming confusion matrix,
-    argmax of dense predictions with `sparse_y_pred=False`, `ignore_class`), so it
-    is used as is. Its mean is over the classes present (union > 0) in what it has
-    seen, i.e. `mIoU_present` of `SegmentationMetric`, not the official mIoU over
-    all classes; the two agree once every class occurs. Its counts are int32:
-    enough for a training epoch of ~2e9 pixels per confusion-matrix cell.
+    Keras' `MeanIoU` already keeps what is needed (a streaming confusion matrix,
+    argmax of dense predictions, `ignore_class`), but its mean is over the classes
+    present (union > 0) in what it has seen: mmsegmentation's mIoU. The official
+    FastFCN mIoU (`SegmentationMetric`'s `"mIoU"`) is the mean over *all* classes,
+    an absent class counting 0; `over="all"` (the default) gives that. The two agree
+    once every class occurs. Counts are int32: enough for ~2e9 pixels per cell.
+
+    Args:
+        num_classes: int.
+        ignore_class: label value not scored (255).
+        over: `"all"` (official) or `"present"`.
+        name: metric name.
+
+    Example:
+    >>> metric = MeanIoU(3)
+    >>> metric.update_state(np.array([[0, 1, 255]]), np.eye(3)[None, [0, 0, 2]])
+    >>> round(float(metric.result()), 4)  # IoU 1/2, 0, absent 0 -> mean over 3
+    0.1667
+    """
+
+    def __init__(self, num_classes, ignore_class=IGNORE_LABEL, over="all", name="mean_iou",
+                 dtype=None, **kwargs):
+        if over not in ("all", "present"):
+            raise ValueError(f"over must be 'all' or 'present', got {over!r}.")
+        super().__init__(num_classes=num_classes, ignore_class=ignore_class,
+                         sparse_y_true=True, sparse_y_pred=False, name=name, dtype=dtype)
+        self.over = over
+
+    def result(self):
+        if self.over == "present":
+            return super().result()
+        ops = keras.ops
+        cm = ops.cast(self.total_cm, "float32")
+        inter = ops.diagonal(cm)
+        union = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - inter
+        iou = inter / ops.maximum(union, 1.0)
+        return ops.mean(iou)  # float32 (this metric's dtype is its int count type)
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "ignore_class": self.ignore_class,
+                "over": self.over, "name": self.name, "dtype": self.dtype}
+
+
+def mean_iou(num_classes, ignore_label=IGNORE_LABEL, name="mean_iou", over="all"):
+    """`MeanIoU` on logits skipping `ignore_label` (`over="all"`: the official mean).
 
     Example:
     >>> model.compile(optimizer="sgd", loss=..., metrics=[mean_iou(21)])  # doctest: +SKIP
     """
-    return keras.metrics.MeanIoU(num_classes=num_classes, ignore_class=ignore_label,
-                                 sparse_y_true=True, sparse_y_pred=False, name=name)
+    return MeanIoU(num_classes, ignore_class=ignore_label, over=over, name=name)
 
 
 @keras.saving.register_keras_serializable(package="keras_fastfcn")
@@ -247,16 +285,13 @@ class PixelAccuracy(keras.metrics.Metric):
 
 
 def segmentation_metrics(num_classes, ignore_label=IGNORE_LABEL):
-    """`[PixelAccuracy, MeanIoU]` for `model.compile(metrics=...)` on the logits output.
+    """`[PixelAccuracy, MeanIoU]` (official definitions) for `compile(metrics=...)`.
+
+    Their names, `pixel_accuracy` and `mean_iou`, give the official model-selection
+    score `(pixAcc + mIoU) / 2` (`keras_fastfcn.train.callbacks.OfficialScore`).
 
     Example:
-    >>> model.compile(optimizer="sgd", loss=loss,
-    ...               metrics={"logits": segmentation_metrics(59)})  # doctest: +SKIP
+    >>> model.compile(optimizer="sgd", loss=loss, metrics=segmentation_metrics(59))
     """
     return [PixelAccuracy(ignore_class=ignore_label),
             mean_iou(num_classes, ignore_label=ignore_label)]
-
-
-# Names used by `keras_fastfcn.training`.
-ConfusionAccumulator = SegmentationMetric
-training_metrics = segmentation_metrics

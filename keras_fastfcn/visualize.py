@@ -4,8 +4,12 @@ Palettes come from `keras_fastfcn.data.palettes` (`get_palette(name, num_classes
 the functions here take any `(num_classes, 3)` uint8 palette.
 """
 
+import contextlib
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from keras_fastfcn.fileio import atomic_path
 
 
 def _check_palette(palette, labels=None):
@@ -56,9 +60,15 @@ def blend(image, labels, palette, alpha=0.5):
             f"image {image.shape[:2]} and labels {np.shape(labels)} differ in size.")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-    colour = colorize(labels, palette).astype(np.float32)
-    out = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    colour = colorize(labels, palette)
+    out = np.empty_like(colour)
+    # In bands of rows: float temporaries of a whole 100-megapixel photo would take GBs.
+    rows = max(1, (1 << 20) // max(1, image.shape[1]))
+    for top in range(0, image.shape[0], rows):
+        band = slice(top, top + rows)
+        mixed = (1.0 - alpha) * image[band].astype(np.float32) + alpha * colour[band]
+        out[band] = np.clip(np.rint(mixed), 0, 255)
+    return out
 
 
 def _font(size):
@@ -135,3 +145,46 @@ def overlay(image, labels, palette, class_names=None, alpha=0.5):
     """
     blended = blend(image, labels, palette, alpha)
     return draw_legend(blended, legend_entries(labels, class_names, palette))
+
+
+def palette_and_names(num_classes, class_names=None, dataset=None):
+    """The colour palette `(C, 3)` and class names for a model's predictions.
+
+    The palette is `data.palettes.get_palette(dataset, C)` (Pascal, ADE20K, CamVid,
+    ... or a generated one); names are `class_names`, else the dataset's names, else
+    `class i`.
+
+    Example:
+    >>> palette, names = palette_and_names(3)
+    >>> palette.shape, names
+    ((3, 3), ['class 0', 'class 1', 'class 2'])
+    """
+    from keras_fastfcn.data import palettes
+
+    palette = np.asarray(palettes.get_palette(dataset, num_classes), np.uint8)
+    names = class_names
+    if names is None and dataset:
+        try:
+            names = palettes.class_names(dataset)
+        except (KeyError, ValueError):
+            names = None
+        if names is not None and len(names) != num_classes:
+            names = None
+    if names is None:
+        names = [f"class {i}" for i in range(num_classes)]
+    return palette, list(names)
+
+
+def label_image(labels):
+    """Class map -> PIL image: 8-bit (mode L) up to 256 classes, else 16-bit."""
+    if labels.max(initial=0) < 256:
+        return Image.fromarray(labels.astype(np.uint8))  # mode L
+    return Image.fromarray(labels.astype(np.uint16))
+
+
+def write_images(items):
+    """Writes `[(path, PIL image)]` as PNG through temporary files, renamed only once all
+    of them are written (a failure leaves none of them behind)."""
+    with contextlib.ExitStack() as stack:
+        for path, img in items:
+            img.save(stack.enter_context(atomic_path(path)), format="PNG")

@@ -14,19 +14,11 @@ CAMVID = SHARED_DATA / "camvid"
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    """Registers `tiny_resnet`: the official deep-stem ResNet with one block per stage
-    (the real channel widths, 256/512/1024/2048, so every head and JPU fits), for
-    tests whose point is not the encoder: a ~10x smaller graph to trace and export."""
-    from keras_fastfcn import backbones
-    from keras_fastfcn.resnet_deepstem import build_resnet_deepstem
+    """The name of `tiny_resnet` (tests/tiny_encoder.py), registered: a small encoder
+    for tests whose point is not the encoder."""
+    import tiny_encoder
 
-    name = "tiny_resnet"
-    if name not in backbones.available_backbones():
-        backbones.register_backbone(
-            name, lambda output_stride, weights: build_resnet_deepstem(
-                (1, 1, 1, 1), output_stride, weights, name=f"{name}_os{output_stride}"),
-            "torch")
-    return name
+    return tiny_encoder.register()
 
 
 @pytest.fixture
@@ -46,7 +38,7 @@ def make_confident(model, images, peak=300.0):
     """Scales the classifier of `model`'s head so that its logits on `images` reach
     +-`peak`: large and confident like a trained network's, where a random model's
     are small (and hide bugs that only large logits show). Returns `model`."""
-    classifier = model.get_layer("head").classifier
+    classifier = model.head_layer.classifier
     logits = np.asarray(model(np.asarray(images, np.float32), training=False))
     if isinstance(logits, dict):  # pragma: no cover - training models
         logits = np.asarray(logits["logits"])

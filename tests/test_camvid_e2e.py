@@ -4,8 +4,9 @@ The numbers `keras-fastfcn train` prints for its final validation, the numbers
 `keras-fastfcn evaluate` gives for the saved model on the same split, and the class
 maps of the exported SavedModel must all describe the same model: the same
 definitions (official pixAcc / mIoU, whole images, single scale) and the same argmax.
-Small settings keep it to a few minutes: a subset of CamVid (the first images of each
-split, linked into a temporary folder of the same layout), a few steps, JPU width 64.
+Small settings keep it to a minute or two: a subset of CamVid (the first images of each
+split, linked into a temporary folder of the same layout), a few steps, JPU width 64 and
+the small test encoder (tests/tiny_encoder.py) in place of ResNet-50.
 """
 
 import json
@@ -34,19 +35,21 @@ def camvid_subset(camvid_dir, root, train=8, val=12):
 
 def _run(*argv):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "keras_fastfcn", *map(str, argv)],
+    script = os.path.join(REPO, "tests", "tiny_encoder.py")  # keras-fastfcn + tiny_resnet
+    proc = subprocess.run([sys.executable, script, *map(str, argv)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
 
 
 @pytest.mark.slow
-def test_train_evaluate_export_agree_on_camvid(camvid_dir, tmp_path):
+def test_train_evaluate_export_agree_on_camvid(camvid_dir, tmp_path, tiny_backbone):
     subset = camvid_subset(camvid_dir, tmp_path / "camvid")
     run = tmp_path / "run"
     _run("train", "--config", "camvid", "--output-dir", run, "--epochs", 1,
          "--steps-per-epoch", 2, "--set", f"data.options.root={subset}",
-         "--set", "model.backbone_weights=null", "--set", "model.jpu_width=64",
+         "--set", f"model.encoder={tiny_backbone}", "--set", "model.encoder_weights=null",
+         "--set", "model.width=64",
          "--set", "train.batch_size=2", "--set", "data.crop_size=128",
          "--set", "data.base_size=160", "--set", "train.verbose=2")
     trained = json.loads((run / "results.json").read_text())
@@ -64,10 +67,10 @@ def test_train_evaluate_export_agree_on_camvid(camvid_dir, tmp_path):
     import tensorflow as tf
 
     import keras_fastfcn  # noqa: F401  (registers the classes)
-    from keras_fastfcn import data, export
+    from keras_fastfcn import data, serving
 
     model = keras.models.load_model(run / "model.keras", compile=False)
-    path = export.export_saved_model(model, str(tmp_path / "serving"))
+    path = serving.export_saved_model(model, str(tmp_path / "serving"))
     serve = tf.saved_model.load(path).signatures["serving_default"]
     source = data.get_source(f"camvid:{subset}")
     for image, _ in source.dataset("val").take(3):

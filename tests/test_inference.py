@@ -267,7 +267,7 @@ def test_fastfcn_with_dict_outputs(rng):
     scores = inference.predict(model, image, mode="slide", crop_size=48, flip=True).numpy()
     assert scores.shape == (1, 64, 72, 3) and np.isfinite(scores).all()
     whole = inference.predict(model, image).numpy()
-    logits = model.inference_model()(image.astype("float32")).numpy()
+    logits = np.asarray(model(image.astype("float32")))
     np.testing.assert_allclose(inference.normalize_scores(whole).numpy(),
                                tf.nn.softmax(logits).numpy(), atol=1e-5)
 
@@ -297,11 +297,12 @@ def test_converted_official_model_matches_official_evaluator(tmp_path):
     # the raw image with 0 equals the official `-mean / std` padding.
     import torch_fastfcn_reference as ref
 
-    from keras_fastfcn import backbones, convert
-    from keras_fastfcn.resnet_deepstem import build_resnet_deepstem
+    from keras_fastfcn import convert
+    from keras_fastfcn.models import registry
+    from keras_fastfcn.models.encoders.resnet_deepstem import build_resnet_deepstem
 
     name = "tiny_deepstem_1111_inference"
-    backbones.register_backbone(
+    registry.register_encoder(
         name, lambda output_stride, weights: build_resnet_deepstem(
             (1, 1, 1, 1), output_stride, weights, name=f"{name}_os{output_stride}"), "torch")
     torch_model = ref.randomize_(ref.SegmentationModel(

@@ -15,7 +15,7 @@ import tensorflow as tf
 import keras
 
 from keras_fastfcn import layers as L
-from keras_fastfcn import ops as kops
+from keras_fastfcn.layers import resize as kops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

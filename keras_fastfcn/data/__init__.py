@@ -15,17 +15,39 @@ Example:
 (5, 3)
 """
 
-from keras_fastfcn.data import demo, palettes
-from keras_fastfcn.data.errors import DataError, translate_errors
-from keras_fastfcn.data.pipelines import (eval_pipeline, gaussian_blur, train_pipeline,
-                                          train_transform, val_transform)
-from keras_fastfcn.data.sources import (IGNORE_LABEL, SPECS, FileSource, Source,
-                                        TfdsSource, ade20k_source, camvid_source,
-                                        folder_source, get_source, label_lut, voc_source)
+import importlib
 
-__all__ = [
-    "DataError", "FileSource", "IGNORE_LABEL", "SPECS", "Source", "TfdsSource",
-    "ade20k_source", "camvid_source", "demo", "eval_pipeline", "folder_source", "gaussian_blur",
-    "get_source", "label_lut", "palettes", "train_pipeline", "train_transform",
-    "translate_errors", "val_transform", "voc_source",
-]
+# Loaded on first use: `palettes`, `errors` and the image readers import no TensorFlow
+# (the serving client uses them); sources and pipelines do.
+_EXPORTS = {
+    "palettes": "keras_fastfcn.data.palettes",
+    "errors": "keras_fastfcn.data.errors",
+    "DataError": "keras_fastfcn.data.errors",
+    "translate_errors": "keras_fastfcn.data.errors",
+    "demo": "keras_fastfcn.data.sources",
+    "sources": "keras_fastfcn.data.sources",
+    "pipelines": "keras_fastfcn.data.pipelines",
+    "eval_pipeline": "keras_fastfcn.data.pipelines",
+    "gaussian_blur": "keras_fastfcn.data.pipelines",
+    "train_pipeline": "keras_fastfcn.data.pipelines",
+    "train_transform": "keras_fastfcn.data.pipelines",
+    "val_transform": "keras_fastfcn.data.pipelines",
+}
+_EXPORTS.update({name: "keras_fastfcn.data.sources" for name in (
+    "IGNORE_LABEL", "SPECS", "FileSource", "Source", "TfdsSource", "DemoSource",
+    "ade20k_source", "camvid_source", "folder_source", "get_source", "label_lut",
+    "voc_source")})
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    return module if module.__name__.endswith("." + name) else getattr(module, name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,4 +1,14 @@
-"""Keras layers of FastFCN: JPU, JPU_X and the segmentation heads."""
+"""Keras layers of FastFCN: JPU, JPU_X, the segmentation heads and their building blocks.
+
+Every layer uses `keras.ops` only (it runs on the TensorFlow, JAX and PyTorch backends),
+implements `build`, `call`, `compute_output_shape` and `get_config`, and is registered
+for `.keras` saving under the package name `keras_fastfcn`.
+
+Example:
+>>> from keras_fastfcn.layers import JPU
+>>> jpu = JPU(width=512, dilations=(1, 2, 4, 8))
+>>> features = jpu([c3, c4, c5])  # stride-8 features, 4 * width channels
+"""
 
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN
 from keras_fastfcn.layers.encoding import EncModule, Encoding
@@ -9,9 +19,23 @@ from keras_fastfcn.layers.heads import (
     FCNHead,
     PSPHead,
     PyramidPooling,
+    adaptive_avg_pool2d,
 )
 from keras_fastfcn.layers.jpu import JPU, JPUX, JUM, DilatedBranch
-from keras_fastfcn.layers.preprocessing import BilinearResize, ImageNormalization
+from keras_fastfcn.layers.preprocessing import ImageNormalization, check_image_batch
+from keras_fastfcn.layers.resize import (
+    BilinearResize,
+    log_add_exp,
+    log_resize_bilinear,
+    resize_bilinear,
+)
 
 JPU_X = JPUX  # the official code's name
 DeepLabV3Head = ASPPHead
+
+__all__ = [
+    "ASPP", "ASPPHead", "BilinearResize", "ConvBNReLU", "DeepLabV3Head", "DilatedBranch",
+    "EncHead", "EncModule", "Encoding", "FCNHead", "ImageNormalization", "JPU", "JPUX",
+    "JPU_X", "JUM", "PSPHead", "PyramidPooling", "SeparableConvBN", "adaptive_avg_pool2d",
+    "check_image_batch", "log_add_exp", "log_resize_bilinear", "resize_bilinear",
+]

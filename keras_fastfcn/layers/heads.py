@@ -12,9 +12,48 @@ from keras import ops
 
 from keras_fastfcn.layers.conv import ConvBNReLU
 from keras_fastfcn.layers.encoding import EncModule
-from keras_fastfcn.ops import adaptive_avg_pool2d, layer_resize_method, resize_bilinear
+from keras_fastfcn.layers.resize import layer_resize_method, resize_bilinear
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """PyTorch `AdaptiveAvgPool2d` on NHWC input of any (dynamic) size.
+
+    Bin `i` of `n` over a length `L` averages `[floor(i*L/n), ceil((i+1)*L/n))`,
+    the same bins as PyTorch, written as two small averaging matmuls so it works for
+    dynamic shapes and exports to ONNX.
+
+    Args:
+        x: 4-D tensor `(batch, height, width, channels)`.
+        output_size: int or `(out_h, out_w)`.
+
+    Returns:
+        Tensor `(batch, out_h, out_w, channels)`.
+
+    Example:
+    >>> adaptive_avg_pool2d(keras.ops.ones((1, 7, 5, 3)), 2).shape
+    (1, 2, 2, 3)
+    """
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    ph = _pool_matrix(ops.shape(x)[1], output_size[0], x.dtype)
+    pw = _pool_matrix(ops.shape(x)[2], output_size[1], x.dtype)
+    x = ops.einsum("ih,bhwc->biwc", ph, x)
+    return ops.einsum("jw,biwc->bijc", pw, x)
+
+
+def _pool_matrix(length, bins, dtype):
+    # `length` is a Python int on JAX (static shapes) and may be a scalar tensor
+    # on TensorFlow; arange takes either, but not a traced int on JAX.
+    pos = ops.arange(length, dtype="int32")
+    length_i = ops.cast(length, "int32")
+    idx = ops.arange(bins, dtype="int32")
+    start = (idx * length_i) // bins
+    end = ((idx + 1) * length_i + bins - 1) // bins
+    inside = ops.logical_and(pos[None, :] >= start[:, None], pos[None, :] < end[:, None])
+    weights = ops.cast(inside, "float32") / ops.cast(end - start, "float32")[:, None]
+    return ops.cast(weights, dtype)
 
 
 def _channels(input_shape, name):

@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN, make_norm
-from keras_fastfcn.ops import layer_resize_method, resize_bilinear
+from keras_fastfcn.layers.resize import layer_resize_method, resize_bilinear
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 

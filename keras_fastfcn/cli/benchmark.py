@@ -1,0 +1,73 @@
+"""`keras-fastfcn benchmark`: speed, FLOPs and training memory, JPU vs the dilated models.
+
+Writes `OUTPUT/results.json` after every configuration (a killed run keeps its rows;
+`--resume` measures only the missing ones) and prints the ratios to the dilated
+output-stride-8 model. `python benchmarks/report.py OUTPUT/results.json` renders
+`RESULTS.md` and `chart.png` from it.
+"""
+
+import os
+
+from keras_fastfcn.cli.common import positive_int
+
+HEADS = ("encnet", "psp", "deeplab", "fcn")
+BACKBONES = ("resnet50", "resnet101")
+UPSAMPLERS = ("jpu", "jpu_x", "os8", "os16", "os32")
+
+
+def add_arguments(parser):
+    parser.add_argument("--heads", default=",".join(HEADS))
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--upsamplers", default=",".join(UPSAMPLERS),
+                        help="jpu, jpu_x, os8, os16, os32 (dilated baselines)")
+    parser.add_argument("--size", type=positive_int, default=512, help="inference image size")
+    parser.add_argument("--crop", type=positive_int, default=480, help="training-step crop")
+    parser.add_argument("--batch", type=positive_int, default=2, help="training-step batch")
+    parser.add_argument("--min-seconds", type=float, default=10.0,
+                        help="minimum timed seconds per configuration")
+    parser.add_argument("--no-memory", action="store_true", help="skip the training-memory runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI-sized: 128 px, crop 96, encnet x resnet50 x (jpu, os8)")
+    parser.add_argument("--output", default="benchmarks", help="folder for results.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the configurations already in OUTPUT/results.json (same "
+                             "machine and sizes) and measure only the missing ones")
+
+
+def _split(text, valid, what):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in valid]
+    if bad or not items:
+        raise ValueError(f"Unknown {what} {bad or text!r}: expected some of {list(valid)}.")
+    return items
+
+
+def run(args):
+    heads = _split(args.heads, HEADS, "head(s)")
+    backbones = _split(args.backbones, BACKBONES, "backbone(s)")
+    upsamplers = _split(args.upsamplers, UPSAMPLERS, "upsampler(s)")
+    size, crop, min_seconds = args.size, args.crop, args.min_seconds
+    if not min_seconds > 0:
+        raise ValueError(f"--min-seconds must be > 0, got {min_seconds}.")
+    if args.quick:
+        heads, backbones, upsamplers = ["encnet"], ["resnet50"], ["jpu", "os8"]
+        size, crop, min_seconds = 128, 96, 1.0
+    from keras_fastfcn import benchmark
+
+    machine = benchmark.machine_description()
+    print(f"Benchmarking on {machine}")
+    done = (benchmark.previous_results(args.output, machine, size, crop, args.batch)
+            if args.resume else [])
+    results = benchmark.run_benchmarks(
+        heads, backbones, upsamplers, size=size, crop=crop, batch=args.batch,
+        memory=not args.no_memory, min_seconds=min_seconds, done=done,
+        on_result=lambda rows: benchmark.write_results(rows, args.output, machine, size, crop,
+                                                       args.batch))
+    for r in benchmark.ratios(results):
+        mem = f", train memory x{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
+        print(f"{r['head']} {r['backbone']} {r['upsampler']} vs os8: "
+              f"{r['speedup']:.2f}x faster{mem}")
+    path = os.path.join(args.output, "results.json")
+    print(f"Wrote {path}; render RESULTS.md and chart.png with: "
+          f"python benchmarks/report.py {path}")
+    return 0 if all("error" not in r for r in results) else 1

@@ -1,0 +1,123 @@
+"""Options shared by several commands, and checks that run before any slow work.
+
+Nothing here imports Keras or TensorFlow: `--help` of every command stays instant.
+"""
+
+import argparse
+import math
+import os
+
+
+def positive_int(text):
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def scales(text):
+    """argparse type: comma-separated positive numbers (`0.75,1.0,1.25`)."""
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive numbers like 0.75,1.0,1.25, got {text!r}")
+    return values
+
+
+def max_pixels(text):
+    """argparse type: a pixel count >= 1, or 0 / `none` for no limit."""
+    if str(text).lower() in ("0", "none"):
+        return None
+    return positive_int(text)
+
+
+def add_inference_arguments(parser):
+    """The `--mode/--scales/--ms/--flip/--crop-size/--base-size/--precision/--jit-compile`
+    options."""
+    group = parser.add_argument_group("inference")
+    group.add_argument("--mode", default="whole", choices=("whole", "slide"),
+                       help="whole: the model sees each (resized) image whole; slide: the "
+                            "official sliding window of --crop-size tiles, stride 2/3 crop "
+                            "(default: whole)")
+    group.add_argument("--scales", type=scales, default=None, metavar="S1,S2,...",
+                       help="resize factors of --base-size, scores summed (default: 1.0)")
+    group.add_argument("--ms", action="store_true",
+                       help="official multi-scale test: scales 0.5,0.75,1.0,1.25,1.5,1.75 "
+                            "with --flip")
+    group.add_argument("--flip", action="store_true",
+                       help="add horizontally flipped predictions")
+    group.add_argument("--crop-size", type=positive_int, default=480, metavar="N",
+                       help="window size for --mode slide (official: 480; default 480)")
+    group.add_argument("--base-size", type=positive_int, default=None, metavar="N",
+                       help="resize the long side to N * scale (official: 520 for Pascal "
+                            "Context/ADE20K); default: each image's own size")
+    group.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                       help="compute precision: bf16/fp16 rebuild the model under Keras "
+                            "mixed precision with the same weights (fast where the CPU has "
+                            "AVX512-BF16/AMX or on GPUs); int8 is an export option "
+                            "(default fp32)")
+    group.add_argument("--jit-compile", nargs="?", const="on", default="off",
+                       choices=("off", "on", "parts"),
+                       help="XLA-compile the model forward: on (the whole forward; may help "
+                            "--mode slide on GPU), parts (backbone and head, not the JPU: "
+                            "the fastest on CPU for the psp and deeplab heads); default off")
+    return group
+
+
+def predictor_from_args(model, args):
+    """An `inference.Predictor` from parsed `add_inference_arguments` options."""
+    from keras_fastfcn import inference
+    from keras_fastfcn.precision import with_precision
+
+    model = with_precision(model, getattr(args, "precision", "fp32"))
+    if args.ms and args.scales is not None:
+        raise ValueError("--ms and --scales are exclusive: --ms means --scales "
+                         f"{','.join(str(s) for s in inference.MS_SCALES)} --flip.")
+    if args.mode == "slide" and args.crop_size < 2:
+        raise ValueError(f"--crop-size must be >= 2, got {args.crop_size}.")
+    return inference.Predictor(
+        model, mode=args.mode, scales=inference.MS_SCALES if args.ms else (args.scales or (1.0,)),
+        flip=bool(args.flip or args.ms), crop_size=args.crop_size, base_size=args.base_size,
+        jit_compile={"off": False, "on": True}.get(args.jit_compile, args.jit_compile))
+
+
+def check_output_file(path, option="--output"):
+    """Fails early (before any work) if `path` cannot be written as a file."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name.")
+    _check_creatable(path, os.path.dirname(os.path.abspath(path)))
+
+
+def _check_creatable(path, folder):
+    """Raises unless `folder` (or its nearest existing ancestor) is a writable folder."""
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"Cannot create {path}: {existing} is not a folder.")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"Cannot write into {path}: {existing} is not writable.")
+
+
+def check_output_folder(path, option="--output"):
+    """Fails early if `path` cannot be (created as) a writable folder; creates nothing."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{option} {path} exists and is not a folder.")
+    _check_creatable(path, os.path.abspath(path))
+
+
+def check_model_file(path):
+    """Fails early (before the data or the slow model load) if the model file is missing."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Model file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"--model {path} is a folder, not a .keras model file.")

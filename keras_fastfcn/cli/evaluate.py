@@ -1,0 +1,80 @@
+"""`keras-fastfcn evaluate`: pixAcc / mIoU of a saved model on a dataset split.
+
+Every image of the split is predicted at full size with the inference options and
+scored against its full-size label (`keras_fastfcn.evaluation.evaluate_dataset`: the
+official pixAcc and mIoU, plus the mean over present classes). A progress bar shows
+the running pixAcc / mIoU; the table is printed at the end and, with `--output`,
+written as JSON (atomically, only once the whole split has been evaluated).
+
+Example:
+    keras-fastfcn evaluate --model runs/camvid/model.keras --data camvid --split val
+    keras-fastfcn evaluate --model m.keras --data camvid --mode slide --crop-size 360 --ms \
+        --output results.json
+"""
+
+import json
+import os
+
+from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
+                                      check_output_file, positive_int, predictor_from_args)
+
+METRIC_DEFINITIONS = {
+    "pixAcc": "correct / labeled pixels (label 255 ignored), over the split",
+    "mIoU": "official FastFCN: mean over all classes of intersection / union accumulated "
+            "over the split; a class absent from labels and predictions counts 0",
+    "mIoU_present": "mmsegmentation / keras.metrics.MeanIoU: mean over classes with union > 0",
+}
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="a .keras segmentation model (keras_fastfcn or any Keras model "
+                             "from images to logits)")
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help="data source: demo, camvid, camvid:PATH, folder:PATH, tfds:NAME")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                        help="evaluate only the first N images")
+    parser.add_argument("--output", default=None, metavar="FILE.json",
+                        help="also write the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inference_arguments(parser)
+
+
+def run(args):
+    if args.output:
+        check_output_file(args.output)
+    check_model_file(args.model)  # before the (slower) data source checks
+
+    from keras_fastfcn import data, inference
+    from keras_fastfcn.evaluation import evaluate_dataset
+    from keras_fastfcn.fileio import atomic_path
+    from keras_fastfcn.metrics import format_results
+
+    source = data.get_source(args.data)
+    model = inference.load_model(args.model)
+    info = inference.model_info(model)
+    predictor = predictor_from_args(model, args)
+    if source.num_classes != info.num_classes:
+        raise ValueError(f"The model predicts {info.num_classes} classes but data "
+                         f"{args.data!r} has {source.num_classes}.")
+    print(f"Evaluating {args.model} on {args.data} [{args.split}]: {predictor.describe()}")
+    result = evaluate_dataset(
+        predictor, source.dataset(args.split), info.num_classes,
+        class_names=info.class_names or source.class_names, ignore_label=source.ignore_label,
+        num_examples=source.num_examples(args.split), limit=args.limit,
+        verbose=0 if args.quiet else 1)
+
+    print()
+    print(format_results(result))
+    print(f"\n{result['images']} images in {result['seconds']:.1f} s "
+          f"({result['images_per_second']} images/s)")
+    if args.output:
+        report = {"model": os.path.abspath(args.model), "data": args.data, "split": args.split,
+                  "inference": predictor.settings(), "metric_definitions": METRIC_DEFINITIONS,
+                  **result}
+        with atomic_path(args.output) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(report, indent=2) + "\n")
+        print(f"Wrote {args.output}")
+    return 0

@@ -1,0 +1,115 @@
+"""`keras-fastfcn export`: SavedModel (TF Serving), ONNX or TFLite from a `.keras` model.
+
+Everything about the output (exists? writable? the right kind? tf2onnx installed?)
+is checked before the model is loaded; the export itself is atomic (a version folder
+or file appears complete or not at all).
+
+Example:
+    keras-fastfcn export --model model.keras --output saved_models/fastfcn
+    keras-fastfcn export --model model.keras --format onnx --output fastfcn.onnx --ms
+"""
+
+import os
+import time
+
+from keras_fastfcn.cli.common import check_model_file, max_pixels, positive_int, scales
+
+FORMATS = ("saved_model", "onnx", "tflite")
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True,
+                        help="a .keras segmentation model (keras_fastfcn or any Keras model "
+                             "from images to logits)")
+    parser.add_argument("--format", default="saved_model", choices=FORMATS)
+    parser.add_argument("--output", required=True,
+                        help="saved_model: BASE (next version) or BASE/VERSION; "
+                             "onnx/tflite: a .onnx / .tflite file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing version folder or file")
+    parser.add_argument("--no-probabilities", dest="probabilities", action="store_false",
+                        help="leave out the (large) probabilities output")
+    parser.add_argument("--ms", action="store_true",
+                        help="official multi-scale + flip in the graph: scales "
+                             "0.5,0.75,1.0,1.25,1.5,1.75 with --flip")
+    parser.add_argument("--scales", type=scales, default=None, metavar="S1,S2,...",
+                        help="in-graph scales, scores summed (default: 1.0)")
+    parser.add_argument("--flip", action="store_true",
+                        help="add horizontally flipped predictions in the graph")
+    parser.add_argument("--base-size", type=positive_int, default=None, metavar="N",
+                        help="with --scales/--ms: the long side that scale 1.0 maps to "
+                             "(default: each image's own)")
+    parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
+                        default=None, help="fixed network input size (required for tflite)")
+    parser.add_argument("--max-pixels", type=max_pixels, default=2048 * 2048, metavar="N",
+                        help="saved_model: refuse (with a clear error) images over N pixels "
+                             "(height x width), so one huge request cannot exhaust the "
+                             "server's memory; 0 = no limit (default 4194304 = 2048^2)")
+    parser.add_argument("--fold-bn", dest="fold_bn", action="store_true", default=True,
+                        help="fold BatchNorm into the convolutions (default)")
+    parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    parser.add_argument("--precision", default="fp32",
+                        choices=("fp32", "bf16", "fp16", "int8", "int8_dynamic"),
+                        help="saved_model: fp32, bf16, fp16 (Keras mixed precision); tflite: "
+                             "fp32, fp16 (weights), int8 (full integer), int8_dynamic; onnx: "
+                             "fp32, int8 (QDQ), int8_dynamic (default fp32)")
+    parser.add_argument("--calibration-data", default=None, metavar="SPEC",
+                        help="int8: the data source whose train images calibrate the "
+                             "quantization (camvid, demo, folder:PATH, ...)")
+    parser.add_argument("--calibration-images", type=positive_int, default=100, metavar="N",
+                        help="int8: number of calibration images (default 100)")
+
+
+def run(args):
+    start = time.perf_counter()
+    if args.ms and args.scales is not None:
+        raise ValueError("--ms and --scales are exclusive: --ms means --scales "
+                         "0.5,0.75,1.0,1.25,1.5,1.75 --flip.")
+    from keras_fastfcn.precision import check_precision
+    from keras_fastfcn.serving import targets
+
+    # Output problems, unsupported options and missing optional packages are reported
+    # before the model load.
+    supported = {"saved_model": ("fp32", "bf16", "fp16"),
+                 "tflite": ("fp32", "fp16", "int8", "int8_dynamic"),
+                 "onnx": ("fp32", "int8", "int8_dynamic")}[args.format]
+    check_precision(args.precision, supported, f"--format {args.format}")
+    if args.precision == "int8" and not args.calibration_data:
+        raise ValueError("--precision int8 needs --calibration-data SPEC (images to "
+                         "calibrate the quantization on, e.g. camvid or folder:PATH).")
+    if args.format == "saved_model":
+        targets.check_saved_model_target(args.output, args.overwrite, create=False)
+    else:
+        targets.check_target_file(args.output, args.overwrite, f".{args.format}",
+                                  create=False)
+    if args.format == "onnx":
+        from keras_fastfcn.serving.onnx import require_onnx
+
+        require_onnx(quantize=args.precision != "fp32")
+    check_model_file(args.model)
+
+    from keras_fastfcn import inference, serving
+
+    model = inference.load_model(args.model)
+    options = dict(overwrite=args.overwrite, probabilities=args.probabilities,
+                   scales=inference.MS_SCALES if args.ms else (args.scales or (1.0,)),
+                   flip=bool(args.flip or args.ms), input_size=args.input_size,
+                   base_size=args.base_size, fold_bn=args.fold_bn)
+    if args.format == "onnx":
+        options["opset"] = args.opset
+    if args.format == "saved_model":
+        options["max_pixels"] = args.max_pixels
+    options["precision"] = args.precision
+    if args.precision == "int8":
+        from keras_fastfcn.precision import calibration_images
+
+        options["calibration"] = calibration_images(
+            args.calibration_data, args.calibration_images,
+            size=args.input_size if args.format == "tflite" else None)
+    path = serving.export(model, args.output, args.format, **options)
+    print(f"exported {args.format} to {path} in {time.perf_counter() - start:.1f} s")
+    if args.format == "saved_model":
+        print(f"signatures: {', '.join(serving.SIGNATURES)}; serve with: "
+              f"--model_base_path={os.path.abspath(os.path.dirname(path))}")
+    return 0

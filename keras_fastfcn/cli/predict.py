@@ -1,0 +1,170 @@
+"""`keras-fastfcn predict`: class maps, colour masks and overlays for images.
+
+For each input image `NAME.ext` it writes into the output folder:
+
+- `NAME_labels.png`: the class index of every pixel (8-bit grayscale, mode L; 16-bit
+  when the model has more than 256 classes), at the image's size;
+- `NAME_color.png`: the class map in the dataset's palette (RGB);
+- `NAME_overlay.png`: the photo with the colour mask blended on it and, on the
+  right, a legend of the classes present (largest area first).
+
+Inputs: one image file or a folder (its top-level `.jpg .jpeg .png .bmp .webp .tif
+.tiff` files, hidden files skipped), read with the package's one decoding policy
+(`keras_fastfcn.images`: EXIF orientation applied; 16-bit, grayscale and RGBA
+converted to 8-bit RGB with a warning).
+
+Bad input policy: every input is opened and decoded *before* the first prediction;
+if any fails (not an image, truncated, unreadable), the command names it and exits
+with status 1 without creating the output folder or writing anything. Outputs are
+written per image through temporary files and renamed into place, so an image's
+files either all appear complete or not at all; if the run stops part-way (e.g. out
+of memory), the images finished before it keep their outputs.
+
+Example:
+    keras-fastfcn predict --model m.keras --input photos/ --output predictions/ --ms
+"""
+
+import os
+import sys
+
+from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
+                                      check_output_folder, max_pixels, predictor_from_args)
+from keras_fastfcn.images import IMAGE_EXTENSIONS, ImageError, read_image
+
+OUTPUT_SUFFIXES = ("_labels.png", "_color.png", "_overlay.png")
+
+
+def collect_inputs(path):
+    """The image files named by `--input` (a file, or a folder's image files), sorted."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Input not found: {path}")
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise ValueError(f"Input {path} is neither a file nor a folder.")
+    files = sorted(
+        os.path.join(path, name) for name in os.listdir(path)
+        if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+        and os.path.isfile(os.path.join(path, name)))
+    if not files:
+        raise ValueError(
+            f"No images in folder {path} (looked for {' '.join(IMAGE_EXTENSIONS)} files).")
+    return files
+
+
+def _output_names(files):
+    stems = {}
+    for f in files:
+        stems.setdefault(os.path.splitext(os.path.basename(f))[0], []).append(f)
+    clashes = [v for v in stems.values() if len(v) > 1]
+    if clashes:
+        raise ValueError(
+            "Inputs with the same name would write the same outputs: "
+            + "; ".join(" and ".join(os.path.basename(p) for p in c) for c in clashes[:3]))
+    return {f: os.path.splitext(os.path.basename(f))[0] for f in files}
+
+
+def _validate(files):
+    """Decodes every input once; returns the conversion notes, raises on a bad input."""
+    bad, notes = [], []
+    for f in files:
+        try:
+            _, note = read_image(f)
+        except ImageError as err:
+            bad.append(str(err))
+            continue
+        if note:
+            notes.append(f"{f}: {note}")
+    if bad:
+        more = f" ({len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
+        raise ValueError(f"{bad[0].rstrip('.')}{more}; nothing was written.")
+    return notes
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="a .keras segmentation model (keras_fastfcn or any Keras model "
+                             "from images to logits)")
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, metavar="FOLDER",
+                        help="folder for NAME_labels.png, NAME_color.png, NAME_overlay.png "
+                             "(created if missing)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="opacity of the colour mask in the overlay (default 0.5)")
+    parser.add_argument("--max-pixels", type=max_pixels, default=2048 * 2048, metavar="N",
+                        help="larger images are shrunk to N pixels (aspect kept) for the "
+                             "network and the class map is resized back (nearest); bounds "
+                             "memory on huge photos. 0 = no limit (default 4194304 = 2048^2)")
+    add_inference_arguments(parser)
+
+
+def _warn(message):
+    print(f"keras-fastfcn predict: warning: {message}", file=sys.stderr)
+
+
+def _predict_labels(predictor, image, limit, name):
+    """The class map of `image` at its size, the network run at most `limit` pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from keras_fastfcn.inference import fit_to_pixels
+
+    height, width = image.shape[:2]
+    size = fit_to_pixels(height, width, limit)
+    if size == (height, width):
+        return np.argmax(np.asarray(predictor(image[None])), axis=-1)[0]
+    _warn(f"{name}: {width}x{height} is over --max-pixels {limit}; the network runs at "
+          f"{size[1]}x{size[0]} and the class map is resized back (nearest).")
+    small = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR,
+                                                     reducing_gap=3.0))
+    labels = np.argmax(np.asarray(predictor(small[None])), axis=-1)[0]
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.int32
+    return np.asarray(Image.fromarray(labels.astype(dtype)).resize((width, height),
+                                                                     Image.NEAREST))
+
+
+def run(args):
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}.")
+    files = collect_inputs(args.input)
+    names = _output_names(files)
+    out_dir = os.fspath(args.output)
+    check_output_folder(out_dir)
+    if os.path.isdir(args.input) and os.path.isdir(out_dir) \
+            and os.path.samefile(args.input, out_dir):
+        raise ValueError("--output must not be the input folder (the outputs would be read as "
+                         "inputs next time).")
+    check_model_file(args.model)
+    notes = _validate(files)
+
+    from PIL import Image
+
+    from keras_fastfcn import inference, visualize
+
+    model = inference.load_model(args.model)
+    info = inference.model_info(model)
+    predictor = predictor_from_args(model, args)
+    palette, class_names = visualize.palette_and_names(info.num_classes, info.class_names,
+                                                       info.dataset)
+    for note in notes:  # only once the command is going to run
+        _warn(note)
+
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"Predicting {len(files)} image(s) with {args.model}: {predictor.describe()}")
+    for f in files:
+        image, _ = read_image(f)
+        labels = _predict_labels(predictor, image, args.max_pixels, f)
+        stem = os.path.join(out_dir, names[f])
+        visualize.write_images([
+            (stem + OUTPUT_SUFFIXES[0], visualize.label_image(labels)),
+            (stem + OUTPUT_SUFFIXES[1], Image.fromarray(visualize.colorize(labels, palette))),
+            (stem + OUTPUT_SUFFIXES[2],
+             visualize.overlay(image, labels, palette, class_names, alpha=args.alpha)),
+        ])
+        present = visualize.legend_entries(labels, class_names, palette)
+        summary = ", ".join(f"{name} {visualize.percent_text(frac)}"
+                            for name, _, frac in present[:4])
+        print(f"{f} -> {stem}_{{labels,color,overlay}}.png  ({summary})")
+    return 0

@@ -1,0 +1,53 @@
+"""`keras-fastfcn train`: a training run from a YAML config (`keras_fastfcn.train.run`)."""
+
+import os
+import sys
+
+from keras_fastfcn.cli.common import positive_int
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", required=True,
+                        help="YAML config path or bundled name (demo, camvid, ...)")
+    parser.add_argument("--strategy", default="default",
+                        choices=("default", "mirrored", "multiworker"))
+    parser.add_argument("--cpu-devices", type=positive_int, default=None,
+                        help="with --strategy mirrored: N logical CPU devices (no GPU needed)")
+    parser.add_argument("--output-dir", default=None, help="overrides output_dir")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="overrides train.epochs")
+    parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                        help="overrides train.steps_per_epoch")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set train.lr=0.01 (repeatable)")
+
+
+def run(args):
+    overrides = list(args.set)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.steps_per_epoch is not None:
+        overrides.append(f"train.steps_per_epoch={args.steps_per_epoch}")
+    # The config is checked (YAML, keys, types, ranges) before TensorFlow starts.
+    from keras_fastfcn.train.config import load_config
+
+    cfg = load_config(args.config, overrides)
+    from keras_fastfcn import train
+
+    strategy = train.make_strategy(args.strategy, args.cpu_devices)
+    print(f"Training {cfg['name']} with {type(strategy).__name__} "
+          f"({strategy.num_replicas_in_sync} replica(s)) into {cfg['output_dir']}")
+    results = train.run(cfg, strategy)
+    print(f"\nValidation ({cfg['data']['val_split']}): pixAcc {results['val_pixAcc']:.4f}  "
+          f"mIoU {results['val_mIoU']:.4f} (official: mean over all classes)  "
+          f"mIoU {results['val_mIoU_present']:.4f} (classes present)")
+    if "model_path" in results:
+        out = cfg["output_dir"]
+        print(f"Final model: {results['model_path']}")
+        print(f"Best model:  {os.path.join(out, 'best.keras')}")
+        print(f"Results:     {os.path.join(out, 'results.json')}")
+        print(f"TensorBoard: tensorboard --logdir {os.path.join(out, 'logs')}")
+    sys.stdout.flush()
+    return 0

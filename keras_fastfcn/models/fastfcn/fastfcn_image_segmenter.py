@@ -1,0 +1,382 @@
+"""`FastFCNImageSegmenter`: the FastFCN task (backbone + head), trained on `(images, masks)`."""
+
+import math
+import warnings
+from typing import Optional, Sequence, Union
+
+import keras
+
+from keras_fastfcn import losses as losses_lib
+from keras_fastfcn import metrics as metrics_lib
+from keras_fastfcn import optimizers
+from keras_fastfcn.layers.heads import FCNHead
+from keras_fastfcn.layers.resize import BilinearResize
+from keras_fastfcn.models import registry
+from keras_fastfcn.models.fastfcn.fastfcn_backbone import (
+    FastFCNBackbone,
+    ImageInputsMixin,
+    check_positive_int,
+)
+
+IGNORE_LABEL = losses_lib.IGNORE_LABEL
+# The official recipe: JPU, head and auxiliary head train at 10x the backbone's rate.
+HEAD_LR_MULTIPLIER = 10.0
+
+
+@keras.saving.register_keras_serializable(package="keras_fastfcn")
+class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
+    """FastFCN semantic segmentation (Wu et al., 2019) as a Keras task model.
+
+    A `FastFCNBackbone` (encoder + JPU) and a head (EncNet, PSP, DeepLabV3 or FCN)
+    mapping 0-255 RGB images of any size to per-pixel logits `(B, H, W, C)` at the
+    input size. For training it also has the official auxiliary FCN head on C4 and,
+    with EncNet, the SE (class presence) branch; their outputs exist only when the
+    model is called with `training=True`, and `compute_loss` builds their targets
+    from the masks. So `fit` takes plain `(images, masks)` (masks int `(B, H, W)`,
+    255 = ignore), while `__call__`, `predict` and `export` give logits only.
+
+    `compile()` with its `"auto"` defaults is the official recipe: cross-entropy
+    ignoring 255 + `aux_weight` x auxiliary + `se_weight` x SE loss; SGD (momentum
+    0.9, coupled weight decay 1e-4) with the JPU, head and auxiliary head at 10x
+    the backbone's learning rate, poly decay over the whole `fit`; pixel accuracy
+    and the official mIoU (all classes) as metrics.
+
+    The graph is built on the backbone's own (so `model.backbone.trainable = False`
+    freezes the encoder and JPU in this model): its top-level layers are the
+    backbone's (`preprocessing`, the encoder, `jpu`), then `head`, `auxlayer` and the
+    resizes to the input (`logits`, `aux_logits`). `model.backbone` is the
+    `FastFCNBackbone`.
+
+    Args:
+        backbone: a `FastFCNBackbone`.
+        num_classes: int >= 1.
+        head: a registered head: `"encnet"`, `"psp"`, `"deeplab"` (ASPP) or `"fcn"`.
+        aux: bool, train with the auxiliary FCN head on C4 (official: True).
+        se_loss: bool or None (default: True for heads with an SE branch, EncNet).
+        aux_weight: float, weight of the auxiliary loss (0.2; 0.4 in the official
+            PSP and DeepLabV3 scripts).
+        se_weight: float, weight of the SE loss (0.2).
+        class_names: optional list of `num_classes` names (used by prediction,
+            evaluation and export).
+        dataset: optional dataset name (palette lookup: `"pascal_context"`,
+            `"ade20k"`, `"camvid"`, ...).
+        preprocessor: optional `FastFCNImageSegmenterPreprocessor` (resizing of
+            images and masks for batching; not applied automatically).
+        name: model name.
+        **kwargs: standard `keras.Model` arguments (`trainable`).
+
+    Example:
+    >>> backbone = FastFCNBackbone(encoder="resnet50", upsampler="jpu", width=64)
+    >>> seg = FastFCNImageSegmenter(backbone=backbone, num_classes=11, head="encnet")
+    >>> seg.compile()
+    >>> seg.fit(images, masks, epochs=2)            # doctest: +SKIP
+    >>> seg.backbone.trainable = False               # fine-tune the head only
+    >>> seg.predict(keras.ops.zeros((1, 64, 80, 3)), verbose=0).shape
+    (1, 64, 80, 11)
+    """
+
+    backbone_cls = FastFCNBackbone
+
+    def __init__(self, backbone: FastFCNBackbone, num_classes: int, head: str = "encnet",
+                 aux: bool = True, se_loss: Optional[bool] = None, aux_weight: float = 0.2,
+                 se_weight: float = 0.2, class_names: Optional[Sequence[str]] = None,
+                 dataset: Optional[str] = None, preprocessor=None, name: Optional[str] = None,
+                 **kwargs):
+        if not isinstance(backbone, FastFCNBackbone):
+            raise ValueError(
+                f"backbone must be a keras_fastfcn FastFCNBackbone, got {type(backbone).__name__}.")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        spec = registry.head(head)
+        se_loss = spec.se_loss if se_loss is None else bool(se_loss)
+        if se_loss and not spec.se_loss:
+            raise ValueError(f"se_loss=True needs a head with an SE branch (encnet), got "
+                             f"head={head!r}.")
+        for what, value in (("aux_weight", aux_weight), ("se_weight", se_weight)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{what} must be a number >= 0, got {value!r}.")
+        if class_names is not None:
+            class_names = [str(n) for n in class_names]
+            if len(class_names) != num_classes:
+                raise ValueError(f"class_names has {len(class_names)} names but num_classes "
+                                 f"is {num_classes}.")
+        align_corners = backbone.align_corners
+
+        # === Layers ===
+        head_layer = spec.builder(num_classes, se_loss=se_loss,
+                                  upsampled=backbone.upsampler is not None,
+                                  align_corners=align_corners, name="head")
+        aux_layer = FCNHead(num_classes, name="auxlayer") if aux else None
+
+        # === Functional graph (on the backbone's tensors, see the class docstring) ===
+        images = backbone.input
+        head_out = head_layer(backbone.output)
+        se_logits = None
+        if se_loss:
+            head_out, se_logits = head_out
+        # float32 outputs keep losses stable under mixed precision.
+        logits = BilinearResize(align_corners, dtype="float32", name="logits")(
+            [head_out, images])
+        outputs = logits
+        if aux or se_loss:
+            outputs = {"logits": logits}
+            if aux:
+                outputs["aux_logits"] = BilinearResize(
+                    align_corners, dtype="float32", name="aux_logits")(
+                    [aux_layer(backbone.pyramid_outputs["P4"]), images])
+            if se_loss:
+                outputs["se_logits"] = keras.layers.Activation(
+                    "linear", dtype="float32", name="se_logits")(se_logits)
+        super().__init__(inputs=images, outputs=outputs,
+                         name=name or "fastfcn_image_segmenter", **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.head_layer = head_layer
+        self.aux_layer = aux_layer
+        self.head_name = spec.name
+        self.num_classes = num_classes
+        self.aux = bool(aux)
+        self.se_loss = se_loss
+        self.aux_weight = float(aux_weight)
+        self.se_weight = float(se_weight)
+        self.class_names = class_names
+        self.dataset = dataset
+        self.preprocessor = preprocessor
+        self._segmentation_loss = None
+        self._poly_schedule = None
+
+    # ------------------------------------------------------------------ outputs
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        outputs = super().call(inputs, training=training, mask=mask, **kwargs)
+        return outputs if training else _logits(outputs)
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        outputs = super().compute_output_spec(inputs, training=training, mask=mask)
+        return outputs if training else _logits(outputs)
+
+    @property
+    def align_corners(self):
+        return self.backbone.align_corners
+
+    def get_layer(self, name=None, index=None):
+        """`keras.Model.get_layer`; `get_layer("backbone")` is `self.backbone`.
+
+        The backbone's layers are this model's own top-level layers (see the class
+        docstring), so the backbone is not a layer of its own in the graph; this
+        keeps the usual `model.get_layer("backbone").trainable = False` working.
+        """
+        if name == "backbone" and index is None:
+            return self.backbone
+        return super().get_layer(name, index)
+
+    # ----------------------------------------------------------------- training
+
+    def head_layers(self):
+        """The layers the official recipe trains at 10x: upsampler, head, aux head."""
+        return [layer for layer in (self.backbone.upsampler, self.head_layer, self.aux_layer)
+                if layer is not None]
+
+    def lr_multipliers(self, multiplier=HEAD_LR_MULTIPLIER):
+        """`{variable path prefix: multiplier}` of `head_layers()` for `SegmentationSGD`."""
+        prefixes = {var.path.split("/")[0] for layer in self.head_layers()
+                    for var in layer.weights}
+        return {prefix: float(multiplier) for prefix in sorted(prefixes)}
+
+    def compile(self, optimizer: Union[str, keras.optimizers.Optimizer] = "auto",
+                loss="auto", *, metrics="auto", learning_rate: float = 0.01,
+                weight_decay: float = 1e-4, momentum: float = 0.9,
+                sync_batchnorm: bool = True, **kwargs):
+        """Configures training; `"auto"` arguments give the official recipe.
+
+        Args:
+            optimizer: `"auto"`: `SegmentationSGD` (momentum, coupled weight decay,
+                10x learning rate for JPU, head and aux head) with `PolyDecay` over
+                the whole first `fit`; or any Keras optimizer.
+            loss: `"auto"`: cross-entropy ignoring 255; or any Keras loss for the
+                logits (the auxiliary head gets the same loss). The aux and SE terms
+                are added by `compute_loss` (weights `aux_weight`, `se_weight`).
+            metrics: `"auto"`: pixel accuracy and the official mean IoU (all
+                classes, ignoring 255); or a list of Keras metrics on the logits.
+            learning_rate: base learning rate for `optimizer="auto"` (the official
+                rates are given per 16 images: scale by `batch_size / 16`).
+            weight_decay: coupled L2 for `optimizer="auto"`.
+            momentum: for `optimizer="auto"`.
+            sync_batchnorm: compiled in the scope of a `tf.distribute` strategy with
+                several replicas, compute BatchNorm statistics over all of them (the
+                official SyncBN). Without it each replica also keeps moving
+                statistics of its own slice of the batch, and a saved model holds
+                the first replica's.
+            **kwargs: other `keras.Model.compile` arguments.
+
+        Example:
+        >>> seg.compile(learning_rate=0.004 / 16 * 8)   # ADE20K rate, batch 8
+        """
+        loss_weights = kwargs.pop("loss_weights", None)
+        if isinstance(loss, dict) or isinstance(metrics, dict) or isinstance(loss_weights, dict):
+            # The compile config of a 0.1 `.keras` file: one entry per output.
+            loss, metrics = _from_per_output(self, loss, metrics, loss_weights)
+        elif loss_weights is not None:
+            raise ValueError("loss_weights: use aux_weight / se_weight of the model instead.")
+        if optimizer == "auto":
+            self._poly_schedule = optimizers.PolyDecay(learning_rate, decay_steps=None)
+            optimizer = optimizers.SegmentationSGD(
+                self._poly_schedule, momentum=momentum, l2=weight_decay,
+                lr_multipliers=self.lr_multipliers())
+        else:
+            schedule = getattr(optimizer, "schedule", None)
+            self._poly_schedule = schedule if isinstance(schedule, optimizers.PolyDecay) else None
+        if loss == "auto":
+            loss = losses_lib.segmentation_loss(IGNORE_LABEL)
+        self._segmentation_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+        if metrics == "auto":
+            metrics = metrics_lib.segmentation_metrics(self.num_classes)
+        if sync_batchnorm and keras.config.backend() == "tensorflow":
+            # tf.distribute lives in the training module (models stay backend-neutral).
+            import tensorflow as tf
+
+            from keras_fastfcn.train.distribute import synchronize_batchnorm
+
+            synchronize_batchnorm(self, tf.distribute.get_strategy())
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        # What `keras.models.load_model` calls for a compiled file; Keras skips models
+        # that override `compile` unless they define this.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        extra = y_pred if isinstance(y_pred, dict) else {}
+        logits = _logits(y_pred)
+        total = super().compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight,
+                                     training=training)
+        if "aux_logits" in extra and self.aux_weight:
+            total = total + self.aux_weight * self._segmentation_loss(
+                y, extra["aux_logits"], sample_weight)
+        if "se_logits" in extra and self.se_weight:
+            presence = losses_lib.class_presence(y, self.num_classes)
+            total = total + self.se_weight * losses_lib.se_loss()(presence, extra["se_logits"])
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, _logits(y_pred), sample_weight)
+
+    def fit(self, x=None, y=None, epochs=1, steps_per_epoch=None, **kwargs):
+        """`keras.Model.fit`; with `compile()`'s poly schedule, its length is set here.
+
+        The official poly decay runs over the whole training, so the first `fit`
+        after `compile()` sets `PolyDecay.decay_steps = epochs * steps_per_epoch`
+        (`steps_per_epoch` from the argument or the dataset's known size).
+        """
+        if self._poly_schedule is not None and self._poly_schedule.decay_steps is None:
+            steps = steps_per_epoch or _num_batches(x, kwargs.get("batch_size"))
+            if not steps:
+                raise ValueError(
+                    "compile()'s poly learning-rate decay needs the length of the run: pass "
+                    "steps_per_epoch to fit (the dataset's size is unknown), or compile with "
+                    "an optimizer of your own.")
+            self._poly_schedule.decay_steps = int(epochs) * int(steps)
+        return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
+
+    # ------------------------------------------------------------------- config
+
+    def get_config(self):
+        # Don't chain to super: the functional config cannot rebuild this class.
+        return {
+            "backbone": keras.layers.serialize(self.backbone),
+            "num_classes": self.num_classes,
+            "head": self.head_name,
+            "aux": self.aux,
+            "se_loss": self.se_loss,
+            "aux_weight": self.aux_weight,
+            "se_weight": self.se_weight,
+            "class_names": self.class_names,
+            "dataset": self.dataset,
+            "preprocessor": (keras.layers.serialize(self.preprocessor)
+                             if self.preprocessor is not None else None),
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("backbone", "preprocessor"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.layers.deserialize(config[key])
+        return cls(**config)
+
+    # ------------------------------------------------------------------ presets
+
+    @classmethod
+    def from_preset(cls, preset: str, load_weights: bool = True,
+                    **kwargs) -> "FastFCNImageSegmenter":
+        """A segmenter from a preset: a released model's name or a preset folder.
+
+        Args:
+            preset: a name from `keras_fastfcn.models.presets.list_presets()`
+                (the authors' released models: downloaded once into the Keras cache,
+                verified, converted and cached), or the path of a folder written by
+                `save_to_preset`.
+            load_weights: False builds the architecture with random weights.
+            **kwargs: constructor arguments that override the preset's (e.g.
+                `class_names`).
+
+        Example:
+        >>> seg = FastFCNImageSegmenter.from_preset("fastfcn_encnet_jpu_resnet50_pcontext")
+        """
+        from keras_fastfcn.models import presets
+
+        return presets.load_segmenter(cls, preset, load_weights=load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir: str) -> None:
+        """Writes this model as a preset folder (`from_preset(preset_dir)` loads it).
+
+        Example:
+        >>> seg.save_to_preset("my_preset")
+        """
+        from keras_fastfcn.models import presets
+
+        return presets.save_segmenter(self, preset_dir)
+
+
+def _logits(outputs):
+    return outputs["logits"] if isinstance(outputs, dict) else outputs
+
+
+def _num_batches(x, batch_size):
+    """Batches per epoch of `x` when it is known (arrays, sized datasets), else None."""
+    cardinality = getattr(x, "cardinality", None)
+    if callable(cardinality):
+        n = int(cardinality())
+        return n if n > 0 else None
+    if hasattr(x, "__len__") and hasattr(x, "shape"):
+        return math.ceil(len(x) / (batch_size or 32))
+    if hasattr(x, "__len__"):  # a keras.utils.PyDataset
+        try:
+            return len(x) or None
+        except TypeError:
+            return None
+    return None
+
+
+def _from_per_output(model, loss, metrics, loss_weights):
+    """Translates a 0.1 per-output compile config (`{"logits": ..., ...}`) to ours."""
+    if isinstance(loss_weights, dict):
+        if "aux_logits" in loss_weights:
+            model.aux_weight = float(loss_weights["aux_logits"])
+        if "se_logits" in loss_weights:
+            model.se_weight = float(loss_weights["se_logits"])
+    if isinstance(loss, dict):
+        loss = loss.get("logits", "auto")
+    if isinstance(metrics, dict):
+        metrics = metrics.get("logits", [])
+    if not isinstance(metrics, (list, tuple)):
+        metrics = [metrics]
+    warnings.warn("Per-output losses and metrics (a keras_fastfcn 0.1 model) were mapped "
+                  "onto the logits; the aux and SE terms come from aux_weight / se_weight.",
+                  stacklevel=3)
+    return loss, metrics

@@ -1,0 +1,283 @@
+"""Presets: saved models as folders, and the authors' released models by name.
+
+A preset folder (written by `FastFCNImageSegmenter.save_to_preset`) holds
+`config.json` (the model's Keras config), `model.weights.h5` and `metadata.json`
+(versions, parameter count). `from_preset` takes such a folder, or the name of a
+released model (`list_presets()`), which is resolved like this:
+
+1. `KERAS_HOME/keras_fastfcn/presets/NAME/` (default `~/.keras/...`): the converted
+   model of an earlier call, used as is;
+2. else the official checkpoint is downloaded into `KERAS_HOME/keras_fastfcn/
+   downloads/` (Google Drive, with its "can't scan this file for viruses"
+   confirmation step; a progress bar; written to a temporary file and renamed),
+   verified (SHA-256 where one is known) and converted (PyTorch needed for this
+   step only); only a model that converted cleanly is cached. Any failure leaves
+   nothing in the cache and says what to do; if Google Drive refuses the download
+   (quota, sign-in), download the file in a browser and pass it:
+   `from_preset(NAME, checkpoint="path/to/file.pth.tar")`.
+
+Example:
+>>> seg = FastFCNImageSegmenter.from_preset("fastfcn_encnet_jpu_resnet50_pcontext")
+>>> seg.save_to_preset("my_model"); FastFCNImageSegmenter.from_preset("my_model")
+"""
+
+import hashlib
+import html.parser
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import keras
+
+from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.models.fastfcn.fastfcn_presets import PRESETS
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+DRIVE_URL = "https://drive.google.com/uc"
+DRIVE_PAGE = "https://drive.google.com/open?id={}"
+
+
+class PresetError(ValueError):
+    """A preset that cannot be found, downloaded, verified or converted."""
+
+
+def list_presets():
+    """The names of the released models, with what they are (a dict per name).
+
+    Example:
+    >>> sorted(list_presets())[0]
+    'fastfcn_deeplab_jpu_resnet50_pcontext'
+    """
+    return {name: dict(entry) for name, entry in PRESETS.items()}
+
+
+def register_preset(name, entry):
+    """Adds a released model: `entry` as in `fastfcn_presets.PRESETS`, with either
+    `drive_id` (Google Drive) or `url`, and optionally `sha256`."""
+    if not ("drive_id" in entry or "url" in entry):
+        raise ValueError("A preset entry needs a 'drive_id' or a 'url'.")
+    PRESETS[name] = dict(entry)
+
+
+def cache_dir():
+    """`KERAS_HOME/keras_fastfcn` (`~/.keras/keras_fastfcn` by default)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "keras_fastfcn")
+
+
+# ------------------------------------------------------------------ folders
+
+
+def save_segmenter(model, preset_dir):
+    """Writes `model` as a preset folder (atomically); returns the folder."""
+    preset_dir = os.fspath(preset_dir)
+    if os.path.exists(preset_dir) and not os.path.isdir(preset_dir):
+        raise NotADirectoryError(f"{preset_dir} exists and is not a folder.")
+    from keras_fastfcn import __version__
+
+    metadata = {
+        "keras_fastfcn_version": __version__,
+        "keras_version": keras.__version__,
+        "class": type(model).__name__,
+        "parameter_count": int(model.count_params()),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_path(preset_dir, is_dir=True) as tmp:
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(keras.saving.serialize_keras_object(model), f, indent=2)
+        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+        with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=2)
+    return preset_dir
+
+
+def _is_preset_dir(path):
+    return all(os.path.isfile(os.path.join(path, name))
+               for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE))
+
+
+def load_segmenter(cls, preset, load_weights=True, checkpoint=None, **overrides):
+    """`cls.from_preset(preset, ...)`: see the module docstring."""
+    preset = os.fspath(preset)
+    if os.path.isdir(preset):
+        if not _is_preset_dir(preset):
+            raise PresetError(f"{preset} is not a preset folder: it needs {CONFIG_FILE}, "
+                              f"{WEIGHTS_FILE} and {METADATA_FILE} (written by save_to_preset).")
+        folder = preset
+    elif preset in PRESETS:
+        folder = materialize(preset, checkpoint=checkpoint)
+    else:
+        raise PresetError(
+            f"Unknown preset {preset!r}: not a folder, nor a released model "
+            f"({', '.join(sorted(PRESETS))}).")
+    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+        config = json.load(f)
+    if overrides:
+        config = dict(config, config=dict(config["config"], **overrides))
+    model = keras.saving.deserialize_keras_object(config)
+    if not isinstance(model, cls):
+        raise PresetError(f"{preset} holds a {type(model).__name__}, not a {cls.__name__}.")
+    if load_weights:
+        model.load_weights(os.path.join(folder, WEIGHTS_FILE))
+    return model
+
+
+def load_backbone(cls, preset, load_weights=True):
+    """`cls.from_preset(preset)` of a backbone: the backbone of the preset's segmenter."""
+    model = load_segmenter(keras.Model, preset, load_weights=load_weights)
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, cls):
+        raise PresetError(f"{preset} holds no {cls.__name__}.")
+    return backbone
+
+
+# ---------------------------------------------------------------- released
+
+
+def materialize(name, checkpoint=None):
+    """The cached preset folder of released model `name`, made on first use.
+
+    Released models are PyTorch checkpoints until converted once: this is the one
+    place where `models` calls up into `keras_fastfcn.convert`, imported on first use.
+    """
+    entry = PRESETS[name]
+    folder = os.path.join(cache_dir(), "presets", name)
+    if _is_preset_dir(folder):
+        return folder
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise PresetError(
+            f"Preset {name!r} is converted from the authors' PyTorch checkpoint once, which "
+            "needs PyTorch: pip install 'keras_fastfcn[convert]' (afterwards the converted "
+            "model is cached and PyTorch is not needed).") from err
+    downloaded = False
+    if checkpoint is None:
+        checkpoint = os.path.join(cache_dir(), "downloads", f"{name}.pth.tar")
+        if not os.path.isfile(checkpoint):
+            download(entry, checkpoint)
+            downloaded = True
+    elif not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"Checkpoint not found: {checkpoint}")
+    try:
+        if entry.get("sha256"):
+            verify_sha256(checkpoint, entry["sha256"])
+        from keras_fastfcn.convert import convert_checkpoint
+
+        model = convert_checkpoint(
+            checkpoint, head=entry["head"], backbone=entry["encoder"],
+            upsampler=entry.get("upsampler", "jpu"), num_classes=entry["num_classes"],
+            dataset=entry.get("dataset"))
+    except Exception as err:
+        if downloaded:  # a bad download must not stay in the cache
+            os.remove(checkpoint)
+        raise PresetError(f"Preset {name!r}: the checkpoint {checkpoint} is not the expected "
+                          f"model ({_first_line(err)}). Nothing was cached.") from err
+    save_segmenter(model, folder)
+    return folder
+
+
+def verify_sha256(path, expected):
+    """Raises `PresetError` unless the file's SHA-256 is `expected`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected.lower():
+        raise PresetError(f"SHA-256 of {path} is {digest.hexdigest()}, expected {expected}: "
+                          "the download is corrupt or not the released file.")
+
+
+def download(entry, target, timeout=60):
+    """Downloads a preset's checkpoint to `target` (atomic; progress bar on stdout)."""
+    if "url" in entry:
+        response = _open(entry["url"], timeout)
+    else:
+        response = _open_drive(entry["drive_id"], timeout)
+    with atomic_path(target) as tmp, response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        progbar = keras.utils.Progbar(total, unit_name="byte")
+        done = 0
+        with open(tmp, "wb") as f:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                f.write(block)
+                done += len(block)
+                progbar.update(done)
+        if total is not None and done != total:
+            raise PresetError(f"Download of {target} stopped at {done} of {total} bytes.")
+    return target
+
+
+def _open(url, timeout):
+    try:
+        return urllib.request.urlopen(url, timeout=timeout)
+    except (urllib.error.URLError, OSError) as err:
+        raise PresetError(f"Could not download {url}: {getattr(err, 'reason', err)}. "
+                          "Is there internet access?") from err
+
+
+class _FormParser(html.parser.HTMLParser):
+    """The download form (action + hidden inputs) of Google Drive's warning page."""
+
+    def __init__(self):
+        super().__init__()
+        self.action, self.fields, self._in_form = None, {}, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and "download" in (attrs.get("action") or ""):
+            self.action, self._in_form = attrs["action"], True
+        elif tag == "input" and self._in_form and attrs.get("name"):
+            self.fields[attrs["name"]] = attrs.get("value", "")
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._in_form = False
+
+
+def _is_html(response):
+    return "text/html" in (response.headers.get("Content-Type") or "")
+
+
+def _open_drive(drive_id, timeout):
+    """Google Drive's download flow: the file, or its confirmation form, then the file."""
+    manual = (f"Download it in a browser from {DRIVE_PAGE.format(drive_id)} and pass the file: "
+              "FastFCNImageSegmenter.from_preset(NAME, checkpoint='path/to/file.pth.tar').")
+    query = urllib.parse.urlencode({"export": "download", "id": drive_id})
+    response = _open(f"{DRIVE_URL}?{query}", timeout)
+    if not _is_html(response):
+        return response
+    parser = _FormParser()
+    parser.feed(response.read().decode("utf-8", "replace"))
+    response.close()
+    if parser.action is None:
+        raise PresetError("Google Drive did not serve the file (a quota or sign-in page). "
+                          + manual)
+    url = urllib.parse.urljoin(DRIVE_URL, parser.action)
+    response = _open(f"{url}?{urllib.parse.urlencode(parser.fields)}", timeout)
+    if _is_html(response):
+        response.close()
+        raise PresetError("Google Drive did not serve the file after its confirmation step. "
+                          + manual)
+    return response
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def clear_cache(name=None):
+    """Removes the cached download and converted model of `name` (or of all presets)."""
+    names = [name] if name else list(PRESETS)
+    for n in names:
+        shutil.rmtree(os.path.join(cache_dir(), "presets", n), ignore_errors=True)
+        path = os.path.join(cache_dir(), "downloads", f"{n}.pth.tar")
+        if os.path.exists(path):
+            os.remove(path)

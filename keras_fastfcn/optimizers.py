@@ -1,0 +1,139 @@
+"""The official FastFCN optimizer: SGD with coupled weight decay, parameter groups, poly decay.
+
+The authors train with `torch.optim.SGD([{backbone, lr}, {jpu/head/aux, 10 lr}],
+momentum=0.9, weight_decay=1e-4)` and `lr * (1 - iter / total) ** 0.9` per iteration
+(`encoding/utils/lr_scheduler.py`). Keras' `SGD(weight_decay=...)` decays outside the
+momentum buffer (decoupled), Keras has no parameter groups, and its momentum form
+differs from PyTorch's once the learning rate changes, so `SegmentationSGD` does the
+PyTorch update; `PolyDecay` is the official schedule.
+"""
+
+import re
+
+import keras
+
+from keras_fastfcn import _keras_private
+
+
+@keras.saving.register_keras_serializable(package="keras_fastfcn")
+class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """The official poly schedule `lr * (1 - step / decay_steps) ** power`.
+
+    `decay_steps=None` means "the whole run, known when training starts":
+    `FastFCNImageSegmenter.fit` fills it in from `epochs * steps_per_epoch` the first
+    time it trains (until then the rate is constant).
+
+    Args:
+        initial_learning_rate: float.
+        decay_steps: int >= 1 or None (set by the first `fit`).
+        power: float (0.9 officially).
+
+    Example:
+    >>> schedule = PolyDecay(0.01, decay_steps=100)
+    >>> round(float(schedule(50)), 5)
+    0.00536
+    """
+
+    def __init__(self, initial_learning_rate, decay_steps=None, power=0.9):
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = None if decay_steps is None else max(int(decay_steps), 1)
+        self.power = float(power)
+
+    def __call__(self, step):
+        lr = keras.ops.convert_to_tensor(self.initial_learning_rate, "float32")
+        if self.decay_steps is None:
+            return lr
+        step = keras.ops.minimum(keras.ops.cast(step, "float32"), float(self.decay_steps))
+        return lr * keras.ops.power(1.0 - step / float(self.decay_steps), self.power)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps, "power": self.power}
+
+
+@keras.saving.register_keras_serializable(package="keras_fastfcn")
+class SegmentationSGD(keras.optimizers.SGD):
+    """SGD with PyTorch's coupled weight decay and per-layer learning-rate multipliers.
+
+    `l2 * w` is added to the gradient before momentum (PyTorch's `weight_decay`),
+    and the gradient of a variable whose path starts with a key of
+    `lr_multipliers` is scaled by its value: with momentum SGD, scaling the
+    (decayed) gradient by m is exactly a learning rate of m x lr for that variable
+    (the official parameter groups). The momentum buffer is PyTorch's
+    `buf = m * buf + g; w -= lr * buf`.
+
+    Args:
+        learning_rate: float or a `keras.optimizers.schedules` schedule
+            (`PolyDecay` officially).
+        momentum: float.
+        l2: float, coupled weight decay.
+        decay_norm: bool, whether normalization parameters (gamma/beta) decay too
+            (True officially; False is common in newer recipes).
+        lr_multipliers: dict `{variable path prefix: multiplier}`; a prefix matches
+            whole path components (`"head"` matches `head/classifier/kernel`).
+        **kwargs: other `keras.optimizers.SGD` arguments.
+
+    Example:
+    >>> opt = SegmentationSGD(PolyDecay(0.01, 1000), momentum=0.9, l2=1e-4,
+    ...                       lr_multipliers={"head": 10.0})
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.9, l2=1e-4, decay_norm=True,
+                 lr_multipliers=None, **kwargs):
+        if kwargs.get("nesterov"):
+            raise ValueError("SegmentationSGD does not implement Nesterov momentum.")
+        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
+        # The schedule object itself (Keras keeps it privately), so that a model's
+        # `fit` can set the length of a `PolyDecay` left open at compile time.
+        self.schedule = (learning_rate if isinstance(
+            learning_rate, keras.optimizers.schedules.LearningRateSchedule) else None)
+        self.l2 = float(l2)
+        self.decay_norm = bool(decay_norm)
+        self.lr_multipliers = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
+        self._per_variable = []
+
+    def _multiplier(self, path):
+        for prefix, mult in self.lr_multipliers.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return mult
+        return 1.0
+
+    def build(self, variables):
+        super().build(variables)
+        # In the order of `variables`, which is the optimizer's variable index.
+        self._per_variable = [
+            (self._multiplier(var.path),
+             0.0 if (not self.decay_norm and re.search(r"(gamma|beta)$", var.path)) else self.l2)
+            for var in variables
+        ]
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = _keras_private.optimizer_variable_index(self, variable)
+        mult, l2 = self._per_variable[index]
+        dtype = variable.dtype
+        gradient = keras.ops.cast(gradient, dtype)
+        if l2:
+            gradient = gradient + keras.ops.cast(l2, dtype) * variable
+        lr = keras.ops.cast(learning_rate, dtype) * keras.ops.cast(mult, dtype)
+        if self.momentum == 0:
+            self.assign_sub(variable, lr * gradient)
+            return
+        buf = self.momentums[index]
+        self.assign(buf, keras.ops.cast(self.momentum, dtype) * buf + gradient)
+        self.assign_sub(variable, lr * buf)
+
+    def load_own_variables(self, store):
+        # A model saved without its optimizer state (`fileio.save_model(...,
+        # include_optimizer=False)`: the final and best models of a run) or saved
+        # before its first step (only the step counter, and a float learning rate)
+        # has no state to load: the optimizer starts fresh, as after `compile`,
+        # instead of Keras' "Skipping variable loading" warning.
+        if len(store.keys()) < len(self.variables) and len(store.keys()) <= 2:
+            return
+        super().load_own_variables(store)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(l2=self.l2, decay_norm=self.decay_norm,
+                      lr_multipliers=self.lr_multipliers)
+        return config

@@ -1,0 +1,51 @@
+"""Serving a trained model: SavedModel (TF Serving), ONNX, TFLite, and a REST client.
+
+Every format serves the same graph (`graph.py`): raw 0-255 RGB images in, preprocessing
+in the graph, `class_map` (exact argmax) and `probabilities` out, optionally with
+in-graph multi-scale + flip. BatchNorm is folded into the convolutions first
+(`fold.py`). `client.py` queries TF Serving's REST API and imports no TensorFlow.
+
+Example:
+>>> from keras_fastfcn import serving
+>>> serving.export(model, "saved_models/fastfcn")                 # -> saved_models/fastfcn/1
+>>> serving.export(model, "fastfcn.onnx", format="onnx", scales=(0.75, 1.0, 1.25), flip=True)
+"""
+
+import importlib
+
+FORMATS = ("saved_model", "onnx", "tflite")
+# Loaded on first use, so that `keras_fastfcn.serving.client` imports no TensorFlow.
+_EXPORTS = {
+    "export_saved_model": "keras_fastfcn.serving.saved_model",
+    "export_onnx": "keras_fastfcn.serving.onnx",
+    "export_tflite": "keras_fastfcn.serving.tflite",
+    "DEFAULT_OPSET": "keras_fastfcn.serving.onnx",
+    "SIGNATURES": "keras_fastfcn.serving.graph",
+    "make_forward": "keras_fastfcn.serving.graph",
+    "serving_endpoints": "keras_fastfcn.serving.graph",
+    "resolve_version_dir": "keras_fastfcn.serving.targets",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def export(model, output: str, format: str = "saved_model", **options) -> str:
+    """Exports `model` to `format` (`"saved_model"`, `"onnx"` or `"tflite"`); returns the path.
+
+    Args:
+        model: a segmentation model (`FastFCNImageSegmenter`, or any Keras model from
+            0-255 RGB images to logits).
+        output: `BASE` or `BASE/VERSION` (SavedModel), or a `.onnx` / `.tflite` file.
+        format: the format.
+        **options: the exporter's options (`scales`, `flip`, `input_size`, ...).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}: expected one of {FORMATS}.")
+    return __getattr__(f"export_{format}")(model, output, **options)
+
+
+__all__ = ["FORMATS", "export"] + sorted(_EXPORTS)

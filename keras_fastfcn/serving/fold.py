@@ -1,0 +1,267 @@
+"""BatchNorm folding: an inference copy of a model with BN merged into its convs.
+
+At inference a BatchNormalization is a per-channel affine map `y = s * x + t`
+with `s = gamma / sqrt(var + eps)` and `t = beta - mean * s`. After a linear
+convolution it can be merged into the convolution's kernel (scaled by `s`) and
+bias (`t`), which removes one multiply and lets TensorFlow's graph optimizer fuse
+the remaining bias add (and a following ReLU) into the convolution kernel.
+
+What is folded:
+- `ConvBNReLU` (JPU projections, heads, EncModule's conv): BN into the conv,
+  which gains a bias.
+- `SeparableConvBN`: the inner BN into the depthwise kernel; its shift is pushed
+  through the (linear, 1x1) pointwise conv into that conv's bias.
+- `DilatedBranch` (JPU): the inner BN as above, and the outer BN (after the
+  pointwise conv) into the pointwise conv.
+- Functional sub-models (the keras.applications ResNet): every `Conv2D` /
+  `DepthwiseConv2D` -> `BatchNormalization` pair where the conv's output feeds
+  only that BN; the BN node is dropped from the rebuilt graph.
+
+What is left alone: GroupNorm (JPU_X's JUM blocks: statistics depend on the
+input), the Encoding BN of EncNet (`axis=1`, over codewords, not after a conv),
+and any BN whose input is not a single-use linear conv.
+
+The folded model is for inference and export only: its BN-free sublayers do not
+match the layer configs any more, so do not train it or save it as `.keras`
+(save the original instead and fold again after loading).
+"""
+
+import numpy as np
+import keras
+
+from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN
+from keras_fastfcn.layers.jpu import DilatedBranch
+
+_CONV_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def fold_batchnorm(model):
+    """Returns an inference copy of `model` with BatchNorms folded into convs.
+
+    The original model is not modified. For a model with training-only outputs (a
+    `FastFCNImageSegmenter`) the logits-only graph is folded. Outputs agree with the
+    original's inference outputs (`training=False`) up to float32 rounding
+    (about 1e-6 relative).
+
+    Args:
+        model: a functional `keras.Model` (e.g. a `FastFCNImageSegmenter`), built.
+
+    Returns:
+        A functional `keras.Model` with the same inputs and outputs. Its class is
+        plain `keras.Model` (not a segmenter): it is meant for prediction and
+        export, not training or `.keras` saving.
+
+    Example:
+    >>> import keras_fastfcn as kf
+    >>> model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=64)
+    >>> folded = fold_batchnorm(model)
+    >>> len(batchnorm_layers(folded)) < len(batchnorm_layers(model))
+    True
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+        raise ValueError(
+            "fold_batchnorm expects a functional keras.Model (such as a FastFCN segmenter), "
+            f"got {type(model).__name__}."
+        )
+    if not model.built:
+        raise ValueError(
+            "fold_batchnorm needs a built model (call it once or give it an input shape).")
+    from keras_fastfcn.inference import logits_model
+
+    model = logits_model(model)
+    # An independent copy: the swaps below mutate layers, never the caller's.
+    copy = keras.models.clone_model(model, recursive=True)
+    copy.set_weights(model.get_weights())
+    _fold_custom_layers(copy)
+    return _fold_functional(copy)
+
+
+def batchnorm_layers(model):
+    """All `BatchNormalization` layers in `model`, nested ones included.
+
+    Example:
+    >>> import keras_fastfcn as kf
+    >>> len(batchnorm_layers(kf.FastFCN(num_classes=3, head="fcn", jpu_width=64))) > 50
+    True
+    """
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+# --- the arithmetic -----------------------------------------------------------
+
+
+def _bn_affine(bn):
+    """`(s, t)` (float64) such that `bn(x) == s * x + t` at inference."""
+    mean = np.asarray(keras.ops.convert_to_numpy(bn.moving_mean), np.float64)
+    var = np.asarray(keras.ops.convert_to_numpy(bn.moving_variance), np.float64)
+    gamma = (np.asarray(keras.ops.convert_to_numpy(bn.gamma), np.float64)
+             if bn.scale else np.ones_like(mean))
+    beta = (np.asarray(keras.ops.convert_to_numpy(bn.beta), np.float64)
+            if bn.center else np.zeros_like(mean))
+    s = gamma / np.sqrt(var + bn.epsilon)
+    return s, beta - mean * s
+
+
+def _is_foldable_bn(bn):
+    if not isinstance(bn, keras.layers.BatchNormalization) or not bn.built:
+        return False
+    axis = bn.axis if isinstance(bn.axis, int) else None
+    # Channels-last only: the BN must scale the conv's output channels.
+    return axis in (-1, 3)
+
+
+def _is_linear_conv(conv):
+    act = getattr(conv, "activation", None)
+    return (isinstance(conv, _CONV_TYPES) and conv.built
+            and conv.data_format == "channels_last"
+            and (act is None or act is keras.activations.linear
+                 or getattr(act, "__name__", "") == "linear"))
+
+
+def _weights(layer):
+    return [np.asarray(w, np.float64) for w in layer.get_weights()]
+
+
+def _scale_kernel(conv, kernel, s):
+    """The kernel with output channel `o` multiplied by `s[o]`."""
+    if isinstance(conv, keras.layers.DepthwiseConv2D):
+        # (kh, kw, in, multiplier); output channel = in * multiplier + m.
+        return kernel * s.reshape(kernel.shape[2], kernel.shape[3])
+    return kernel * s  # Conv2D: (kh, kw, in / groups, out)
+
+
+def _new_conv(conv, kernel, bias):
+    """A conv like `conv` with the given kernel and bias (None: no bias)."""
+    config = conv.get_config()
+    config["use_bias"] = bias is not None
+    for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
+                "kernel_constraint", "bias_constraint", "depthwise_regularizer",
+                "depthwise_constraint"):
+        if key in config:
+            config[key] = None
+    new = conv.__class__.from_config(config)
+    if isinstance(conv, keras.layers.DepthwiseConv2D):
+        in_channels = kernel.shape[2]
+    else:
+        in_channels = kernel.shape[2] * getattr(conv, "groups", 1)
+    new.build((None, None, None, in_channels))
+    dtype = conv.get_weights()[0].dtype
+    weights = [kernel.astype(dtype)] + ([] if bias is None else [bias.astype(dtype)])
+    new.set_weights(weights)
+    return new
+
+
+def _fold_conv_bn(conv, bn):
+    """A new conv (with bias) computing `bn(conv(x))`."""
+    s, t = _bn_affine(bn)
+    weights = _weights(conv)
+    kernel = _scale_kernel(conv, weights[0], s)
+    bias = t + (weights[1] * s if conv.use_bias else 0.0)
+    return _new_conv(conv, kernel, bias)
+
+
+def _identity_like(layer):
+    return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy)
+
+
+def _swap(parent, attr, new):
+    """Replaces the sublayer `parent.<attr>` by `new`, in Keras's tracking too.
+
+    Built layers refuse new sublayers; replacing a tracked one in place keeps the
+    weight order and leaves no orphaned (unused, but saved) variables behind.
+    """
+    old = getattr(parent, attr)
+    try:
+        parent._tracker.replace_tracked_value("layers", old, new)
+    except (AttributeError, ValueError) as err:  # Keras internals moved
+        raise RuntimeError(
+            f"Could not replace {parent.name}.{attr} while folding BatchNorm ({err}); "
+            "this Keras version is not supported by fold_batchnorm. Export with "
+            "--no-fold-bn (fold_bn=False)."
+        ) from err
+    setattr(parent, attr, new)
+
+
+# --- keras_fastfcn's composite layers -------------------------------------------
+
+
+def _fold_custom_layers(model):
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    handled = set()
+    for layer in layers:
+        if (isinstance(layer, DilatedBranch) and _is_foldable_bn(layer.bn)
+                and _is_foldable_bn(layer.sep.bn)):
+            _fold_separable(layer.sep, outer_bn=layer.bn)
+            _swap(layer, "bn", _identity_like(layer.bn))
+            handled.add(id(layer.sep))
+    for layer in layers:
+        if (isinstance(layer, SeparableConvBN) and id(layer) not in handled
+                and _is_foldable_bn(layer.bn)):
+            _fold_separable(layer, outer_bn=None)
+        elif isinstance(layer, ConvBNReLU) and _is_foldable_bn(layer.bn):
+            _swap(layer, "conv", _fold_conv_bn(layer.conv, layer.bn))
+            _swap(layer, "bn", _identity_like(layer.bn))
+
+
+def _fold_separable(sep, outer_bn):
+    """depthwise -> bn -> pointwise [-> outer_bn] as depthwise' -> pointwise'(+bias)."""
+    s1, t1 = _bn_affine(sep.bn)
+    (dw_kernel,) = _weights(sep.conv1)[:1]
+    pw = _weights(sep.pointwise)
+    pw_kernel = pw[0]  # (1, 1, in, out)
+    pw_bias = pw[1] if sep.pointwise.use_bias else np.zeros(pw_kernel.shape[-1])
+    if sep.conv1.use_bias:
+        # bn(dw(x) + b) = s1 * dw(x) + (s1 * b + t1)
+        t1 = t1 + s1 * _weights(sep.conv1)[1]
+    # The inner shift t1 is constant over space, so it passes through the 1x1
+    # pointwise conv as a bias: pw(dw'(x) + t1) = pw(dw'(x)) + t1 @ W.
+    bias = pw_bias + t1 @ pw_kernel[0, 0]
+    if outer_bn is not None:
+        s2, t2 = _bn_affine(outer_bn)
+        pw_kernel = pw_kernel * s2
+        bias = bias * s2 + t2
+    _swap(sep, "conv1", _new_conv(sep.conv1, _scale_kernel(sep.conv1, dw_kernel, s1), None))
+    _swap(sep, "bn", _identity_like(sep.bn))
+    _swap(sep, "pointwise", _new_conv(sep.pointwise, pw_kernel, bias))
+
+
+# --- functional graphs (keras.applications ResNet) ------------------------------
+
+
+def _producer(layer):
+    """The single layer whose output is `layer`'s single input, else None."""
+    nodes = layer._inbound_nodes
+    if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
+        return None
+    history = getattr(nodes[0].input_tensors[0], "_keras_history", None)
+    return history.operation if history is not None else None
+
+
+def _fold_functional(model):
+    """Rebuilds a functional model with conv -> BN node pairs merged (recursively)."""
+    replacements = {}
+    dropped = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph"):
+            replacements[id(layer)] = _fold_functional(layer)
+    for bn in model.layers:
+        if not _is_foldable_bn(bn):
+            continue
+        conv = _producer(bn)
+        if (conv is None or not _is_linear_conv(conv) or len(conv._inbound_nodes) != 1
+                or len(conv._outbound_nodes) != 1 or id(conv) in replacements):
+            continue
+        replacements[id(conv)] = _fold_conv_bn(conv, bn)
+        dropped.add(id(bn))
+    if not replacements:
+        return model
+
+    def call_function(layer, *args, **kwargs):
+        if id(layer) in dropped:  # the BN node disappears: its input is its output
+            return args[0]
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(
+        model, clone_function=lambda layer: replacements.get(id(layer), layer),
+        call_function=call_function)

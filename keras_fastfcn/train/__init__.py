@@ -1,0 +1,25 @@
+"""Training: the official FastFCN recipe with `model.fit`, from a YAML config or from Python.
+
+Example:
+>>> from keras_fastfcn import train
+>>> results = train.run("demo", overrides=["train.epochs=1"])        # what the CLI does
+>>> cfg = train.load_config("camvid", ["train.batch_size=4"])
+>>> results = train.run(cfg, callbacks=[keras.callbacks.EarlyStopping("val_score")])
+
+Pieces for a loop of your own: `build_segmenter`, `compile_segmenter` (the official
+optimizer and schedule), `datasets` (the official augmentation), the callbacks in
+`keras_fastfcn.train.callbacks`, and `make_strategy`.
+"""
+
+from keras_fastfcn.train import callbacks
+from keras_fastfcn.train.config import (CONFIG_DIR, DEFAULTS, effective_lr, load_config,
+                                        resolve_config_path)
+from keras_fastfcn.train.distribute import (STRATEGIES, is_chief, make_strategy,
+                                            synchronize_batchnorm)
+from keras_fastfcn.train.runner import (build_segmenter, compile_segmenter, datasets,
+                                        final_evaluation, run)
+
+__all__ = ["CONFIG_DIR", "DEFAULTS", "STRATEGIES", "build_segmenter", "callbacks",
+           "compile_segmenter", "datasets", "effective_lr", "final_evaluation", "is_chief",
+           "load_config", "make_strategy", "resolve_config_path", "run",
+           "synchronize_batchnorm"]

@@ -1,0 +1,228 @@
+"""A training run from a config: the official FastFCN recipe with `model.fit`.
+
+Recipe (wuhuikai/FastFCN `experiments/segmentation/train.py` and `option.py`): SGD
+with momentum 0.9 and weight decay 1e-4 on every parameter (coupled, as PyTorch's
+SGD), poly learning-rate decay with power 0.9 per iteration, the JPU, head and
+auxiliary head at 10x the backbone's learning rate, cross-entropy + 0.2 x auxiliary
+loss + 0.2 x SE loss, best model by (pixAcc + mIoU) / 2 on the validation set.
+
+`run(config)` is what `keras-fastfcn train` does; its pieces are public for Python
+users who assemble their own loop: `build_segmenter`, `compile_segmenter` (the
+official optimizer and schedule), `datasets` (the official augmentation) and the
+callbacks of `keras_fastfcn.train.callbacks`.
+"""
+
+import json
+import os
+import shutil
+import sys
+from typing import Optional, Sequence, Union
+
+import keras
+import tensorflow as tf
+
+from keras_fastfcn import _keras_private, data
+from keras_fastfcn.evaluation import evaluate_dataset
+from keras_fastfcn.fileio import atomic_path, remove_stale_temporaries, save_model
+from keras_fastfcn.inference import Predictor
+from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter, registry
+from keras_fastfcn.optimizers import PolyDecay, SegmentationSGD
+from keras_fastfcn.train.callbacks import BestModel, HistoryCSV, OfficialScore, ResumableBackup
+from keras_fastfcn.train.config import effective_lr, load_config
+from keras_fastfcn.train.distribute import is_chief, is_multiworker, synchronize_batchnorm
+
+
+def build_segmenter(cfg, source):
+    """The `FastFCNImageSegmenter` of a config for a data source (call in the strategy scope).
+
+    Example:
+    >>> model = build_segmenter(load_config("demo"), data.get_source("demo"))
+    """
+    m, t = cfg["model"], cfg["train"]
+    backbone = FastFCNBackbone(
+        encoder=m["encoder"], upsampler=m["upsampler"], width=m["width"],
+        output_stride=m["output_stride"], encoder_weights=m["encoder_weights"],
+        remat=m["remat"], align_corners=m["align_corners"])
+    return FastFCNImageSegmenter(
+        backbone, num_classes=source.num_classes, head=m["head"], aux=m["aux"],
+        se_loss=m["se_loss"], aux_weight=t["aux_weight"], se_weight=t["se_weight"],
+        class_names=source.class_names, dataset=source.name)
+
+
+def compile_segmenter(model, cfg, total_steps):
+    """Compiles with the official optimizer: `SegmentationSGD` + `PolyDecay(total_steps)`.
+
+    The loss (cross-entropy ignoring 255, plus the aux and SE terms) and the metrics
+    are the model's `"auto"` ones.
+    """
+    t = cfg["train"]
+    optimizer = SegmentationSGD(
+        PolyDecay(effective_lr(t), total_steps, t["lr_power"]), momentum=t["momentum"],
+        l2=t["weight_decay"], decay_norm=t["weight_decay_norm"],
+        lr_multipliers=model.lr_multipliers(t["head_lr_mult"]))
+    jit = t["jit_compile"]
+    model.compile(optimizer=optimizer, jit_compile=jit if isinstance(jit, bool) else "auto",
+                  sync_batchnorm=t["sync_batchnorm"])
+    return model
+
+
+def datasets(cfg, source, global_batch, skip_steps=0):
+    """`(train, val)` tf.data pipelines: official augmentation, `(images, masks)` batches.
+
+    The training stream repeats forever from step `skip_steps` (a resumed run
+    continues where it stopped); both are sharded by data across replicas.
+    """
+    d, t = cfg["data"], cfg["train"]
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train = data.train_pipeline(
+        source.dataset(d["train_split"]), crop_size=d["crop_size"], base_size=d["base_size"],
+        batch_size=global_batch, seed=t["seed"], scale_range=tuple(d["scale_range"]),
+        repeat=True, skip_batches=skip_steps)
+    val = data.eval_pipeline(source.dataset(d["val_split"]),
+                             batch_size=t["val_batch_size"] or global_batch,
+                             crop_size=d["crop_size"])
+    return (train.with_options(options).prefetch(tf.data.AUTOTUNE),
+            val.with_options(options).prefetch(tf.data.AUTOTUNE))
+
+
+def _verbose(setting):
+    # Keras' live progress bar writes "\r" and terminal codes: one line per epoch in logs.
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return setting
+
+
+def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = None,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        overrides: Sequence[str] = ()) -> dict:
+    """Runs (or resumes) the training run described by a config.
+
+    Writes into the config's `output_dir`: `backup/` (resumable checkpoints, removed
+    at the end), `best.keras` (best validation score), `model.keras` (the final
+    model; both without optimizer state, loadable with `keras.models.load_model`
+    after `import keras_fastfcn`), `logs/` (TensorBoard), `history.csv` and
+    `results.json` (final validation pixAcc and mIoU, official definitions, on whole
+    images: the numbers `keras-fastfcn evaluate` gives for `model.keras`).
+
+    Args:
+        config: a dict from `load_config`, or a config path / bundled name.
+        strategy: a `tf.distribute.Strategy` (default: the current one).
+        callbacks: more Keras callbacks for `fit`.
+        overrides: `"section.key=value"` strings when `config` is a path or name.
+
+    Returns:
+        The results dict (also written to `results.json`).
+
+    Example:
+    >>> results = run("demo", overrides=["train.epochs=1", "output_dir=/tmp/demo"])
+    >>> sorted(results)[:3]
+    ['epochs', 'model_path', 'name']
+    """
+    cfg = config if isinstance(config, dict) else load_config(config, overrides)
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = is_chief(strategy)
+    t, d = cfg["train"], cfg["data"]
+    out = cfg["output_dir"]
+
+    m = cfg["model"]
+    # Unknown names fail here, before anything is written.
+    registry.encoder(m["encoder"])
+    registry.upsampler_name(m["upsampler"])
+    registry.head(m["head"])
+    source = data.get_source(d["source"], **d["options"])
+    n_train = source.num_examples(d["train_split"])
+    global_batch = t["batch_size"]
+    steps_per_epoch = t["steps_per_epoch"] or (n_train // global_batch if n_train else None)
+    if not steps_per_epoch:
+        raise ValueError(
+            f"Cannot infer steps per epoch: {n_train} training images for a batch of "
+            f"{global_batch}; set train.steps_per_epoch or a smaller train.batch_size.")
+    epochs = t["epochs"]
+    if chief:
+        os.makedirs(out, exist_ok=True)
+        remove_stale_temporaries(out)
+    keras.utils.set_random_seed(t["seed"])
+    if t["mixed_precision"]:
+        keras.mixed_precision.set_global_policy(t["mixed_precision"])
+
+    with strategy.scope():
+        model = build_segmenter(cfg, source)
+        if t["sync_batchnorm"]:
+            synced = synchronize_batchnorm(model, strategy)
+            if synced:
+                print(f"BatchNorm synchronized across {strategy.num_replicas_in_sync} "
+                      f"replicas ({synced} layers; train.sync_batchnorm: false to turn off)")
+        compile_segmenter(model, cfg, epochs * steps_per_epoch)
+        model.optimizer.build(model.trainable_variables)
+
+    backup_dir = os.path.join(out, "backup")
+    state = ResumableBackup.read_state(backup_dir) or {}
+    start_epoch, start_step = state.get("epoch", 0), state.get("step_in_epoch", 0)
+    if state:
+        if state["steps_per_epoch"] != steps_per_epoch:
+            raise ValueError(
+                f"{backup_dir} was written with {state['steps_per_epoch']} steps per epoch, "
+                f"this config gives {steps_per_epoch}: resume with the same config, or use a "
+                "new output_dir.")
+        model.load_weights(state["weights"])
+        print(f"Resuming {cfg['name']} at epoch {start_epoch + 1}, step {start_step}/"
+              f"{steps_per_epoch} (global step {state['global_step']}) from {backup_dir}")
+
+    best = BestModel(os.path.join(out, "best.keras"), best=state.get("best"),
+                     best_epoch=state.get("best_epoch"), deferred=True)
+    if chief:
+        best.recover()
+    history = HistoryCSV(os.path.join(out, "history.csv"), rows=state.get("history", ()))
+    backup = ResumableBackup(backup_dir, t["checkpoint_every"], steps_per_epoch, chief,
+                             history=history, best=best)
+    fit_callbacks = [OfficialScore()]
+    if chief:  # other workers would write the same files
+        fit_callbacks += [best, history, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    fit_callbacks += list(callbacks) + [backup]
+
+    # A resumed epoch runs its remaining steps in a first fit() call; the data
+    # stream is rebuilt at each call to start at the global step reached.
+    phases = []
+    if start_epoch < epochs:
+        if start_step:
+            phases.append((start_epoch, start_epoch + 1, steps_per_epoch - start_step, start_step))
+            start_epoch += 1
+        if start_epoch < epochs:
+            phases.append((start_epoch, epochs, steps_per_epoch, 0))
+    for first, last, steps, offset in phases:
+        train_ds, val_ds = datasets(cfg, source, global_batch, first * steps_per_epoch + offset)
+        backup.step_offset = offset
+        if is_multiworker(strategy):
+            _keras_private.patch_multiworker_fit(model, next(iter(train_ds.take(1))))
+        model.fit(
+            train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps,
+            shuffle=False, validation_data=val_ds, callbacks=fit_callbacks,
+            verbose=_verbose(t["verbose"]))
+
+    results = {"name": cfg["name"], "steps": int(model.optimizer.iterations.numpy()),
+               "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    results.update(final_evaluation(model, source, d["val_split"]))
+    if chief:
+        final = os.path.join(out, "model.keras")
+        save_model(model, final, include_optimizer=False)
+        with atomic_path(os.path.join(out, "results.json")) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2)
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        results["model_path"] = final
+    return results
+
+
+def final_evaluation(model, source, split):
+    """pixAcc / mIoU of the whole validation images: the code path of `keras-fastfcn evaluate`.
+
+    Returns:
+        `val_pixAcc`, `val_mIoU` (official, all classes), `val_mIoU_present` and
+        `val_IoU_per_class`.
+    """
+    res = evaluate_dataset(Predictor(model), source.dataset(split), model.num_classes,
+                           ignore_label=source.ignore_label, verbose=0)
+    return {"val_pixAcc": float(res["pixAcc"]), "val_mIoU": float(res["mIoU"]),
+            "val_mIoU_present": float(res["mIoU_present"]),
+            "val_IoU_per_class": [float(v) for v in res["IoU"]]}

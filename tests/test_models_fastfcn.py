@@ -1,0 +1,265 @@
+"""The Keras-native model API: FastFCNBackbone, FastFCNImageSegmenter, compile/fit/predict,
+freezing, saving, presets, and the `FastFCN(...)` shortcut."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_fastfcn as kf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _tiny(tiny_backbone):
+    """Registers the one-block-per-stage encoder `tiny_segmenter` uses."""
+
+
+def tiny_segmenter(num_classes=4, head="encnet", **kwargs):
+    backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler="jpu", width=16)
+    return kf.models.FastFCNImageSegmenter(backbone=backbone, num_classes=num_classes,
+                                           head=head, **kwargs)
+
+
+def toy_data(rng, n=4, size=64, num_classes=4):
+    images = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+    masks = rng.randint(0, num_classes, (n, size, size)).astype("int32")
+    masks[:, :4] = 255
+    return images, masks
+
+
+SNIPPET = r"""
+import os, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+import keras, keras_fastfcn as kf
+sys.path.insert(0, os.path.join(sys.argv[2], "tests"))
+import tiny_encoder  # the small test encoder stands in for ResNet-50 (CI time)
+tiny_encoder.register()
+
+rng = np.random.RandomState(0)
+images = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+masks = rng.randint(0, 11, (4, 64, 64)).astype("int32")
+train_ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
+val_ds = train_ds
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler="jpu", width=64)
+    seg = kf.models.FastFCNImageSegmenter(backbone=backbone, num_classes=11, head="encnet")
+    seg.compile()
+seg.fit(train_ds, validation_data=val_ds, epochs=2, verbose=0)
+n = len(seg.trainable_weights)
+seg.backbone.trainable = False
+assert len(seg.trainable_weights) < n and not any(
+    any(w is v for v in seg.trainable_weights) for w in seg.backbone.weights)
+logits = seg.predict(images, verbose=0)
+assert logits.shape == (4, 64, 64, 11), logits.shape
+seg.save(sys.argv[1] + "/m.keras")
+again = keras.models.load_model(sys.argv[1] + "/m.keras")
+np.testing.assert_allclose(again.predict(images, verbose=0), logits, rtol=1e-5,
+                           atol=1e-5 * np.abs(logits).max())
+print("SNIPPET OK", strategy.num_replicas_in_sync)
+"""
+
+
+@pytest.mark.slow
+def test_issue_snippet_runs_under_mirrored_strategy(tmp_path):
+    """The README / issue snippet as written (small width and encoder), built and compiled in
+    `MirroredStrategy(["/cpu:0", "/cpu:1"]).scope()`, in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", SNIPPET, str(tmp_path), REPO], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SNIPPET OK 2" in proc.stdout
+
+
+def test_fit_on_images_and_masks_with_auto_compile(rng):
+    seg = tiny_segmenter()
+    assert seg.aux and seg.se_loss  # the official training heads by default
+    seg.compile()
+    images, masks = toy_data(rng)
+    history = seg.fit(images, masks, batch_size=2, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert {"pixel_accuracy", "mean_iou"} <= set(history.history)
+    # compile()'s poly schedule decays over the whole first fit: 2 epochs x 2 steps.
+    assert seg.optimizer.schedule.decay_steps == 4
+    assert set(seg.optimizer.lr_multipliers) == {"jpu", "head", "auxlayer"}
+
+
+def test_training_outputs_only_in_training(rng):
+    seg = tiny_segmenter()
+    x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    logits = seg(x)
+    assert tuple(logits.shape) == (2, 64, 64, 4)
+    out = seg(x, training=True)
+    assert set(out) == {"logits", "aux_logits", "se_logits"}
+    assert tuple(out["aux_logits"].shape) == (2, 64, 64, 4) and tuple(out["se_logits"].shape) == (2, 4)
+    symbolic = seg(keras.Input((None, None, 3)))
+    assert tuple(symbolic.shape) == (None, None, None, 4)
+
+
+def test_compute_loss_is_the_official_sum(rng):
+    seg = tiny_segmenter(aux_weight=0.4, se_weight=0.2)
+    seg.compile(optimizer="sgd")
+    images, masks = toy_data(rng, n=2)
+    out = seg(images, training=True)
+    total = float(seg.compute_loss(images, masks, out))
+    ce = kf.losses.segmentation_loss()
+    presence = kf.losses.class_presence(masks, 4)
+    expected = (float(ce(masks, out["logits"])) + 0.4 * float(ce(masks, out["aux_logits"]))
+                + 0.2 * float(kf.losses.se_loss()(presence, out["se_logits"])))
+    assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_backbone_handle_and_freezing():
+    seg = tiny_segmenter()
+    assert isinstance(seg.backbone, kf.models.FastFCNBackbone)
+    assert seg.get_layer("backbone") is seg.backbone
+    assert isinstance(seg.backbone.encoder, keras.Model)
+    assert isinstance(seg.backbone.upsampler, kf.layers.JPU)
+    n = len(seg.trainable_weights)
+    seg.backbone.trainable = False
+    frozen = {id(w) for w in seg.backbone.weights}
+    assert len(seg.trainable_weights) < n
+    assert not any(id(w) in frozen for w in seg.trainable_weights)
+    seg.backbone.trainable = True
+    assert len(seg.trainable_weights) == n
+
+
+def test_backbone_pyramid_outputs():
+    backbone = kf.models.FastFCNBackbone(encoder="resnet50", upsampler="jpu", width=16)
+    assert tuple(backbone(np.zeros((1, 64, 96, 3), "float32")).shape) == (1, 8, 12, 64)
+    assert [backbone.pyramid_outputs[k].shape[-1] for k in ("P2", "P3", "P4", "P5")] == [
+        256, 512, 1024, 2048]
+    dilated = kf.models.FastFCNBackbone(encoder="resnet50", upsampler=None)
+    assert dilated.output_stride == 8 and dilated.upsampler is None
+    assert tuple(dilated(np.zeros((1, 64, 64, 3), "float32")).shape) == (1, 8, 8, 2048)
+
+
+@pytest.mark.slow
+def test_encnet_r50_parameter_counts_are_the_official_ones():
+    seg = kf.models.FastFCNImageSegmenter(
+        kf.models.FastFCNBackbone(encoder="resnet50"), num_classes=59, head="encnet")
+    out = seg.predict(np.zeros((1, 512, 512, 3), "uint8"), verbose=0)
+    assert out.shape == (1, 512, 512, 59)
+
+    def count(layer):
+        return sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+
+    assert count(seg.backbone.upsampler) == 19_735_552
+    assert count(seg.head_layer) == 1_652_438
+    assert count(seg.aux_layer) == 2_374_971
+
+
+@pytest.mark.parametrize("head", ["encnet", "psp", "deeplab", "fcn"])
+@pytest.mark.parametrize("upsampler", ["jpu", "jpu_x", None])
+def test_heads_and_upsamplers_build(head, upsampler):
+    backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler=upsampler, width=64)
+    seg = kf.models.FastFCNImageSegmenter(backbone, num_classes=3, head=head, aux=False)
+    out = seg(np.zeros((1, 64, 80, 3), "float32"))
+    assert tuple(out.shape) == (1, 64, 80, 3)
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler="jpu_x", width=64,
+                                         remat=False)
+    seg = kf.models.FastFCNImageSegmenter(backbone, num_classes=5, head="psp",
+                                          class_names=list("abcde"), dataset="demo")
+    seg.compile()
+    x = rng.uniform(0, 255, (1, 72, 56, 3)).astype("float32")
+    before = seg.predict(x, verbose=0)
+    path = tmp_path / "m.keras"
+    seg.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    assert isinstance(restored, kf.models.FastFCNImageSegmenter) and restored.compiled
+    assert restored.class_names == list("abcde") and restored.dataset == "demo"
+    assert restored.backbone.remat is False and restored.backbone.upsampler.remat is False
+    np.testing.assert_allclose(restored.predict(x, verbose=0), before, atol=1e-5)
+    plain = keras.models.load_model(path, compile=False)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), before, atol=1e-5)
+
+
+def test_save_to_preset_and_from_preset(tmp_path, rng):
+    seg = tiny_segmenter(num_classes=3, head="fcn", class_names=["x", "y", "z"])
+    x = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    before = seg.predict(x, verbose=0)
+    folder = seg.save_to_preset(tmp_path / "preset")
+    assert sorted(os.listdir(folder)) == ["config.json", "metadata.json", "model.weights.h5"]
+    again = kf.models.FastFCNImageSegmenter.from_preset(folder)
+    np.testing.assert_allclose(again.predict(x, verbose=0), before, atol=1e-5)
+    assert again.class_names == ["x", "y", "z"]
+    backbone = kf.models.FastFCNBackbone.from_preset(folder)
+    assert isinstance(backbone, kf.models.FastFCNBackbone)
+    with pytest.raises(ValueError, match="Unknown preset 'nope'"):
+        kf.models.FastFCNImageSegmenter.from_preset("nope")
+    with pytest.raises(ValueError, match="not a preset folder"):
+        kf.models.FastFCNImageSegmenter.from_preset(tmp_path)
+
+
+def test_fastfcn_shortcut_and_weights_argument(tmp_path, rng):
+    model = kf.FastFCN(num_classes=2, head="fcn", backbone="tiny_resnet", jpu_width=16)
+    assert isinstance(model, kf.models.FastFCNImageSegmenter)
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    other = kf.FastFCN(num_classes=2, head="fcn", backbone="tiny_resnet", jpu_width=16,
+                       weights=path)
+    x = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), other.predict(x, verbose=0), atol=1e-5)
+
+
+def test_preprocessing_is_in_the_graph():
+    seg = tiny_segmenter()
+    assert seg.get_layer("preprocessing").mode == "torch"  # the deep-stem encoder's
+    norm = kf.layers.ImageNormalization("torch")
+    out = np.asarray(norm(np.full((1, 1, 1, 3), 255.0, "float32")))[0, 0, 0]
+    np.testing.assert_allclose(out, (1 - np.array([.485, .456, .406])) / np.array([.229, .224, .225]),
+                               rtol=1e-5)
+
+
+def test_preprocessor_resizes_images_and_masks():
+    pre = kf.models.FastFCNImageSegmenterPreprocessor(
+        kf.models.FastFCNImageConverter(image_size=(32, 48)))
+    x, y = pre(np.zeros((2, 20, 30, 3), "uint8"), np.ones((2, 20, 30, 1), "int32"))
+    assert tuple(x.shape) == (2, 32, 48, 3) and tuple(y.shape) == (2, 32, 48)
+    assert np.unique(np.asarray(y)).tolist() == [1]
+    clone = kf.models.FastFCNImageSegmenterPreprocessor.from_config(pre.get_config())
+    assert clone.image_converter.image_size == (32, 48)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((64, 64), "float32"), "4-D"),
+    (np.zeros((64, 64, 3), "float32"), "batch axis"),
+    (np.zeros((1, 64, 64, 1), "float32"), "3 channels"),
+    (np.zeros((1, 64, 64, 4), "float32"), "3 channels"),
+])
+def test_bad_images(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_segmenter()(bad)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_classes=3, head="unet"), "Unknown head 'unet'"),
+    (dict(num_classes=3, backbone="vgg16"), "Unknown encoder 'vgg16'"),
+    (dict(num_classes=0), "num_classes"),
+    (dict(num_classes=-2), "num_classes"),
+    (dict(num_classes=2.5), "num_classes"),
+    (dict(num_classes=3, upsampler="bilinear"), "Unknown upsampler"),
+    (dict(num_classes=3, upsampler="jpu", output_stride=8), "stride-32"),
+    (dict(num_classes=3, head="psp", se_loss=True), "se_loss"),
+    (dict(num_classes=3, class_names=["a"]), "class_names"),
+    (dict(num_classes=3, preprocessing="bgr"), "preprocessing mode"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kf.FastFCN(**{"backbone": "tiny_resnet", **kwargs})
+
+
+def test_numpy_integer_num_classes():
+    seg = kf.FastFCN(num_classes=np.int64(3), head="fcn", backbone="tiny_resnet", jpu_width=16)
+    assert seg.num_classes == 3 and isinstance(seg.num_classes, int)

@@ -1,0 +1,587 @@
+"""Export (SavedModel / ONNX / TFLite), the export CLI and the TF Serving REST client.
+
+The exports are checked against the Keras model they came from: class maps agree
+on >= 99.9% of pixels and probabilities within 1e-4 (BatchNorm folding is on, and
+the BN statistics are randomized so that folding is not the identity).
+"""
+
+import base64
+import http.server
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import keras_fastfcn as kf
+from keras_fastfcn import cli, inference
+from keras_fastfcn import serving as export
+from keras_fastfcn.layers import resize_bilinear
+from keras_fastfcn.serving import client as serving_client
+from keras_fastfcn.serving.fold import batchnorm_layers
+
+CLASS_NAMES = ["road", "car", "sky"]
+SIZES = [(64, 64), (67, 75), (96, 80)]
+
+
+def randomize_batchnorms(model, seed=0):
+    rng = np.random.RandomState(seed)
+    for bn in batchnorm_layers(model):
+        gamma, beta, mean, var = bn.get_weights()
+        bn.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                        rng.normal(0.0, 0.1, beta.shape).astype("float32"),
+                        rng.normal(0.0, 0.1, mean.shape).astype("float32"),
+                        rng.uniform(0.5, 1.5, var.shape).astype("float32")])
+
+
+def keras_probabilities(model, images):
+    logits = model(np.asarray(images, np.float32), training=False)
+    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+
+
+def assert_agrees(probs, class_map, ref):
+    assert class_map.shape == ref.shape[:-1] and class_map.dtype == np.int32
+    assert (class_map == ref.argmax(-1)).mean() >= 0.999
+    np.testing.assert_allclose(probs, ref, atol=1e-4, rtol=0)
+
+
+def png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fcn_model(tiny_backbone):
+    keras.utils.set_random_seed(0)  # reproducible weights (tolerances below are absolute)
+    model = kf.FastFCN(num_classes=3, head="fcn", backbone=tiny_backbone, jpu_width=64,
+                       class_names=CLASS_NAMES)
+    randomize_batchnorms(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.RandomState(0)
+    return [rng.randint(0, 256, (2, h, w, 3)).astype(np.uint8) for h, w in SIZES]
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(fcn_model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving") / "fastfcn"
+    return export.export_saved_model(fcn_model, str(base))
+
+
+@pytest.fixture(scope="module")
+def loaded(saved_model_dir):
+    return tf.saved_model.load(saved_model_dir)
+
+
+# --- SavedModel -----------------------------------------------------------------
+
+FRESH_PROCESS = r"""
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+
+path, folder = sys.argv[1:]
+sigs = tf.saved_model.load(path).signatures
+data = np.load(os.path.join(folder, "inputs.npz"))
+out = {}
+for key in data.files:
+    batch = data[key]
+    for name, value in [("default", tf.constant(batch)),
+                        ("float", tf.constant(batch.astype(np.float32)))]:
+        res = sigs["serving_" + name](image_tensor=value)
+        out[f"{key}_{name}_map"] = res["class_map"].numpy()
+        out[f"{key}_{name}_prob"] = res["probabilities"].numpy()
+    files = [open(os.path.join(folder, f"{key}_{i}.png"), "rb").read() for i in range(len(batch))]
+    res = sigs["serving_image_bytes"](image_bytes=tf.constant(files))
+    out[f"{key}_bytes_map"] = res["class_map"].numpy()
+    out[f"{key}_bytes_prob"] = res["probabilities"].numpy()
+    out[f"{key}_bytes_names"] = res["class_names"].numpy().astype(str)
+np.savez(os.path.join(folder, "outputs.npz"), **out)
+
+def read(name):
+    return open(os.path.join(folder, name), "rb").read()
+
+cases = {
+    "rgba_tensor": ("serving_default", "image_tensor", tf.zeros((1, 32, 32, 4), tf.uint8)),
+    "gray_tensor": ("serving_float", "image_tensor", tf.zeros((1, 32, 32, 1), tf.float32)),
+    "gray_png": ("serving_image_bytes", "image_bytes", tf.constant([read("gray.png")])),
+    "rgba_png": ("serving_image_bytes", "image_bytes", tf.constant([read("rgba.png")])),
+    "not_an_image": ("serving_image_bytes", "image_bytes", tf.constant([b"hello, not an image"])),
+    "mixed_sizes": ("serving_image_bytes", "image_bytes",
+                    tf.constant([read("img0_0.png"), read("img1_0.png")])),
+    "empty_batch": ("serving_image_bytes", "image_bytes", tf.constant([], tf.string)),
+}
+errors = {}
+for case, (sig, arg, value) in cases.items():
+    try:
+        sigs[sig](**{arg: value})
+        errors[case] = "no error"
+    except Exception as err:
+        errors[case] = type(err).__name__ + ": " + str(err)
+
+# TF Serving loads SavedModels into a TF1-style session (C++ LoadSavedModel):
+# the variables must restore there too, and the checks must still fire.
+batch = data["img0"]
+with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+    sig = meta.signature_def["serving_default"]
+    fetch = {k: v.name for k, v in sig.outputs.items()}
+    res = sess.run(fetch, {sig.inputs["image_tensor"].name: batch})
+    np.save(os.path.join(folder, "session_prob.npy"), res["probabilities"])
+    try:
+        sess.run(fetch, {sig.inputs["image_tensor"].name: np.zeros((1, 8, 8, 4), np.uint8)})
+        errors["session_rgba"] = "no error"
+    except Exception as err:
+        errors["session_rgba"] = type(err).__name__ + ": " + str(err)
+errors["keras_fastfcn imported"] = "keras_fastfcn" in sys.modules
+json.dump(errors, open(os.path.join(folder, "errors.json"), "w"))
+"""
+
+
+def test_saved_model_layout(saved_model_dir):
+    base, version = os.path.split(saved_model_dir)
+    assert version == "1"
+    assert os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(saved_model_dir, "variables"))
+    # The temporary folder was renamed into place: nothing else in the base.
+    assert os.listdir(base) == ["1"]
+    with open(os.path.join(saved_model_dir, "keras_fastfcn_export.json")) as f:
+        meta = json.load(f)
+    assert meta["class_names"] == CLASS_NAMES and meta["options"]["fold_bn"] is True
+
+
+def test_saved_model_in_fresh_process(fcn_model, images, saved_model_dir, tmp_path):
+    """A process that never imports keras_fastfcn gets the Keras model's answers."""
+    np.savez(tmp_path / "inputs.npz", **{f"img{i}": batch for i, batch in enumerate(images)})
+    for i, batch in enumerate(images):
+        for j, image in enumerate(batch):
+            (tmp_path / f"img{i}_{j}.png").write_bytes(png_bytes(image))
+    (tmp_path / "gray.png").write_bytes(png_bytes(images[0][0, :, :, 0]))
+    rgba = np.concatenate([images[0][0], np.full((64, 64, 1), 255, np.uint8)], axis=-1)
+    (tmp_path / "rgba.png").write_bytes(png_bytes(rgba))
+    (tmp_path / "script.py").write_text(FRESH_PROCESS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, str(tmp_path / "script.py"), saved_model_dir,
+                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = np.load(tmp_path / "outputs.npz")
+    for i, batch in enumerate(images):
+        ref = keras_probabilities(fcn_model, batch)
+        for name in ("default", "float", "bytes"):
+            assert_agrees(out[f"img{i}_{name}_prob"], out[f"img{i}_{name}_map"], ref)
+        assert out[f"img{i}_bytes_names"].tolist() == [CLASS_NAMES] * len(batch)
+
+    np.testing.assert_allclose(np.load(tmp_path / "session_prob.npy"),
+                               out["img0_default_prob"], atol=1e-6)
+    errors = json.loads((tmp_path / "errors.json").read_text())
+    assert errors.pop("keras_fastfcn imported") is False
+    for case, message in errors.items():
+        assert message.startswith("InvalidArgumentError"), (case, message)
+    assert "must have 3 channels" in errors["rgba_tensor"]
+    assert "must have 3 channels" in errors["session_rgba"]
+    assert "must have 3 channels" in errors["gray_tensor"]
+    assert "does not have 3 channels" in errors["gray_png"]
+    assert "does not have 3 channels" in errors["rgba_png"]
+    assert "not an encoded JPEG, PNG, GIF or BMP image" in errors["not_an_image"]
+    assert "same height and width" in errors["mixed_sizes"]
+    assert "batch is empty" in errors["empty_batch"]
+
+
+def test_saved_model_cli_lists_signatures(saved_model_dir):
+    tool = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    if not os.path.isfile(tool):
+        pytest.skip(f"saved_model_cli not found next to {sys.executable}")
+    proc = subprocess.run([tool, "show", "--all", "--dir", saved_model_dir],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in export.SIGNATURES:
+        assert f"signature_def['{name}']" in proc.stdout
+    assert "inputs['image_tensor']" in proc.stdout and "DT_UINT8" in proc.stdout
+    assert "inputs['image_bytes']" in proc.stdout
+    for output in ("class_map", "probabilities", "class_names"):
+        assert f"outputs['{output}']" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def enc_model(tiny_backbone):
+    keras.utils.set_random_seed(1)
+    model = kf.FastFCN(num_classes=4, head="encnet", backbone=tiny_backbone,
+                       jpu_width=64)  # no class names
+    randomize_batchnorms(model, seed=3)
+    return model
+
+
+def test_fixed_input_size_no_probabilities_no_class_names(enc_model, tmp_path, rng):
+    path = export.export_saved_model(enc_model, str(tmp_path / "enc"), input_size=(64, 64),
+                                     probabilities=False, fold_bn=False)
+    sig = tf.saved_model.load(path).signatures["serving_default"]
+    assert set(sig.structured_outputs) == {"class_map"}
+    image = rng.randint(0, 256, (1, 50, 70, 3)).astype(np.uint8)
+    class_map = sig(image_tensor=tf.constant(image))["class_map"].numpy()
+    # The network runs at 64x64; its scores (exp of the logits) are resized back
+    # to 50x70, as the official evaluator resizes each scale's scores.
+    x = resize_bilinear(tf.constant(image, tf.float32), (64, 64))
+    scores = resize_bilinear(keras.ops.exp(enc_model(x, training=False)), (50, 70))
+    assert class_map.shape == (1, 50, 70)
+    assert (class_map == keras.ops.convert_to_numpy(scores).argmax(-1)).mean() >= 0.999
+
+
+def test_multiscale_flip_in_graph(enc_model, tmp_path, rng):
+    """In-graph scales + flip give the inference module's whole-image ensemble."""
+    path = export.export_saved_model(enc_model, str(tmp_path / "ms"), scales=(0.75, 1.0),
+                                     flip=True)
+    sig = tf.saved_model.load(path).signatures["serving_float"]
+    for shape in [(2, 64, 64, 3), (1, 67, 90, 3)]:
+        image = rng.uniform(0, 255, shape).astype(np.float32)
+        out = sig(image_tensor=tf.constant(image))
+        ref = inference.normalize_scores(
+            inference.predict(enc_model, image, scales=(0.75, 1.0), flip=True)).numpy()
+        assert_agrees(out["probabilities"].numpy(), out["class_map"].numpy(), ref)
+
+
+def official_ensemble_f64(net, image, scales, flip):
+    """The official evaluator's whole-image scores in float64: per scale
+    `exp(z + flip(z'))` resized to the image (align_corners=True) and summed. Finite
+    for logits up to ~350 (flip doubles them; float64 exp overflows at 709)."""
+    import torch
+    import torch.nn.functional as F
+
+    image = np.asarray(image, np.float32)
+    h, w = image.shape[1:3]
+    total = 0.0
+    for scale in scales:
+        size = inference.scaled_size(h, w, scale)
+        x = resize_bilinear(tf.constant(image), size)
+        z = np.asarray(net(x, training=False), np.float64)
+        if flip:
+            z = z + np.asarray(net(x[:, :, ::-1], training=False), np.float64)[:, :, ::-1]
+        e = torch.from_numpy(np.exp(z)).permute(0, 3, 1, 2)
+        total = total + F.interpolate(e, (h, w), mode="bilinear", align_corners=True)
+    total = total.permute(0, 2, 3, 1).numpy()
+    assert np.isfinite(total).all()
+    return total
+
+
+def test_ms_flip_exports_of_a_confident_model_match_the_official_ensemble(
+        tmp_path, rng, tiny_backbone):
+    """Logits in the hundreds (as a trained model's): the `--ms` class maps of every
+    format equal the float64 official ensemble (a per-image exp shift sent 99% of
+    such pixels to class 0)."""
+    from conftest import make_confident
+
+    keras.utils.set_random_seed(5)
+    model = kf.FastFCN(num_classes=5, head="fcn", backbone=tiny_backbone, jpu_width=32)
+    image = rng.uniform(0, 255, (1, 48, 64, 3)).astype(np.float32)
+    make_confident(model, image, peak=300.0)
+    logits = np.asarray(model(image, training=False))
+    assert np.abs(logits).max() > 250 and np.median(logits.max(-1)) < logits.max() - 50
+    ref = official_ensemble_f64(model, image, inference.MS_SCALES, flip=True)
+    expected = ref.argmax(-1)
+    options = dict(scales=inference.MS_SCALES, flip=True)
+
+    ours = inference.predict(model, image, **options).numpy()
+    assert (ours.argmax(-1) == expected).mean() >= 0.999
+
+    # The exports with two scales + flip: the same ensemble code as `--ms` (whose
+    # six-scale graph takes minutes to save and convert).
+    options = dict(scales=(0.75, 1.25), flip=True)
+    ref = official_ensemble_f64(model, image, options["scales"], flip=True)
+    expected = ref.argmax(-1)
+    path = export.export_saved_model(model, str(tmp_path / "sm"), **options)
+    out = tf.saved_model.load(path).signatures["serving_float"](image_tensor=tf.constant(image))
+    assert (out["class_map"].numpy() == expected).mean() >= 0.999
+    probs = out["probabilities"].numpy()
+    np.testing.assert_allclose(probs, ref / ref.sum(-1, keepdims=True), atol=2e-3)
+
+    ort = pytest.importorskip("onnxruntime")
+    onnx_path = export.export_onnx(model, str(tmp_path / "m.onnx"), **options)
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    class_map, _ = sess.run(None, {"images": image})
+    assert (class_map == expected).mean() >= 0.999
+
+    tfl = export.export_tflite(model, str(tmp_path / "m.tflite"), input_size=(48, 64),
+                               **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runner = tf.lite.Interpreter(tfl).get_signature_runner()
+    assert (runner(images=image)["class_map"] == expected).mean() >= 0.999
+
+    # Single scale: the class map is the logits' argmax (no exponentials).
+    single = export.export_saved_model(model, str(tmp_path / "single"), fold_bn=False)
+    out = tf.saved_model.load(single).signatures["serving_float"](image_tensor=tf.constant(image))
+    assert (out["class_map"].numpy() == logits.argmax(-1)).mean() >= 0.9999
+
+
+def test_refuses_existing_version_and_reports_bad_paths(fcn_model, saved_model_dir, tmp_path):
+    with pytest.raises(FileExistsError, match="Version 1 already exists"):
+        export.export_saved_model(fcn_model, saved_model_dir)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        export.export_saved_model(fcn_model, str(blocker / "models" / "demo"))
+    with pytest.raises(ValueError, match="segmentation model must take RGB images"):
+        export.export_saved_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]),
+                                  str(tmp_path / "seq"))
+    with pytest.raises(ValueError, match="must end in .onnx"):
+        export.export_onnx(fcn_model, str(tmp_path / "model.bin"))
+    with pytest.raises(ValueError, match="fixed input size"):
+        export.export_tflite(fcn_model, str(tmp_path / "model.tflite"))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root can write to read-only folders")
+def test_unwritable_folder(fcn_model, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="Cannot"):
+            export.export_saved_model(fcn_model, str(folder / "demo"))
+    finally:
+        folder.chmod(0o700)
+
+
+def test_failed_export_leaves_nothing(fcn_model, tmp_path, monkeypatch):
+    def broken_save(obj, path, signatures=None, options=None):
+        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", broken_save)
+    base = tmp_path / "demo"
+    with pytest.raises(OSError, match="disk full"):
+        export.export_saved_model(fcn_model, str(base / "7"))
+    assert os.listdir(base) == []
+
+
+def test_resolve_version_dir(tmp_path):
+    base = tmp_path / "demo"
+    assert export.resolve_version_dir(str(base)) == (str(base), 1)
+    (base / "1").mkdir(parents=True)
+    (base / "12").mkdir()
+    (base / ".13.tmp").mkdir()  # an unfinished export is not a version
+    assert export.resolve_version_dir(str(base)) == (str(base), 13)
+    assert export.resolve_version_dir(str(base / "5")) == (str(base), 5)
+    # A plain SavedModel folder (not NAME/VERSION) is not a TF Serving base.
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ValueError, match="itself a SavedModel"):
+        export.resolve_version_dir(str(tmp_path / "plain"))
+
+
+# --- CLI ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_file(fcn_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "fcn.keras"
+    fcn_model.save(path)
+    return str(path)
+
+
+def test_cli_export_picks_next_version(model_file, saved_model_dir, capsys):
+    base = os.path.dirname(saved_model_dir)
+    code = cli.main(["export", "--model", model_file, "--output", base, "--no-probabilities",
+                     "--no-fold-bn"])
+    assert code == 0, capsys.readouterr().err
+    assert "exported saved_model to" in capsys.readouterr().out
+    assert sorted(os.listdir(base)) == ["1", "2"]
+    sig = tf.saved_model.load(os.path.join(base, "2")).signatures["serving_image_bytes"]
+    assert set(sig.structured_outputs) == {"class_map", "class_names"}
+
+
+def test_cli_errors(model_file, saved_model_dir, tmp_path, capsys):
+    other = tmp_path / "dense.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(other)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases = [
+        (["--model", str(other), "--output", str(tmp_path / "x")], "not a segmentation model"),
+        (["--model", model_file, "--output", saved_model_dir], "already exists"),
+        (["--model", model_file, "--output", str(blocker / "m")], "is a file, not a folder"),
+        (["--model", str(tmp_path / "missing.keras"), "--output", str(tmp_path / "y")],
+         "not found"),
+        (["--model", model_file, "--format", "tflite", "--output", str(tmp_path / "m.tflite")],
+         "--input-size"),
+    ]
+    for args, message in cases:
+        assert cli.main(["export"] + args) == 1
+        err = capsys.readouterr().err
+        assert message in err, (args, err)
+        assert "Traceback" not in err
+
+
+# --- ONNX and TFLite ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_path(fcn_model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("onnx") / "fastfcn.onnx")
+    return export.export_onnx(fcn_model, path)
+
+
+def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    proto = onnx.load(onnx_path)
+    assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 17
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["class_names"]) == CLASS_NAMES
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    assert inp.name == "images" and inp.type == "tensor(float)"
+    assert inp.shape == ["batch", "height", "width", 3]
+    assert [o.name for o in sess.get_outputs()] == ["class_map", "probabilities"]
+    for batch in images:
+        class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
+        assert_agrees(probs, class_map, keras_probabilities(fcn_model, batch))
+
+
+def test_onnx_refuses_overwrite(fcn_model, onnx_path):
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export.export_onnx(fcn_model, onnx_path)
+
+
+def test_tflite_agrees_with_keras(fcn_model, tmp_path, rng):
+    path = export.export_tflite(fcn_model, str(tmp_path / "fastfcn.tflite"), input_size=(64, 80))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(path)
+    runner = interpreter.get_signature_runner()
+    image = rng.randint(0, 256, (1, 64, 80, 3)).astype(np.float32)
+    out = runner(images=image)
+    assert_agrees(out["probabilities"], out["class_map"], keras_probabilities(fcn_model, image))
+
+
+# --- REST client ----------------------------------------------------------------
+
+
+class FakeTFServing(http.server.BaseHTTPRequestHandler):
+    """Just enough of TF Serving's REST `:predict` (row format) to test the client.
+
+    Follows the documented JSON mapping: `{"b64": ...}` for binary inputs, a bare
+    value per instance for a single-input signature, `{"predictions": [...]}` with
+    one object per instance for several outputs, `{"error": ...}` on failure.
+    """
+
+    signatures = None
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        sig = self.signatures[body.get("signature_name", "serving_default")]
+        (arg,) = sig.structured_input_signature[1]
+        values = [inst[arg] if isinstance(inst, dict) and arg in inst else inst
+                  for inst in body["instances"]]
+        values = [base64.b64decode(v["b64"]) if isinstance(v, dict) else v for v in values]
+        try:
+            out = sig(**{arg: tf.constant(values)})
+        except tf.errors.InvalidArgumentError as err:
+            return self._reply(400, {"error": err.message})
+        out = {k: v.numpy() for k, v in out.items()}
+        rows = [{k: (v[i].astype(str).tolist() if v.dtype.kind in "SO" else v[i].tolist())
+                 for k, v in out.items()} for i in range(len(values))]
+        self._reply(200, {"predictions": rows})
+
+    def _reply(self, code, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_serving_client_round_trip(loaded, images, tmp_path):
+    FakeTFServing.signatures = loaded.signatures
+    server = http.server.HTTPServer(("127.0.0.1", 0), FakeTFServing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        batch = images[1]
+        files = []
+        for i, image in enumerate(batch):
+            files.append(tmp_path / f"{i}.png")
+            files[-1].write_bytes(png_bytes(image))
+        request = serving_client.build_predict_request(files)
+        assert request["signature_name"] == "serving_image_bytes"
+        assert base64.b64decode(request["instances"][0]["b64"]) == files[0].read_bytes()
+        results = serving_client.predict(url, "fastfcn", files)
+        direct = loaded.signatures["serving_default"](image_tensor=tf.constant(batch))
+        for i, result in enumerate(results):
+            np.testing.assert_array_equal(result["class_map"], direct["class_map"][i].numpy())
+            assert result["class_names"] == CLASS_NAMES
+            mask = serving_client.colorize(result["class_map"], len(CLASS_NAMES))
+            assert mask.shape == batch.shape[1:] and mask.dtype == np.uint8
+        # The CLI writes one colour mask per image.
+        assert serving_client.main([str(files[0]), "--url", url, "--model", "fastfcn",
+                                    "--output-dir", str(tmp_path / "masks")]) == 0
+        saved = np.asarray(Image.open(tmp_path / "masks" / "0_mask.png"))
+        np.testing.assert_array_equal(
+            saved, serving_client.colorize(results[0]["class_map"], len(CLASS_NAMES)))
+        # A grayscale file is sent as the package reads it (RGB); raw grayscale
+        # bytes reach the signature, whose error comes back as the server's message.
+        gray = tmp_path / "gray.png"
+        gray.write_bytes(png_bytes(batch[0, :, :, 0]))
+        (result,) = serving_client.predict(url, "fastfcn", [gray])
+        rgb = np.repeat(batch[:1, :, :, :1], 3, axis=-1)
+        direct = loaded.signatures["serving_default"](image_tensor=tf.constant(rgb))
+        np.testing.assert_array_equal(result["class_map"], direct["class_map"][0].numpy())
+        with pytest.raises(RuntimeError, match="does not have 3 channels"):
+            serving_client.predict(url, "fastfcn", [png_bytes(batch[0, :, :, 0])])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serving_client_helpers():
+    assert (serving_client.predict_url("http://h:8501/", "m", 3)
+            == "http://h:8501/v1/models/m/versions/3:predict")
+    palette = serving_client.get_palette(5)
+    assert palette.shape == (5, 3) and len({tuple(c) for c in palette}) == 5
+    # A single-output model: TF Serving drops the output name.
+    (result,) = serving_client.parse_predictions({"predictions": [[[0, 1], [1, 0]]]})
+    assert result["class_map"].tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(RuntimeError, match="bad input"):
+        serving_client.parse_predictions({"error": "bad input"})
+    with pytest.raises(ValueError, match="do not fit"):
+        serving_client.colorize(np.array([[0, 7]]), palette=palette)
+
+
+def test_in_graph_checks_of_a_saved_model(fcn_model, tmp_path):
+    """Requests the signature shape does not stop (TF Serving feeds any tensor): each
+    fails with the export's own one-line message, never a slicing error deep in a conv."""
+    path = export.export_saved_model(fcn_model, str(tmp_path / "sm"), max_pixels=1000)
+    signatures = tf.saved_model.load(path).signatures
+    cases = [
+        ("serving_default", np.zeros((1, 40, 40, 3), np.uint8), "limit of 1000 pixels"),
+        ("serving_default", np.zeros((20, 20, 3), np.uint8), "4-D batch"),
+        ("serving_default", np.zeros((0, 20, 20, 3), np.uint8), "batch is empty"),
+        ("serving_float", np.full((1, 20, 20, 3), np.nan, np.float32), "NaN or infinite"),
+    ]
+    for name, value, fragment in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=fragment):
+            signatures[name](image_tensor=tf.constant(value))
+    ok = signatures["serving_default"](image_tensor=tf.zeros((1, 20, 30, 3), tf.uint8))
+    assert tuple(ok["class_map"].shape) == (1, 20, 30)
+    with pytest.raises(ValueError, match="inside the SavedModel"):
+        export.export_saved_model(fcn_model, os.path.join(path, "variables"))

@@ -1,0 +1,106 @@
+"""BatchNorm folding (keras_fastfcn.serving.fold): same outputs, fewer BN layers, original untouched."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_fastfcn as kf
+from keras_fastfcn.inference import logits_model
+from keras_fastfcn.serving.fold import batchnorm_layers, fold_batchnorm
+
+
+def randomize_batchnorms(model, seed=0):
+    """Non-trivial BN statistics (a fresh BN is the identity, which folds trivially)."""
+    rng = np.random.RandomState(seed)
+    for bn in batchnorm_layers(model):
+        gamma, beta, mean, var = bn.get_weights()
+        bn.set_weights([
+            rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+            rng.normal(0.0, 0.1, beta.shape).astype("float32"),
+            rng.normal(0.0, 0.1, mean.shape).astype("float32"),
+            rng.uniform(0.5, 1.5, var.shape).astype("float32"),
+        ])
+
+
+def _numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _check_same(model, folded, images):
+    ref = _numpy(logits_model(model)(images, training=False))
+    out = _numpy(folded(images, training=False))
+    assert out.shape == ref.shape
+    # Folding only changes float32 rounding, relative to the activations' size.
+    # Random weights with random BN statistics give logits in the hundreds, so the
+    # bound is relative (a trained model's logits are ~10: differences ~1e-5).
+    scale = max(1.0, float(np.abs(ref).max()))
+    logit_diff = float(np.abs(out - ref).max())
+    assert logit_diff <= 1e-5 * scale, (logit_diff, scale)
+    # The softmax is 1/2-Lipschitz in the max norm.
+    prob_diff = np.abs(_numpy(keras.ops.softmax(out)) - _numpy(keras.ops.softmax(ref))).max()
+    assert prob_diff <= max(1e-4, 0.5 * logit_diff)
+    assert (out.argmax(-1) == ref.argmax(-1)).mean() >= 0.999
+
+
+@pytest.mark.parametrize("head, upsampler, backbone, left", [
+    # ConvBNReLU, DilatedBranch (inner + outer BN), keras.applications ResNet pairs
+    ("fcn", "jpu", "resnet50", 0),
+    ("encnet", "jpu", "resnet50", 1),   # the Encoding BN (axis=1, over codewords) stays
+    ("psp", "jpu_x", "resnet50", 0),    # JUM's GroupNorms are not BatchNorms and stay
+    ("encnet", "jpu", "resnet50s", 1),  # the official deep-stem ResNet
+])
+def test_fold_keeps_outputs(head, upsampler, backbone, left, rng):
+    keras.utils.set_random_seed(0)
+    model = kf.FastFCN(num_classes=3, head=head, upsampler=upsampler, backbone=backbone,
+                       jpu_width=64)
+    randomize_batchnorms(model)
+    before = [w.copy() for w in model.get_weights()]
+    folded = fold_batchnorm(model)
+    assert len(batchnorm_layers(folded)) == left
+    if upsampler == "jpu_x":
+        norms = [layer for layer in folded._flatten_layers(include_self=False)
+                 if isinstance(layer, keras.layers.GroupNormalization)]
+        assert norms, "JPU_X GroupNorms must survive folding"
+    images = rng.uniform(0, 255, (2, 67, 75, 3)).astype("float32")
+    _check_same(model, folded, images)
+    # The original model is not modified.
+    assert len(batchnorm_layers(model)) > 50
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Folding drops the BN variables (4 per BN) from the model.
+    assert len(folded.weights) < len(logits_model(model).weights)
+
+
+def test_fold_dilated_backbone_with_aux_heads(rng):
+    keras.utils.set_random_seed(1)
+    # A dilated (output stride 8) backbone rebuilt from config, and a dict-output
+    # model: fold takes the logits-only inference model.
+    model = kf.FastFCN(num_classes=4, head="fcn", upsampler=None, output_stride=8, aux=True)
+    randomize_batchnorms(model, seed=1)
+    folded = fold_batchnorm(model)
+    assert len(batchnorm_layers(folded)) == 0
+    images = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    _check_same(model, folded, images)
+
+
+def test_separable_conv_bn_folds_inner_norm(rng):
+    # The standalone separable block: depthwise -> BN -> pointwise.
+    inputs = keras.Input((None, None, 8))
+    block = kf.layers.SeparableConvBN(16, dilation_rate=2)
+    model = keras.Model(inputs, block(inputs))
+    randomize_batchnorms(model, seed=2)
+    folded = fold_batchnorm(model)
+    assert batchnorm_layers(folded) == []
+    x = rng.normal(size=(2, 9, 11, 8)).astype("float32")
+    np.testing.assert_allclose(_numpy(folded(x)), _numpy(model(x, training=False)), atol=1e-5)
+
+
+def test_fold_rejects_non_functional_models():
+    class Custom(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="functional keras.Model"):
+        fold_batchnorm(Custom())
+    with pytest.raises(ValueError, match="functional keras.Model"):
+        fold_batchnorm("model.keras")

@@ -1,0 +1,137 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from keras_fastfcn import train as training
+from keras_fastfcn.losses import class_presence, segmentation_loss
+from keras_fastfcn.optimizers import PolyDecay, SegmentationSGD
+
+
+def test_bundled_configs_load():
+    names = sorted(f[:-5] for f in os.listdir(training.CONFIG_DIR) if f.endswith(".yaml"))
+    assert {"demo", "camvid", "ade20k_encnet_jpu_r50", "pcontext_encnet_jpu_r50"} <= set(names)
+    for name in names:
+        cfg = training.load_config(name)
+        assert cfg["name"] == name
+    ade = training.load_config("ade20k_encnet_jpu_r101")
+    assert (ade["train"]["lr"], ade["train"]["epochs"], ade["model"]["encoder"]) == (0.01, 120, "resnet101")
+    assert ade["train"]["head_lr_mult"] == 10.0 and ade["train"]["weight_decay"] == 1e-4
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = training.load_config("demo", ["train.epochs=3", "model.head=psp"])
+    assert cfg["train"]["epochs"] == 3 and cfg["model"]["head"] == "psp"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ValueError, match=r"unknown config key 'train.epoch'.*did you mean 'train.epochs'"):
+        training.load_config(str(bad))
+    bad.write_text("modle:\n  head: psp\n")
+    with pytest.raises(ValueError, match="unknown config key 'modle'"):
+        training.load_config(str(bad))
+    bad.write_text("train:\n  batch_size: eight\n")
+    with pytest.raises(ValueError, match="'train.batch_size' must be of type int"):
+        training.load_config(str(bad))
+    bad.write_text("train:\n  mixed_precision: float8\n")
+    with pytest.raises(ValueError, match="mixed_precision"):
+        training.load_config(str(bad))
+    with pytest.raises(FileNotFoundError, match="no_such_config"):
+        training.load_config("no_such_config")
+    with pytest.raises(ValueError, match="section.key=value"):
+        training.load_config("demo", ["train.epochs"])
+
+
+def _twin_models(rng):
+    inp = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="backbone_dense")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(hidden))
+    w = [v.numpy() for v in model.weights]
+    t1, t2 = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        for lin, (k, b) in ((t1, w[:2]), (t2, w[2:])):
+            lin.weight.copy_(torch.from_numpy(k.T))
+            lin.bias.copy_(torch.from_numpy(b))
+    return model, t1, t2
+
+
+def test_optimizer_matches_official_pytorch_recipe(rng):
+    """Poly lr, momentum, coupled weight decay and the 10x head group, step for step."""
+    model, t1, t2 = _twin_models(rng)
+    lr, steps = 0.05, 6
+    model.compile(SegmentationSGD(PolyDecay(lr, steps, 0.9), momentum=0.9,
+                                  l2=1e-2, lr_multipliers={"head": 10.0}), loss="mse")
+    groups = [{"params": t1.parameters(), "lr": lr}, {"params": t2.parameters(), "lr": lr * 10}]
+    topt = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=1e-2)
+    x, y = rng.randn(8, 3).astype("float32"), rng.randn(8, 2).astype("float32")
+    for i in range(steps):
+        factor = (1 - i / steps) ** 0.9  # the official LR_Scheduler('poly')
+        topt.param_groups[0]["lr"], topt.param_groups[1]["lr"] = lr * factor, 10 * lr * factor
+        topt.zero_grad()
+        ((t2(t1(torch.from_numpy(x))) - torch.from_numpy(y)) ** 2).mean().backward()
+        topt.step()
+        model.train_on_batch(x, y)
+    np.testing.assert_allclose(model.weights[0].numpy(), t1.weight.detach().numpy().T, atol=1e-6)
+    np.testing.assert_allclose(model.weights[2].numpy(), t2.weight.detach().numpy().T, atol=1e-6)
+
+
+def test_optimizer_serializes():
+    opt = SegmentationSGD(PolyDecay(0.1, 100), l2=1e-4, decay_norm=False,
+                          lr_multipliers={"jpu": 10.0})
+    clone = SegmentationSGD.from_config(opt.get_config())
+    assert isinstance(clone.schedule, PolyDecay) and clone.schedule.decay_steps == 100
+    assert clone.lr_multipliers == {"jpu": 10.0} and clone.decay_norm is False
+
+
+def test_losses_match_pytorch(rng):
+    logits = rng.randn(2, 5, 6, 4).astype("float32")
+    labels = rng.randint(0, 4, (2, 5, 6))
+    labels[0, :2] = 255
+    ours = float(segmentation_loss()(labels, logits))
+    ref = float(torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits).permute(0, 3, 1, 2), torch.from_numpy(labels).long(),
+        ignore_index=255))
+    assert ours == pytest.approx(ref, rel=1e-5)
+
+
+def test_se_targets():
+    labels = np.array([[[0, 2], [255, 2]], [[1, 1], [1, 3]]], "int32")
+    np.testing.assert_array_equal(np.asarray(class_presence(labels, 4)),
+                                  [[1, 0, 1, 0], [0, 1, 0, 1]])
+    np.testing.assert_array_equal(np.asarray(class_presence(labels[..., None], 4)),
+                                  [[1, 0, 1, 0], [0, 1, 0, 1]])
+
+
+def test_strategy_errors(monkeypatch):
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        training.make_strategy("tpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        training.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{cluster: 1}")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        training.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}')
+    with pytest.raises(ValueError, match="not in its cluster"):
+        training.make_strategy("multiworker")
+
+
+def test_config_numeric_ranges_and_old_names(tmp_path):
+    cfg = training.load_config("demo", ["model.backbone=resnet101", "model.jpu_width=32"])
+    assert cfg["model"]["encoder"] == "resnet101" and cfg["model"]["width"] == 32
+    for override, message in [
+        ("train.steps_per_epoch=-1", "train.steps_per_epoch must be >= 1"),
+        ("train.steps_per_epoch=0", "train.steps_per_epoch must be >= 1"),
+        ("train.steps_per_epoch=abc", "train.steps_per_epoch must be an int"),
+        ("train.val_batch_size=0", "train.val_batch_size must be >= 1"),
+        ("train.lr=0", "train.lr must be > 0"),
+        ("train.momentum=1.5", "train.momentum must be < 1"),
+        ("train.weight_decay=-1", "train.weight_decay must be >= 0"),
+        ("train.aux_weight=-0.2", "train.aux_weight must be >= 0"),
+        ("data.crop_size=4", "data.crop_size must be >= 8"),
+        ("model.width=0", "model.width must be >= 1"),
+        ("model.output_stride=12", "model.output_stride must be 8, 16, 32"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            training.load_config("demo", [override])
