@@ -1,0 +1,187 @@
+"""Speed and accuracy of every precision x format, measured in one run on this machine.
+
+For a trained model (default: a CamVid model from `keras-fastfcn train --config camvid`):
+
+- accuracy on the CamVid val split (pixAcc / mIoU, official definitions, whole images
+  at their 360x480 size, single scale) and argmax agreement with the fp32 Keras model,
+  for Keras fp32 / bf16 / fp16, TFLite fp32 / fp16 / int8 / int8_dynamic and ONNX
+  Runtime fp32 / int8 / int8_dynamic (int8 calibrated on CamVid train images);
+- latency at `--size` (512x512 by default, batch 1, median of `--repeats`) of the same
+  configurations, with the CPU model and its ISA flags.
+
+Writes `benchmarks/PRECISION.md` (a table) and prints it.
+
+    python benchmarks/precision.py --model runs/camvid/model.keras --val-images 101
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cpu_description():
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor(), []
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni"))
+    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPUs", isa
+
+
+def confusion(pred, label, num_classes):
+    valid = label < num_classes
+    return np.bincount(num_classes * label[valid].astype(np.int64) + pred[valid],
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def scores(matrix):
+    tp = np.diag(matrix).astype(np.float64)
+    pix_acc = tp.sum() / max(matrix.sum(), 1)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    miou = np.mean(tp / np.maximum(union, 1))  # official: over all classes
+    return pix_acc, miou
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", default="camvid")
+    parser.add_argument("--val-images", type=int, default=101)
+    parser.add_argument("--calibration-images", type=int, default=100)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "PRECISION.md"))
+    args = parser.parse_args()
+
+    import keras  # noqa: F401
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from keras_fastfcn import data, inference, serving
+    from keras_fastfcn.precision import calibration_images, with_precision
+
+    cpu, isa = cpu_description()
+    threads = os.cpu_count()
+    model = inference.load_model(args.model)
+    info = inference.model_info(model)
+    source = data.get_source(args.data)
+    val = [(np.asarray(i, np.uint8), np.asarray(lab)) for i, lab in
+           source.dataset("val").take(args.val_images)]
+    height, width = val[0][0].shape[:2]
+    calib_native = calibration_images(source, args.calibration_images)
+    calib_fixed = calibration_images(source, args.calibration_images, size=(height, width))
+    work = tempfile.mkdtemp(prefix="precision-")
+    size = args.size
+    bench_image = np.random.RandomState(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
+
+    def keras_runner(precision):
+        m = with_precision(model, precision)
+        predictor = inference.Predictor(m)
+        return lambda x: np.asarray(predictor(x)).argmax(-1)
+
+    def tflite_runner(precision, h, w):
+        calib = calib_fixed if (h, w) == (height, width) else calibration_images(
+            source, args.calibration_images, size=(h, w))
+        path = serving.export(model, os.path.join(work, f"m_{precision}_{h}.tflite"),
+                              format="tflite", input_size=(h, w), precision=precision,
+                              calibration=calib if precision == "int8" else None,
+                              probabilities=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(path, num_threads=threads)
+        run = interpreter.get_signature_runner()
+        return lambda x: run(images=x)["class_map"]
+
+    onnx_paths = {}
+
+    def onnx_runner(precision):
+        if precision not in onnx_paths:
+            onnx_paths[precision] = serving.export(
+                model, os.path.join(work, f"m_{precision}.onnx"), format="onnx",
+                precision=precision, probabilities=False,
+                calibration=calib_native if precision == "int8" else None)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(onnx_paths[precision], options,
+                                       providers=["CPUExecutionProvider"])
+        return lambda x: session.run(["class_map"], {"images": x})[0]
+
+    configs = [("Keras", p, lambda p=p: keras_runner(p), lambda p=p: keras_runner(p))
+               for p in ("fp32", "bf16", "fp16")]
+    configs += [("TFLite", p, lambda p=p: tflite_runner(p, height, width),
+                 lambda p=p: tflite_runner(p, size, size))
+                for p in ("fp32", "fp16", "int8", "int8_dynamic")]
+    configs += [("ONNX Runtime", p, lambda p=p: onnx_runner(p), lambda p=p: onnx_runner(p))
+                for p in ("fp32", "int8", "int8_dynamic")]
+
+    rows, reference = [], None
+    for fmt, precision, make_eval, make_bench in configs:
+        print(f"{fmt} {precision} ...", flush=True)
+        try:
+            run = make_eval()
+            matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
+            maps = []
+            for image, label in val:
+                pred = np.asarray(run(image[None].astype("float32")))[0]
+                maps.append(pred)
+                matrix += confusion(pred, label, info.num_classes)
+            if reference is None:
+                reference = maps
+            agree = np.mean([(a == b).mean() for a, b in zip(maps, reference)])
+            run = make_bench()
+            run(bench_image)
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                run(bench_image)
+                times.append(time.perf_counter() - start)
+            pix_acc, miou = scores(matrix)
+            rows.append(dict(format=fmt, precision=precision, pixAcc=pix_acc, mIoU=miou,
+                             agreement=agree, latency_s=statistics.median(times)))
+        except Exception as err:  # a format/precision this machine cannot run
+            rows.append(dict(format=fmt, precision=precision, error=f"{type(err).__name__}: "
+                                                                    f"{str(err)[:160]}"))
+        print(rows[-1], flush=True)
+
+    base = next(r for r in rows if "error" not in r)
+    lines = [f"# Precision x format: accuracy and speed ({time.strftime('%Y-%m-%d')})", "",
+             f"Machine: {cpu}; ISA: {' '.join(isa) or 'n/a'}; TensorFlow {tf.__version__}, "
+             f"ONNX Runtime {ort.__version__}, {threads} threads.",
+             f"Model: `{args.model}` ({info.num_classes} classes). Accuracy: {len(val)} "
+             f"{args.data} val images at {height}x{width}, single scale; int8 calibrated on "
+             f"{args.calibration_images} train images. Latency: {size}x{size}, batch 1, "
+             f"median of {args.repeats}.", "",
+             f"Command: `python benchmarks/precision.py {' '.join(sys.argv[1:])}`", "",
+             "| format | precision | pixAcc | mIoU | mIoU vs fp32 | argmax = fp32 | latency (s) | speed vs Keras fp32 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['format']} | {r['precision']} | - | - | - | - | - | {r['error']} |")
+            continue
+        lines.append(
+            f"| {r['format']} | {r['precision']} | {r['pixAcc']:.4f} | {r['mIoU']:.4f} | "
+            f"{100 * (r['mIoU'] - base['mIoU']):+.2f} | {100 * r['agreement']:.2f}% | "
+            f"{r['latency_s']:.3f} | {base['latency_s'] / r['latency_s']:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    with open(args.output, "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.splitext(args.output)[0] + ".json", "w", encoding="utf-8") as f:
+        json.dump(dict(machine=cpu, isa=isa, rows=rows), f, indent=2)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
