@@ -19,6 +19,9 @@ setup(
         # new minor version could change (tests/test_package.py checks them).
         "keras>=3.3,<3.16",
         "tensorflow-datasets>=4.9",
+        # The training command writes TensorBoard logs; TensorFlow 2.21 no longer
+        # installs tensorboard itself.
+        "tensorboard",
         "numpy",
         "pillow",
         "pyyaml",
@@ -26,7 +29,9 @@ setup(
     extras_require={
         "export": ["tf2onnx>=1.16", "onnxruntime", "onnx"],
         "convert": ["torch>=2.5"],
-        "test": ["pytest", "tf2onnx>=1.16", "onnxruntime", "onnx", "torch==2.13.0"],
+        # pytest-xdist: pytest.ini runs the tests on every core (-n auto).
+        "test": ["pytest", "pytest-xdist", "tf2onnx>=1.16", "onnxruntime", "onnx",
+                 "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["keras-fastfcn=keras_fastfcn.cli:main"]},
 )

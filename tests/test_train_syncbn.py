@@ -57,7 +57,7 @@ for sync in (True, False):
         model = build()
         model.set_weights(initial)
         count = kf.train.synchronize_batchnorm(model, strategy) if sync else 0
-        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        model.compile(optimizer=keras.optimizers.SGD(0.05), sync_batchnorm=sync)
     model.fit(data, epochs=1, verbose=0)
     print("RESULT", sync, count, max_difference(batchnorm_stats(model), batchnorm_stats(reference)),
           max_difference(model.get_weights(), reference.get_weights()))
