@@ -29,7 +29,8 @@ setup(
     extras_require={
         "export": ["tf2onnx>=1.16", "onnxruntime", "onnx"],
         "convert": ["torch>=2.5"],
-        # pytest-xdist: pytest.ini runs the tests on every core (-n auto).
+        # pytest-xdist: pytest.ini runs the tests on up to 4 cores (each worker holds
+        # a TensorFlow), one worker per test file.
         "test": ["pytest", "pytest-xdist", "tf2onnx>=1.16", "onnxruntime", "onnx",
                  "torch==2.13.0"],
     },
