@@ -66,18 +66,12 @@ def run(args):
     if args.ms and args.scales is not None:
         raise ValueError("--ms and --scales are exclusive: --ms means --scales "
                          "0.5,0.75,1.0,1.25,1.5,1.75 --flip.")
-    from keras_fastfcn.precision import check_precision
+    from keras_fastfcn.precision import check_export_precision
     from keras_fastfcn.serving import targets
 
     # Output problems, unsupported options and missing optional packages are reported
     # before the model load.
-    supported = {"saved_model": ("fp32", "bf16", "fp16"),
-                 "tflite": ("fp32", "fp16", "int8", "int8_dynamic"),
-                 "onnx": ("fp32", "int8", "int8_dynamic")}[args.format]
-    check_precision(args.precision, supported, f"--format {args.format}")
-    if args.precision == "int8" and not args.calibration_data:
-        raise ValueError("--precision int8 needs --calibration-data SPEC (images to "
-                         "calibrate the quantization on, e.g. camvid or folder:PATH).")
+    check_export_precision(args.format, args.precision, args.calibration_data)
     if args.format == "saved_model":
         targets.check_saved_model_target(args.output, args.overwrite, create=False)
     else:

@@ -67,13 +67,10 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
     >>> export_onnx(model, "fastfcn.onnx")
     'fastfcn.onnx'
     """
-    from keras_fastfcn.precision import check_precision
+    from keras_fastfcn.precision import check_export_precision
 
-    check_precision(precision, ("fp32", "int8", "int8_dynamic"), "ONNX")
+    check_export_precision("onnx", precision, calibration)
     require_onnx(quantize=precision != "fp32")
-    if precision == "int8" and not calibration:
-        raise ValueError("int8 ONNX export needs calibration images (--calibration-data "
-                         "SPEC --calibration-images N).")
     import onnx
     import tensorflow as tf
     import tf2onnx

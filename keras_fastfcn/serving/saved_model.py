@@ -79,9 +79,9 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
     >>> export_saved_model(model, "saved_models/demo")
     'saved_models/demo/1'
     """
-    from keras_fastfcn.precision import KERAS_PRECISIONS, check_precision
+    from keras_fastfcn.precision import check_export_precision
 
-    check_precision(precision, KERAS_PRECISIONS, "a SavedModel")
+    check_export_precision("saved_model", precision, None)
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
     target, version = check_saved_model_target(output, overwrite)
     if max_pixels is not None and int(max_pixels) < 1:

@@ -44,12 +44,9 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
     """
     import tensorflow as tf
 
-    from keras_fastfcn.precision import check_precision
+    from keras_fastfcn.precision import check_export_precision
 
-    check_precision(precision, ("fp32", "fp16", "int8", "int8_dynamic"), "TFLite")
-    if precision == "int8" and not calibration:
-        raise ValueError("int8 TFLite export needs calibration images (--calibration-data "
-                         "SPEC --calibration-images N).")
+    check_export_precision("tflite", precision, calibration)
     if input_size is None:
         h, w = (tuple(model.input_shape) + (None, None, None))[1:3]
         if h is None or w is None:

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from keras_fastfcn import _keras_private, data
+from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.evaluation import evaluate_dataset
 from keras_fastfcn.fileio import atomic_path, remove_stale_temporaries, save_model
 from keras_fastfcn.inference import Predictor
@@ -29,7 +30,7 @@ from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter, registr
 from keras_fastfcn.optimizers import PolyDecay, SegmentationSGD
 from keras_fastfcn.train.callbacks import BestModel, HistoryCSV, OfficialScore, ResumableBackup
 from keras_fastfcn.train.config import effective_lr, load_config
-from keras_fastfcn.train.distribute import is_chief, is_multiworker, synchronize_batchnorm
+from keras_fastfcn.train.distribute import is_chief, is_multiworker
 
 
 def build_segmenter(cfg, source):
@@ -148,12 +149,11 @@ def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = N
 
     with strategy.scope():
         model = build_segmenter(cfg, source)
-        if t["sync_batchnorm"]:
-            synced = synchronize_batchnorm(model, strategy)
-            if synced:
-                print(f"BatchNorm synchronized across {strategy.num_replicas_in_sync} "
-                      f"replicas ({synced} layers; train.sync_batchnorm: false to turn off)")
-        compile_segmenter(model, cfg, epochs * steps_per_epoch)
+        compile_segmenter(model, cfg, epochs * steps_per_epoch)  # synchronizes BatchNorm
+        synced = sum(getattr(layer, "synchronized", False) for layer in all_layers(model))
+        if synced:
+            print(f"BatchNorm synchronized across {strategy.num_replicas_in_sync} "
+                  f"replicas ({synced} layers; train.sync_batchnorm: false to turn off)")
         model.optimizer.build(model.trainable_variables)
 
     backup_dir = os.path.join(out, "backup")
