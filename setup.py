@@ -31,8 +31,10 @@ setup(
         "convert": ["torch>=2.5"],
         # pytest-xdist: pytest.ini runs the tests on up to 4 cores (each worker holds
         # a TensorFlow), one worker per test file.
+        # jax[cpu]: the JAX-backend training tests (tests/test_train_jax.py).
         "test": ["pytest", "pytest-xdist", "tf2onnx>=1.16", "onnxruntime", "onnx",
-                 "torch==2.13.0"],
+                 "torch==2.13.0", "jax[cpu]"],
+        "jax": ["jax"],
     },
     entry_points={"console_scripts": ["keras-fastfcn=keras_fastfcn.cli:main"]},
 )

@@ -9,7 +9,7 @@ training run both use `evaluate_dataset`, so they report the same numbers.
 Example:
 >>> from keras_fastfcn import data, evaluation, inference
 >>> source = data.get_source("camvid")
->>> result = evaluation.evaluate_dataset(inference.Predictor(model), source.dataset("val"),
+>>> result = evaluation.evaluate_dataset(inference.Predictor(model), source.examples("val"),
 ...                                      source.num_classes)
 """
 
@@ -28,8 +28,9 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
     Args:
         predictor: an `inference.Predictor` (or any callable `(1, H, W, 3)` ->
             scores `(1, H, W, C)`).
-        dataset: iterable of `(image (H, W, 3) uint8, label (H, W) int)`, e.g. a
-            `tf.data.Dataset` from `data.get_source(spec).dataset(split)`.
+        dataset: iterable of `(image (H, W, 3) uint8, label (H, W) int)`, e.g.
+            `data.get_source(spec).examples(split)` (any backend, no TensorFlow
+            needed) or a `tf.data.Dataset` from `.dataset(split)`.
         num_classes: int.
         class_names: optional names for the per-class table.
         ignore_label: label value that is not scored.
@@ -42,7 +43,7 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
         `images_per_second`.
 
     Example:
-    >>> evaluate_dataset(Predictor(model), src.dataset("val"), 11)  # doctest: +SKIP
+    >>> evaluate_dataset(Predictor(model), src.examples("val"), 11)  # doctest: +SKIP
     """
     import keras
 

@@ -61,7 +61,7 @@ from typing import List, Optional, Sequence, Union
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_fastfcn.layers.resize import log_add_exp, log_resize_bilinear, resize_bilinear
 
@@ -163,6 +163,8 @@ def xla_parts(model):
     >>> with xla_parts(model):
     ...     traced = fn.get_concrete_function(tf.TensorSpec((1, 64, 64, 3)))
     """
+    import tensorflow as tf
+
     from keras_fastfcn.layers import JPU, JPUX
 
     parts = [layer for layer in getattr(model, "layers", ())
@@ -269,6 +271,8 @@ def scaled_size(height, width, scale, base_size=None):
 
 def _scaled_size_tensor(height, width, scale, base_size):
     """`scaled_size` with tf ops for dynamic sizes (same float64 arithmetic)."""
+    import tensorflow as tf  # dynamic sizes exist only in a traced TensorFlow graph
+
     h = tf.cast(height, tf.float64)
     w = tf.cast(width, tf.float64)
     base = tf.maximum(h, w) if base_size is None else tf.constant(float(base_size), tf.float64)
@@ -291,7 +295,7 @@ def _check_scales(scales):
 
 
 def _flip_w(x):
-    return tf.reverse(x, axis=[2])
+    return ops.flip(x, axis=2)
 
 
 def _logits_with_flip(model, x, flip):
@@ -301,8 +305,8 @@ def _logits_with_flip(model, x, flip):
     """
     if not flip:
         return _call_logits(model, x)
-    batch = tf.shape(x)[0]
-    both = _call_logits(model, tf.concat([x, _flip_w(x)], axis=0))
+    batch = ops.shape(x)[0]
+    both = _call_logits(model, ops.concatenate([x, _flip_w(x)], axis=0))
     return both[:batch] + _flip_w(both[batch:])
 
 
@@ -310,7 +314,22 @@ def _call_logits(model, x):
     out = model(x, training=False)
     if isinstance(out, dict):
         out = out["logits"]
-    return tf.cast(out, tf.float32)
+    return ops.cast(out, "float32")
+
+
+class _CompiledForward:
+    """`model(x, training=False)` through Keras' compiled `predict_on_batch`.
+
+    On JAX and PyTorch there is no `tf.function` to trace the model into; Keras' own
+    predict step (XLA-compiled per input shape on JAX) runs the forward, and the
+    cheap resizes and sums around it run eagerly.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, training=False):
+        return ops.convert_to_tensor(self.model.predict_on_batch(x))
 
 
 def _add_scale(acc, term):
@@ -320,7 +339,7 @@ def _add_scale(acc, term):
 
 def multiscale_log_scores(model, images, scales=(1.0,), flip=False, base_size=None,
                           align_corners=True):
-    """Whole-image multi-scale (+ flip) log-scores, written with tf ops only.
+    """Whole-image multi-scale (+ flip) log-scores, written with `keras.ops`.
 
     For each scale the batch is resized (bilinear, `align_corners`) to
     `scaled_size(H, W, scale, base_size)` and run through `model` whole (no
@@ -352,16 +371,18 @@ def multiscale_log_scores(model, images, scales=(1.0,), flip=False, base_size=No
     TensorShape([1, 64, 80, 3])
     """
     scales = _check_scales(scales)
-    images = tf.cast(images, tf.float32)
-    shape = tf.shape(images)
+    images = ops.cast(images, "float32")
+    shape = ops.shape(images)
     height, width = shape[1], shape[2]
+    static = isinstance(height, int) and isinstance(width, int)
     acc = None
     for scale in scales:
         identity = scale == 1.0 and base_size is None
         if identity:
             x = images
         else:
-            size = _scaled_size_tensor(height, width, scale, base_size)
+            size = (scaled_size(height, width, scale, base_size) if static
+                    else _scaled_size_tensor(height, width, scale, base_size))
             x = resize_bilinear(images, size, align_corners)
         term = _logits_with_flip(model, x, flip)
         if not identity:
@@ -376,15 +397,17 @@ def normalize_scores(log_scores):
     For a single scale without flip this is the softmax of the logits; otherwise
     it is the official ensemble's scores divided by their sum over classes.
     """
-    return tf.nn.softmax(tf.convert_to_tensor(log_scores, tf.float32), axis=-1)
+    return ops.softmax(ops.cast(log_scores, "float32"), axis=-1)
 
 
 class Predictor:
     """Compiled full-size predictor: whole image or sliding window, MS and flip.
 
-    Build one per model and option set and call it on batches; the model forward is
-    traced once (`tf.function` with dynamic shapes) and reused for every image size.
-    `predict()` caches one per model.
+    Build one per model and option set and call it on batches. On TensorFlow the model
+    forward is traced once (`tf.function` with dynamic shapes) and reused for every
+    image size; on JAX and PyTorch it runs through Keras' compiled `predict_on_batch`
+    (XLA per input shape on JAX) with the same arithmetic around it. `predict()`
+    caches one per model.
 
     Args:
         model: a `keras_fastfcn.FastFCN` (or any Keras model mapping 0-255 RGB
@@ -402,6 +425,7 @@ class Predictor:
             shape; useful in `"slide"` mode on GPU, where every window has the same
             shape); or `"parts"`, XLA for the backbone and head but not the JPU
             (`xla_parts`, the fastest on CPU for the PSP and DeepLab heads).
+            TensorFlow only: on JAX the forward is always XLA-compiled.
 
     Example:
     >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
@@ -438,15 +462,22 @@ class Predictor:
         self.align_corners = bool(align_corners)
         self.pad_value = tuple(float(v) for v in np.broadcast_to(pad_value, (3,)))
         self.jit_compile = _check_jit(jit_compile)
-        spec = [tf.TensorSpec((None, None, None, 3), tf.float32)]
-        # Plain Python loops over static scales/windows: no autograph needed.
-        # One trace for every image / window batch; XLA (if asked) specializes per shape.
+        self._net = self.model
         graph = self._whole_graph if mode == "whole" else self._forward_graph
-        fn = tf.function(graph, input_signature=spec, jit_compile=jit_compile is True,
-                         autograph=False)
-        if jit_compile == "parts":
-            with xla_parts(self.model):
-                fn.get_concrete_function()  # traced now, while the parts are patched
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            spec = [tf.TensorSpec((None, None, None, 3), tf.float32)]
+            # Plain Python loops over static scales/windows: no autograph needed.
+            # One trace for every image / window batch; XLA (if asked) specializes per shape.
+            fn = tf.function(graph, input_signature=spec, jit_compile=jit_compile is True,
+                             autograph=False)
+            if jit_compile == "parts":
+                with xla_parts(self.model):
+                    fn.get_concrete_function()  # traced now, while the parts are patched
+        else:
+            self._net = _CompiledForward(self.model)
+            fn = graph
         if mode == "whole":
             self._whole = fn
         else:
@@ -466,31 +497,33 @@ class Predictor:
         return text + f" base_size={self.base_size or 'image'}"
 
     def _whole_graph(self, images):
-        return multiscale_log_scores(self.model, images, self.scales, self.flip,
-                                 self.base_size, self.align_corners)
+        return multiscale_log_scores(self._net, images, self.scales, self.flip,
+                                     self.base_size, self.align_corners)
 
     def _forward_graph(self, windows):
-        return _logits_with_flip(self.model, windows, self.flip)
+        return _logits_with_flip(self._net, windows, self.flip)
 
     def __call__(self, images):
-        """Log-scores `(B, H, W, C)` (float32 tensor) at the input size (module docstring).
+        """Log-scores `(B, H, W, C)` (float32 backend tensor) at the input size (module
+        docstring).
 
         Args:
             images: `(B, H, W, 3)` or one `(H, W, 3)` image (a batch axis is added
-                and removed again), uint8 or float 0-255 RGB.
+                and removed again), uint8 or float 0-255 RGB: numpy or any backend's
+                tensor.
         """
-        images = tf.convert_to_tensor(images)
-        single = images.shape.rank == 3
+        images = ops.convert_to_numpy(images) if ops.is_tensor(images) else np.asarray(images)
+        single = images.ndim == 3
         if single:
             images = images[None]
-        if images.shape.rank != 4 or images.shape[-1] != 3:
+        if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
                 f"images must be (batch, height, width, 3) RGB, got shape {tuple(images.shape)}.")
-        if images.dtype.is_bool or images.dtype == tf.string:
-            raise ValueError(f"images must be numeric 0-255 RGB, got dtype {images.dtype.name}.")
+        if images.dtype.kind not in "iuf":
+            raise ValueError(f"images must be numeric 0-255 RGB, got dtype {images.dtype}.")
         if images.shape[1] == 0 or images.shape[2] == 0:
             raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}.")
-        images = tf.cast(images, tf.float32)
+        images = images.astype(np.float32)
         if self.mode == "whole":
             scores = self._whole(images)
         else:
@@ -505,9 +538,10 @@ class Predictor:
         pad_w = width - images.shape[2]
         if pad_h <= 0 and pad_w <= 0:
             return images
-        colour = tf.constant(self.pad_value, tf.float32)
+        colour = np.asarray(self.pad_value, np.float32)
         # Pad (x - colour) with zeros, then add the colour back: a per-channel pad value.
-        shifted = tf.pad(images - colour, [[0, 0], [0, max(pad_h, 0)], [0, max(pad_w, 0)], [0, 0]])
+        shifted = ops.pad(images - colour, [[0, 0], [0, max(pad_h, 0)], [0, max(pad_w, 0)],
+                                            [0, 0]])
         return shifted + colour
 
     def _slide_scale(self, images, height, width):
@@ -527,11 +561,11 @@ class Predictor:
         grid_h, grid_w = (rows - 1) * stride + crop, (cols - 1) * stride + crop
         padded = self._pad(images, grid_h, grid_w)
         origins = [(r * stride, c * stride) for r in range(rows) for c in range(cols)]
-        windows = tf.concat(
+        windows = ops.concatenate(
             [padded[:, y:y + crop, x:x + crop] for y, x in origins], axis=0)  # window-major
-        z = self._forward(windows)  # (n * B, crop, crop, C)
+        z = ops.convert_to_numpy(self._forward(windows))  # (n * B, crop, crop, C)
         num_classes = z.shape[-1]
-        z = tf.reshape(z, (len(origins), batch, crop, crop, num_classes))
+        z = z.reshape((len(origins), batch, crop, crop, num_classes))
 
         # Official count_norm counts each window over [h0, min(h0 + crop, ph)); the
         # result is then cut to (height, width), so only that region matters.
@@ -541,20 +575,19 @@ class Predictor:
         assert (count[:height, :width] > 0).all()
 
         # The official average of exp(z) over the windows covering a pixel, as a
-        # log-sum-exp: per pixel and class, shift by the largest window logit there
-        # (scatter-max), so every exponential is at most 1 and their sum at least 1.
-        ys, xs = np.meshgrid(np.arange(crop), np.arange(crop), indexing="ij")
-        idx = np.empty((len(origins), batch, crop, crop, 3), np.int32)
-        for k, (y, x) in enumerate(origins):
-            idx[k, :, :, :, 0] = np.arange(batch)[:, None, None]
-            idx[k, :, :, :, 1] = y + ys
-            idx[k, :, :, :, 2] = x + xs
+        # log-sum-exp: per pixel and class, shift by the largest window logit there,
+        # so every exponential is at most 1 and their sum at least 1. On the host in
+        # numpy: a handful of windows, and the same on every backend.
         canvas_shape = (batch, grid_h, grid_w, num_classes)
-        peak = tf.tensor_scatter_nd_max(tf.fill(canvas_shape, -np.inf), idx, z)
-        total = tf.tensor_scatter_nd_add(
-            tf.zeros(canvas_shape, tf.float32), idx, tf.exp(z - tf.gather_nd(peak, idx)))
-        log_scores = peak + tf.math.log(total) - np.log(np.maximum(count, 1.0))[None, :, :, None]
-        return log_scores[:, :height, :width]
+        peak = np.full(canvas_shape, -np.inf, np.float32)
+        for k, (y, x) in enumerate(origins):
+            view = peak[:, y:y + crop, x:x + crop]
+            np.maximum(view, z[k], out=view)
+        total = np.zeros(canvas_shape, np.float32)
+        for k, (y, x) in enumerate(origins):
+            total[:, y:y + crop, x:x + crop] += np.exp(z[k] - peak[:, y:y + crop, x:x + crop])
+        log_scores = peak + np.log(total) - np.log(np.maximum(count, 1.0))[None, :, :, None]
+        return ops.convert_to_tensor(log_scores[:, :height, :width])
 
     def _slide(self, images):
         in_h, in_w = images.shape[1], images.shape[2]
@@ -595,8 +628,8 @@ def predict(model: keras.Model, images, mode: str = "whole", scales: Sequence[fl
             `jit_compile`).
 
     Returns:
-        float32 `tf.Tensor` of log-scores (the logits themselves for one scale
-        without flip); `tf.argmax(log_scores, -1)` is the class map and
+        float32 backend tensor of log-scores (the logits themselves for one scale
+        without flip); `argmax(log_scores, -1)` is the class map and
         `normalize_scores(log_scores)` the per-pixel probabilities.
 
     Example:

@@ -63,7 +63,9 @@ def class_presence(labels, num_classes):
     # and everything that is not a class goes to the spare bin C.
     flat = ops.where(valid, flat, num_classes)
     offsets = ops.arange(batch, dtype="int32")[:, None] * (num_classes + 1)
-    counts = ops.bincount(ops.reshape(flat + offsets, (-1,)),
-                          minlength=batch * (num_classes + 1))
-    counts = ops.reshape(counts[:batch * (num_classes + 1)], (batch, num_classes + 1))
+    ids = ops.reshape(flat + offsets, (-1,))
+    # segment_sum with num_segments, not bincount: JAX's bincount needs a static length.
+    counts = ops.segment_sum(ops.ones_like(ids, dtype="float32"), ids,
+                             num_segments=batch * (num_classes + 1))
+    counts = ops.reshape(counts, (batch, num_classes + 1))
     return ops.cast(counts[:, :num_classes] > 0, "float32")

@@ -8,6 +8,9 @@ weights file inside the temporary is first cut in half, as a kill in the middle 
 writing it would leave it.
 
     KERAS_FASTFCN_TEST_KILL='^best\\.keras$@1' python tests/fault_train.py train --config demo ...
+
+With `KERAS_FASTFCN_TEST_NO_TF=1`, `import tensorflow` fails in the process, as on a
+host that has JAX and no TensorFlow.
 """
 
 import os
@@ -38,6 +41,9 @@ def _install(spec):
 
 
 if __name__ == "__main__":
+    if os.environ.get("KERAS_FASTFCN_TEST_NO_TF"):
+        # A host without TensorFlow (the JAX GPU machines): imports of it fail.
+        sys.modules["tensorflow"] = None
     from keras_fastfcn.cli import main
 
     if os.environ.get("KERAS_FASTFCN_TEST_KILL"):

@@ -60,7 +60,7 @@ def run(args):
                          f"{args.data!r} has {source.num_classes}.")
     print(f"Evaluating {args.model} on {args.data} [{args.split}]: {predictor.describe()}")
     result = evaluate_dataset(
-        predictor, source.dataset(args.split), info.num_classes,
+        predictor, source.examples(args.split), info.num_classes,
         class_names=info.class_names or source.class_names, ignore_label=source.ignore_label,
         num_examples=source.num_examples(args.split), limit=args.limit,
         verbose=0 if args.quiet else 1)

@@ -10,9 +10,14 @@ def add_arguments(parser):
     parser.add_argument("--config", required=True,
                         help="YAML config path or bundled name (demo, camvid, ...)")
     parser.add_argument("--strategy", default="default",
-                        choices=("default", "mirrored", "multiworker"))
+                        choices=("default", "mirrored", "multiworker"),
+                        help="TensorFlow: one device, tf.distribute.MirroredStrategy, or "
+                             "MultiWorkerMirroredStrategy (TF_CONFIG). JAX (KERAS_BACKEND=jax): "
+                             "default and mirrored both train on every local device with "
+                             "keras.distribution.DataParallel")
     parser.add_argument("--cpu-devices", type=positive_int, default=None,
-                        help="with --strategy mirrored: N logical CPU devices (no GPU needed)")
+                        help="N (logical) CPU devices as replicas, no GPU needed: with "
+                             "--strategy mirrored on TensorFlow, any strategy on JAX")
     parser.add_argument("--output-dir", default=None, help="overrides output_dir")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="overrides train.epochs")
@@ -37,8 +42,9 @@ def run(args):
     from keras_fastfcn import train
 
     strategy = train.make_strategy(args.strategy, args.cpu_devices)
-    print(f"Training {cfg['name']} with {type(strategy).__name__} "
-          f"({strategy.num_replicas_in_sync} replica(s)) into {cfg['output_dir']}")
+    replicas = train.Replicas(strategy)
+    print(f"Training {cfg['name']} on {replicas.backend} with {replicas.name} "
+          f"({replicas.count} replica(s)) into {cfg['output_dir']}")
     results = train.run(cfg, strategy)
     print(f"\nValidation ({cfg['data']['val_split']}): pixAcc {results['val_pixAcc']:.4f}  "
           f"mIoU {results['val_mIoU']:.4f} (official: mean over all classes)  "

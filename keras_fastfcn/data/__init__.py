@@ -4,6 +4,8 @@ Sources (`get_source`) give full-size `(image uint8 (H, W, 3), label int32 (H, W
 examples with class ids `0..C-1` and 255 = ignore; `train_pipeline` applies the
 official FastFCN training augmentation and batches; `eval_pipeline` batches for
 evaluation (whole images, or the official short-side resize + centre crop).
+Without TensorFlow, `pyloader.TrainBatches` / `EvalBatches` (Keras `PyDataset`s, the
+official PIL transforms) feed training on JAX or PyTorch from file and demo sources.
 
 Example:
 >>> from keras_fastfcn import data
@@ -27,6 +29,9 @@ _EXPORTS = {
     "demo": "keras_fastfcn.data.sources",
     "sources": "keras_fastfcn.data.sources",
     "pipelines": "keras_fastfcn.data.pipelines",
+    "pyloader": "keras_fastfcn.data.pyloader",
+    "TrainBatches": "keras_fastfcn.data.pyloader",
+    "EvalBatches": "keras_fastfcn.data.pyloader",
     "eval_pipeline": "keras_fastfcn.data.pipelines",
     "gaussian_blur": "keras_fastfcn.data.pipelines",
     "train_pipeline": "keras_fastfcn.data.pipelines",

@@ -14,12 +14,13 @@ optimizer and schedule), `datasets` (the official augmentation), the callbacks i
 from keras_fastfcn.train import callbacks
 from keras_fastfcn.train.config import (CONFIG_DIR, DEFAULTS, effective_lr, load_config,
                                         resolve_config_path)
-from keras_fastfcn.train.distribute import (STRATEGIES, is_chief, make_strategy,
+from keras_fastfcn.train.distribute import (STRATEGIES, Replicas, is_chief, make_strategy,
                                             synchronize_batchnorm)
 from keras_fastfcn.train.runner import (build_segmenter, compile_segmenter, datasets,
-                                        final_evaluation, run)
+                                        final_evaluation, input_loader, run)
 
-__all__ = ["CONFIG_DIR", "DEFAULTS", "STRATEGIES", "build_segmenter", "callbacks",
-           "compile_segmenter", "datasets", "effective_lr", "final_evaluation", "is_chief",
+__all__ = ["CONFIG_DIR", "DEFAULTS", "Replicas", "STRATEGIES", "build_segmenter", "callbacks",
+           "compile_segmenter", "datasets", "effective_lr", "final_evaluation", "input_loader",
+           "is_chief",
            "load_config", "make_strategy", "resolve_config_path", "run",
            "synchronize_batchnorm"]

@@ -40,6 +40,9 @@ DEFAULTS = {
         "base_size": 520,
         "crop_size": 480,
         "scale_range": [0.5, 2.0],
+        # tf.data where TensorFlow is installed (any backend), else the Python
+        # PyDataset of data.pyloader (the official PIL transforms); or force either.
+        "loader": "auto",
     },
     "train": {
         "epochs": 80,
@@ -69,6 +72,7 @@ RENAMED = {("model", "backbone"): "encoder", ("model", "backbone_weights"): "enc
 # Keys whose value is a free-form mapping (not checked key by key).
 _FREE_FORM = {("data", "options")}
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+LOADERS = ("auto", "tf", "python")
 
 
 def effective_lr(train):
@@ -242,6 +246,8 @@ def _check_values(cfg, path):
             f"{path}: train.mixed_precision must be one of {MIXED_PRECISION}, "
             f"got {train['mixed_precision']!r}."
         )
+    if data["loader"] not in LOADERS:
+        raise ValueError(f"{path}: data.loader must be one of {LOADERS}, got {data['loader']!r}.")
     if model["output_stride"] not in (None, 8, 16, 32):
         raise ValueError(f"{path}: model.output_stride must be 8, 16, 32 or null, "
                          f"got {model['output_stride']!r}.")

@@ -1,35 +1,59 @@
-"""`tf.distribute` strategies for training: one device, all local GPUs, or a cluster."""
+"""Where a training run's replicas are: `tf.distribute` strategies on TensorFlow,
+`keras.distribution.DataParallel` on JAX.
 
+`make_strategy(name)` builds what the backend uses and `Replicas` wraps either for
+the runner (scope, replica count, chief, name), so `keras-fastfcn train` is one code
+path on both backends. On JAX every local device gets a slice of each batch inside
+one XLA program: BatchNorm's batch statistics are computed over the global batch
+(the official SyncBN) without any setting.
+"""
+
+import contextlib
 import json
 import os
 
-import tensorflow as tf
+import keras
+import numpy as np
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 def make_strategy(name="default", cpu_devices=None):
-    """Builds the `tf.distribute` strategy; call it before any other TensorFlow op.
+    """Builds the backend's data-parallel setup; call it before any other TensorFlow or JAX op.
+
+    TensorFlow: a `tf.distribute` strategy. JAX: a `keras.distribution.DataParallel`
+    over the local devices, or None for a single device (`"default"` and
+    `"mirrored"` both take every local device; `"multiworker"` is TensorFlow's).
 
     Args:
-        name: `"default"` (one device), `"mirrored"` (all GPUs, or `cpu_devices`
-            logical CPU devices when there is no GPU or `cpu_devices` is given: how
-            CI tests synchronous data parallelism), or `"multiworker"`
-            (`MultiWorkerMirroredStrategy`, cluster from the `TF_CONFIG` variable).
-        cpu_devices: int >= 1, number of logical CPU devices for `"mirrored"`.
+        name: `"default"` (TensorFlow: one device; JAX: all local devices),
+            `"mirrored"` (all GPUs, or `cpu_devices` logical CPU devices when there
+            is no GPU or `cpu_devices` is given: how CI tests synchronous data
+            parallelism), or `"multiworker"` (TensorFlow
+            `MultiWorkerMirroredStrategy`, cluster from the `TF_CONFIG` variable).
+        cpu_devices: int >= 1, number of (logical) CPU devices to train on.
 
     Returns:
-        A `tf.distribute.Strategy`.
+        A `tf.distribute.Strategy` (TensorFlow), or a `keras.distribution.DataParallel`
+        or None (JAX).
 
     Example:
     >>> strategy = make_strategy("mirrored", cpu_devices=2)
-    >>> strategy.num_replicas_in_sync
+    >>> Replicas(strategy).count
     2
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}: expected one of {STRATEGIES}.")
     if cpu_devices is not None and (isinstance(cpu_devices, bool) or int(cpu_devices) < 1):
         raise ValueError(f"cpu_devices must be an int >= 1, got {cpu_devices!r}.")
+    backend = keras.config.backend()
+    if backend == "jax":
+        return _jax_distribution(name, cpu_devices)
+    if backend != "tensorflow":
+        raise ValueError(f"keras-fastfcn train runs on the tensorflow and jax backends of Keras, "
+                         f"not {backend!r} (set KERAS_BACKEND).")
+    import tensorflow as tf
+
     if cpu_devices is not None and cpu_devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
@@ -52,6 +76,102 @@ def make_strategy(name="default", cpu_devices=None):
     return tf.distribute.MirroredStrategy(devices=devices)
 
 
+def _jax_distribution(name, cpu_devices):
+    if name == "multiworker":
+        raise ValueError(
+            "--strategy multiworker is TensorFlow's MultiWorkerMirroredStrategy (TF_CONFIG); "
+            "on JAX, keras-fastfcn train uses the local devices of one process "
+            "(keras.distribution.DataParallel): drop --strategy, or set KERAS_BACKEND=tensorflow.")
+    if cpu_devices is not None and cpu_devices > 1:
+        # XLA makes N host devices only if told before JAX starts its CPU backend.
+        flag = f"--xla_force_host_platform_device_count={int(cpu_devices)}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        import jax
+
+        found = len(jax.devices("cpu"))
+        if found != cpu_devices:
+            raise RuntimeError(f"JAX started with {found} CPU device(s) before make_strategy "
+                               f"could ask for {cpu_devices}; call make_strategy first.")
+        devices = [f"cpu:{i}" for i in range(cpu_devices)]
+    elif cpu_devices == 1:
+        devices = ["cpu:0"]
+    else:
+        devices = keras.distribution.list_devices()
+    if len(devices) < 2:
+        return None
+    return keras.distribution.DataParallel(devices=devices)
+
+
+class Replicas:
+    """A run's replicas on either backend (what `make_strategy` returned, or the current one).
+
+    Args:
+        strategy: TensorFlow: a `tf.distribute.Strategy` (None: the current one).
+            JAX: a `keras.distribution.DataParallel` (None: the global one set with
+            `keras.distribution.set_distribution`, if any, else one device).
+
+    Attributes:
+        strategy: what was passed (or found).
+        count: number of replicas (devices sharing each batch).
+        name: the strategy's class name, for messages.
+
+    Example:
+    >>> replicas = Replicas(make_strategy("mirrored", cpu_devices=2))
+    >>> with replicas.scope():
+    ...     model = build_segmenter(cfg, source)
+    """
+
+    def __init__(self, strategy=None):
+        self.backend = keras.config.backend()
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            self.strategy = strategy or tf.distribute.get_strategy()
+            if not isinstance(self.strategy, tf.distribute.Strategy):
+                raise ValueError(f"On TensorFlow, strategy must be a tf.distribute.Strategy, "
+                                 f"got {type(strategy).__name__}.")
+            self.count = self.strategy.num_replicas_in_sync
+        else:
+            # keras.distribution exports no common base class of its distributions.
+            known = (keras.distribution.DataParallel, keras.distribution.ModelParallel)
+            if strategy is not None and not isinstance(strategy, known):
+                raise ValueError(f"On {self.backend}, strategy must be a keras.distribution "
+                                 f"DataParallel or ModelParallel, or None, got "
+                                 f"{type(strategy).__name__}.")
+            self.strategy = strategy if strategy is not None else keras.distribution.distribution()
+            self.count = (int(np.prod(self.strategy.device_mesh.shape))
+                          if self.strategy is not None else 1)
+        self.name = type(self.strategy).__name__ if self.strategy is not None else "OneDevice"
+
+    def scope(self):
+        """Context for building, compiling and fitting the model."""
+        if self.strategy is None:
+            return contextlib.nullcontext()
+        return self.strategy.scope()
+
+    def fit_scope(self):
+        """Context for `fit`: JAX shards each batch over the distribution in scope
+        (TensorFlow's `fit` finds the strategy the model was built in)."""
+        if self.backend == "tensorflow":
+            return contextlib.nullcontext()
+        return self.scope()
+
+    @property
+    def chief(self):
+        """Whether this process writes checkpoints and results."""
+        if self.backend == "tensorflow":
+            return is_chief(self.strategy)
+        if self.backend == "jax":
+            import jax
+
+            return jax.process_index() == 0
+        return True
+
+    @property
+    def multiworker(self):
+        return self.backend == "tensorflow" and is_multiworker(self.strategy)
+
+
 def synchronize_batchnorm(model, strategy):
     """Makes every BatchNormalization of `model` compute its batch statistics over all
     replicas of `strategy` in training (the official SyncBN), when there are several.
@@ -66,8 +186,6 @@ def synchronize_batchnorm(model, strategy):
     >>> synchronize_batchnorm(seg, strategy)
     150
     """
-    import keras
-
     from keras_fastfcn._keras_private import all_layers
 
     if strategy.num_replicas_in_sync < 2:
@@ -120,4 +238,6 @@ def is_chief(strategy):
 
 def is_multiworker(strategy):
     """Whether `strategy` spans several processes (Keras needs a workaround there)."""
+    import tensorflow as tf
+
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

@@ -10,8 +10,16 @@ loss + 0.2 x SE loss, best model by (pixAcc + mIoU) / 2 on the validation set.
 users who assemble their own loop: `build_segmenter`, `compile_segmenter` (the
 official optimizer and schedule), `datasets` (the official augmentation) and the
 callbacks of `keras_fastfcn.train.callbacks`.
+
+Backends: TensorFlow (`tf.distribute` strategies, SyncBN by `synchronized=True`) and
+JAX (`keras.distribution.DataParallel` over the local devices; batch statistics over
+the global batch). Both read `tf.data` where TensorFlow is installed and the Python
+loader (`data.pyloader`) where it is not (`data.loader` in the config). The files a
+run writes are the same on both: a `.keras` file trained on JAX loads, evaluates and
+exports in a TensorFlow process.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +27,6 @@ import sys
 from typing import Optional, Sequence, Union
 
 import keras
-import tensorflow as tf
 
 from keras_fastfcn import _keras_private, data
 from keras_fastfcn._keras_private import all_layers
@@ -30,7 +37,7 @@ from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter, registr
 from keras_fastfcn.optimizers import PolyDecay, SegmentationSGD
 from keras_fastfcn.train.callbacks import BestModel, HistoryCSV, OfficialScore, ResumableBackup
 from keras_fastfcn.train.config import effective_lr, load_config
-from keras_fastfcn.train.distribute import is_chief, is_multiworker
+from keras_fastfcn.train.distribute import Replicas
 
 
 def build_segmenter(cfg, source):
@@ -67,13 +74,50 @@ def compile_segmenter(model, cfg, total_steps):
     return model
 
 
-def datasets(cfg, source, global_batch, skip_steps=0):
-    """`(train, val)` tf.data pipelines: official augmentation, `(images, masks)` batches.
+def _has_tensorflow():
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
-    The training stream repeats forever from step `skip_steps` (a resumed run
-    continues where it stopped); both are sharded by data across replicas.
+
+def input_loader(setting="auto"):
+    """`"tf"` or `"python"`: the input pipeline a config's `data.loader` selects.
+
+    `"auto"` is tf.data where TensorFlow is installed, else the Python loader.
+    """
+    has_tf = _has_tensorflow()
+    if setting == "auto":
+        return "tf" if has_tf else "python"
+    if setting == "tf" and not has_tf:
+        raise ValueError("data.loader: tf needs TensorFlow (pip install tensorflow); "
+                         "data.loader: python reads without it.")
+    return setting
+
+
+def datasets(cfg, source, global_batch, skip_steps=0):
+    """`(train, val)` input pipelines: official augmentation, `(images, masks)` batches.
+
+    tf.data pipelines (`data.pipelines`, sharded by data across replicas) or, with
+    `data.loader: python` or no TensorFlow installed, `keras.utils.PyDataset`s
+    (`data.pyloader`). The training stream repeats forever from step `skip_steps`
+    (a resumed run continues where it stopped).
     """
     d, t = cfg["data"], cfg["train"]
+    if input_loader(d["loader"]) == "python":
+        from keras_fastfcn.data.pyloader import EvalBatches, TrainBatches
+
+        train = TrainBatches(source, d["train_split"], d["crop_size"], d["base_size"],
+                             global_batch, seed=t["seed"], scale_range=tuple(d["scale_range"]),
+                             skip_batches=skip_steps)
+        val = EvalBatches(source, d["val_split"], t["val_batch_size"] or global_batch,
+                          d["crop_size"])
+        return train, val
+    import tensorflow as tf
+
+    if keras.config.backend() != "tensorflow":
+        # tf.data only feeds the host: keep TensorFlow off the GPUs JAX trains on.
+        tf.config.set_visible_devices([], "GPU")
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train = data.train_pipeline(
@@ -94,7 +138,7 @@ def _verbose(setting):
     return setting
 
 
-def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = None,
+def run(config: Union[str, dict], strategy=None,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         overrides: Sequence[str] = ()) -> dict:
     """Runs (or resumes) the training run described by a config.
@@ -108,7 +152,9 @@ def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = N
 
     Args:
         config: a dict from `load_config`, or a config path / bundled name.
-        strategy: a `tf.distribute.Strategy` (default: the current one).
+        strategy: TensorFlow: a `tf.distribute.Strategy` (default: the current
+            one); JAX: a `keras.distribution.DataParallel` (default: the global
+            one, else one device). `make_strategy` builds either.
         callbacks: more Keras callbacks for `fit`.
         overrides: `"section.key=value"` strings when `config` is a path or name.
 
@@ -121,8 +167,8 @@ def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = N
     ['epochs', 'model_path', 'name']
     """
     cfg = config if isinstance(config, dict) else load_config(config, overrides)
-    strategy = strategy or tf.distribute.get_strategy()
-    chief = is_chief(strategy)
+    replicas = Replicas(strategy)
+    chief = replicas.chief
     t, d = cfg["train"], cfg["data"]
     out = cfg["output_dir"]
 
@@ -147,13 +193,16 @@ def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = N
     if t["mixed_precision"]:
         keras.mixed_precision.set_global_policy(t["mixed_precision"])
 
-    with strategy.scope():
+    with replicas.scope():
         model = build_segmenter(cfg, source)
         compile_segmenter(model, cfg, epochs * steps_per_epoch)  # synchronizes BatchNorm
         synced = sum(getattr(layer, "synchronized", False) for layer in all_layers(model))
         if synced:
-            print(f"BatchNorm synchronized across {strategy.num_replicas_in_sync} "
+            print(f"BatchNorm synchronized across {replicas.count} "
                   f"replicas ({synced} layers; train.sync_batchnorm: false to turn off)")
+        elif replicas.backend == "jax" and replicas.count > 1:
+            print(f"BatchNorm statistics over the global batch of {replicas.count} devices "
+                  "(one XLA program under DataParallel: the official SyncBN)")
         model.optimizer.build(model.trainable_variables)
 
     backup_dir = os.path.join(out, "backup")
@@ -178,7 +227,10 @@ def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = N
                              history=history, best=best)
     fit_callbacks = [OfficialScore()]
     if chief:  # other workers would write the same files
-        fit_callbacks += [best, history, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+        fit_callbacks += [best, history]
+        # Keras' TensorBoard callback writes through tf.summary.
+        if _has_tensorflow():
+            fit_callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs")))
     fit_callbacks += list(callbacks) + [backup]
 
     # A resumed epoch runs its remaining steps in a first fit() call; the data
@@ -193,14 +245,16 @@ def run(config: Union[str, dict], strategy: Optional[tf.distribute.Strategy] = N
     for first, last, steps, offset in phases:
         train_ds, val_ds = datasets(cfg, source, global_batch, first * steps_per_epoch + offset)
         backup.step_offset = offset
-        if is_multiworker(strategy):
+        if replicas.multiworker:
             _keras_private.patch_multiworker_fit(model, next(iter(train_ds.take(1))))
-        model.fit(
-            train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps,
-            shuffle=False, validation_data=val_ds, callbacks=fit_callbacks,
-            verbose=_verbose(t["verbose"]))
+        with replicas.fit_scope():
+            model.fit(
+                train_ds, epochs=last, initial_epoch=first, steps_per_epoch=steps,
+                shuffle=False, validation_data=val_ds, callbacks=fit_callbacks,
+                verbose=_verbose(t["verbose"]))
 
-    results = {"name": cfg["name"], "steps": int(model.optimizer.iterations.numpy()),
+    steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    results = {"name": cfg["name"], "steps": steps_done,
                "epochs": epochs, "steps_per_epoch": steps_per_epoch}
     results.update(final_evaluation(model, source, d["val_split"]))
     if chief:
@@ -221,7 +275,7 @@ def final_evaluation(model, source, split):
         `val_pixAcc`, `val_mIoU` (official, all classes), `val_mIoU_present` and
         `val_IoU_per_class`.
     """
-    res = evaluate_dataset(Predictor(model), source.dataset(split), model.num_classes,
+    res = evaluate_dataset(Predictor(model), source.examples(split), model.num_classes,
                            ignore_label=source.ignore_label, verbose=0)
     return {"val_pixAcc": float(res["pixAcc"]), "val_mIoU": float(res["mIoU"]),
             "val_mIoU_present": float(res["mIoU_present"]),

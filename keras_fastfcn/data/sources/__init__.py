@@ -34,7 +34,6 @@ from keras_fastfcn.data.sources.demo import DemoSource
 from keras_fastfcn.data.sources.base import IGNORE_LABEL, Source, label_lut, lazy_parts
 from keras_fastfcn.data.sources.files import (FileSource, ade20k_source, camvid_source,
                                               folder_source, voc_source)
-from keras_fastfcn.data.sources.tfds import TfdsSource
 
 __all__ = ["Source", "FileSource", "TfdsSource", "DemoSource", "get_source", "folder_source",
            "camvid_source", "voc_source", "ade20k_source", "SPECS", "IGNORE_LABEL",
@@ -51,8 +50,22 @@ _FACTORIES = {
     "folder": (folder_source, True),
     "voc": (voc_source, True),
     "ade20k": (ade20k_source, True),
-    "tfds": (TfdsSource, True),
+    "tfds": (None, True),  # TfdsSource, imported on use
 }
+
+
+def _tfds_source():
+    # tensorflow-datasets (and TensorFlow) load only for tfds specs: the file and demo
+    # sources also serve hosts without TensorFlow (JAX training, data.pyloader).
+    from keras_fastfcn.data.sources.tfds import TfdsSource
+
+    return TfdsSource
+
+
+def __getattr__(name):
+    if name == "TfdsSource":
+        return _tfds_source()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _accepted_options(factory):
@@ -94,6 +107,7 @@ def get_source(spec, **options):
     if kind not in _FACTORIES:
         raise ValueError(f"unknown dataset {spec!r}: expected one of {', '.join(SPECS)}.")
     factory, needs_arg = _FACTORIES[kind]
+    factory = factory or _tfds_source()
     if needs_arg and not arg:
         raise ValueError(f"dataset {spec!r} needs an argument: {kind}:"
                          f"{'NAME' if kind == 'tfds' else 'PATH'}.")

@@ -80,6 +80,27 @@ class Source(abc.ABC):
     def num_examples(self, split):
         """Number of examples in `split` (None if unknown)."""
 
+    def example(self, split, index):
+        """Example `index` of `split` as numpy `(image uint8 (H, W, 3), label int32 (H, W))`.
+
+        Random access without TensorFlow: the Python input pipeline
+        (`keras_fastfcn.data.pyloader`, for hosts with JAX or PyTorch and no
+        TensorFlow) reads through it. File and demo sources have it; others need
+        TensorFlow's `dataset()`.
+        """
+        raise ValueError(
+            f"dataset {self.name!r} ({type(self).__name__}) is read through tf.data only: "
+            "install tensorflow, or use a folder, camvid, voc, ade20k or demo source.")
+
+    def examples(self, split):
+        """Iterates `split` in order as numpy `(image, label)` pairs: through `example()`
+        where the source has it (no TensorFlow needed), else through `dataset()`."""
+        if type(self).example is Source.example:
+            yield from self.dataset(split).as_numpy_iterator()
+            return
+        for index in range(self.num_examples(split)):
+            yield self.example(split, index)
+
     def verify(self, split):
         """Reads every example of `split`; raises `DataError` naming the first bad one.
 

@@ -26,7 +26,6 @@ import pathlib
 import zlib
 
 import numpy as np
-import tensorflow as tf
 
 from keras_fastfcn.data import palettes
 from keras_fastfcn.fileio import atomic_path
@@ -209,7 +208,13 @@ class DemoSource(Source):
     def num_examples(self, split):
         return self._counts[self._split(split)]
 
+    def example(self, split, index):
+        images, labels = self.arrays(split)
+        return images[index], labels[index].astype(np.int32)
+
     def dataset(self, split):
+        import tensorflow as tf
+
         images, labels = self.arrays(split)
         images_t, labels_t = tf.constant(images), tf.constant(labels)
         keys = tf.data.Dataset.range(len(images))

@@ -4,7 +4,6 @@ import os
 import pathlib
 
 import numpy as np
-import tensorflow as tf
 
 from keras_fastfcn.data import palettes
 from keras_fastfcn.data.errors import DataError, tagged
@@ -79,7 +78,12 @@ class FileSource(Source):
             # translate_errors() recover the message.
             raise ValueError(tagged(str(err))) from None
 
+    def example(self, split, index):
+        return self.load_example(*self._pairs[self._split(split)][index])
+
     def dataset(self, split):
+        import tensorflow as tf
+
         pairs = self._pairs[self._split(split)]
         keys = tf.data.Dataset.from_tensor_slices(
             ([p[0] for p in pairs], [p[1] for p in pairs]))
