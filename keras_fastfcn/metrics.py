@@ -248,11 +248,13 @@ class PixelAccuracy(keras.metrics.Metric):
     def __init__(self, ignore_class=IGNORE_LABEL, name="pixel_accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype or "float32")
         self.ignore_class = ignore_class
-        # int64 counts stay exact past float32's 2**24 (on TensorFlow; JAX without
-        # x64 stores int32).
-        self.correct = self.add_variable(shape=(), initializer="zeros", dtype="int64",
+        # Integer counts stay exact past float32's 2**24: int64, or int32 (2**31 pixels,
+        # about 9000 crops of 480x480 per epoch) on JAX, whose default has no 64-bit types.
+        self._count, self._ratio = (("int32", "float32") if keras.config.backend() == "jax"
+                                    else ("int64", "float64"))
+        self.correct = self.add_variable(shape=(), initializer="zeros", dtype=self._count,
                                          name="correct")
-        self.labeled = self.add_variable(shape=(), initializer="zeros", dtype="int64",
+        self.labeled = self.add_variable(shape=(), initializer="zeros", dtype=self._count,
                                          name="labeled")
         self._direction = "up"
 
@@ -267,13 +269,13 @@ class PixelAccuracy(keras.metrics.Metric):
             weight = ops.reshape(ops.convert_to_tensor(sample_weight), (-1,))
             mask = ops.logical_and(mask, ops.broadcast_to(weight > 0, ops.shape(mask)))
         hits = ops.logical_and(mask, ops.equal(y_true, y_pred))
-        self.correct.assign(self.correct + ops.sum(ops.cast(hits, "int64")))
-        self.labeled.assign(self.labeled + ops.sum(ops.cast(mask, "int64")))
+        self.correct.assign(self.correct + ops.sum(ops.cast(hits, self._count)))
+        self.labeled.assign(self.labeled + ops.sum(ops.cast(mask, self._count)))
 
     def result(self):
         ops = keras.ops
-        correct = ops.cast(self.correct, "float64")
-        labeled = ops.cast(self.labeled, "float64")
+        correct = ops.cast(self.correct, self._ratio)
+        labeled = ops.cast(self.labeled, self._ratio)
         return ops.cast(correct / ops.maximum(labeled, 1.0), self.dtype)
 
     def reset_state(self):

@@ -59,6 +59,21 @@ def test_eval_batches_and_their_errors():
         EvalBatches(source, "val", batch_size=2, crop_size=None)
 
 
+@pytest.mark.parametrize("loader", ["python", "tf"])
+def test_last_validation_batch_padded_for_even_device_split(loader):
+    from keras_fastfcn import train
+
+    cfg = train.load_config("demo", ["data.options.size=64", "data.options.num_val=7",
+                                     "data.crop_size=32", f"data.loader={loader}"])
+    source = data.get_source("demo", **cfg["data"]["options"])
+    _, val = train.datasets(cfg, source, 4, val_multiple=2)
+    batches = [tuple(np.asarray(t) for t in b) for b in (val if loader == "tf" else
+                                                         (val[i] for i in range(len(val))))]
+    assert [b[0].shape[0] for b in batches] == [4, 4]  # 7 images: 4 + 3 padded to 4
+    assert (batches[-1][1][3] == 255).all() and (batches[-1][0][3] == 0).all()
+    assert not (batches[-1][1][2] == 255).all()
+
+
 def test_sources_without_random_access_name_the_fix():
     class Streaming(data.Source):
         def dataset(self, split):

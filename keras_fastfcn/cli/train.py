@@ -54,6 +54,7 @@ def run(args):
         print(f"Final model: {results['model_path']}")
         print(f"Best model:  {os.path.join(out, 'best.keras')}")
         print(f"Results:     {os.path.join(out, 'results.json')}")
-        print(f"TensorBoard: tensorboard --logdir {os.path.join(out, 'logs')}")
+        if os.path.isdir(os.path.join(out, "logs")):  # written where TensorFlow is installed
+            print(f"TensorBoard: tensorboard --logdir {os.path.join(out, 'logs')}")
     sys.stdout.flush()
     return 0

@@ -184,17 +184,20 @@ class EvalBatches(keras.utils.PyDataset):
         batch_size: images per batch; with `crop_size=None` (whole images of any
             size) it must be 1.
         crop_size: output size, or None for the whole images.
+        pad_to: the last batch is padded to a multiple of this with blank images
+            labelled 255 (ignored by every score): JAX's DataParallel splits each
+            batch evenly over its devices.
         workers: threads (default: up to 8).
     """
 
-    def __init__(self, source, split, batch_size=1, crop_size=None, workers=None):
+    def __init__(self, source, split, batch_size=1, crop_size=None, pad_to=1, workers=None):
         super().__init__(workers=workers or _workers(), use_multiprocessing=False,
                          max_queue_size=16)
         if crop_size is None and batch_size != 1:
             raise ValueError("EvalBatches of whole images (crop_size=None) need batch_size=1.")
         self.source, self.split = source, split
         self.count = int(source.num_examples(split) or 0)
-        self.batch_size, self.crop_size = int(batch_size), crop_size
+        self.batch_size, self.crop_size, self.pad_to = int(batch_size), crop_size, int(pad_to)
 
     @property
     def num_batches(self):
@@ -207,4 +210,10 @@ class EvalBatches(keras.utils.PyDataset):
         start = int(index) * self.batch_size
         pairs = [val_example(*self.source.example(self.split, i), self.crop_size)
                  for i in range(start, min(start + self.batch_size, self.count))]
-        return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+        images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        extra = -len(pairs) % self.pad_to
+        if extra:
+            images = np.concatenate([images, np.zeros((extra,) + images.shape[1:], images.dtype)])
+            labels = np.concatenate([labels, np.full((extra,) + labels.shape[1:], IGNORE_LABEL,
+                                                     labels.dtype)])
+        return images, labels

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import keras
 
@@ -95,13 +95,18 @@ def input_loader(setting="auto"):
     return setting
 
 
-def datasets(cfg, source, global_batch, skip_steps=0):
+def datasets(cfg, source, global_batch, skip_steps=0, val_multiple=1):
     """`(train, val)` input pipelines: official augmentation, `(images, masks)` batches.
 
     tf.data pipelines (`data.pipelines`, sharded by data across replicas) or, with
     `data.loader: python` or no TensorFlow installed, `keras.utils.PyDataset`s
     (`data.pyloader`). The training stream repeats forever from step `skip_steps`
     (a resumed run continues where it stopped).
+
+    Args:
+        val_multiple: the last validation batch is padded to a multiple of this with
+            blank images labelled 255 (ignored: pixAcc, mIoU and the score are
+            unchanged). JAX's DataParallel splits every batch evenly over its devices.
     """
     d, t = cfg["data"], cfg["train"]
     if input_loader(d["loader"]) == "python":
@@ -111,7 +116,7 @@ def datasets(cfg, source, global_batch, skip_steps=0):
                              global_batch, seed=t["seed"], scale_range=tuple(d["scale_range"]),
                              skip_batches=skip_steps)
         val = EvalBatches(source, d["val_split"], t["val_batch_size"] or global_batch,
-                          d["crop_size"])
+                          d["crop_size"], pad_to=val_multiple)
         return train, val
     import tensorflow as tf
 
@@ -127,6 +132,13 @@ def datasets(cfg, source, global_batch, skip_steps=0):
     val = data.eval_pipeline(source.dataset(d["val_split"]),
                              batch_size=t["val_batch_size"] or global_batch,
                              crop_size=d["crop_size"])
+    if val_multiple > 1:
+        def pad(images, labels):
+            extra = (-tf.shape(images)[0]) % val_multiple
+            return (tf.pad(images, [[0, extra], [0, 0], [0, 0], [0, 0]]),
+                    tf.pad(labels, [[0, extra], [0, 0], [0, 0]], constant_values=255))
+
+        val = val.map(pad)
     return (train.with_options(options).prefetch(tf.data.AUTOTUNE),
             val.with_options(options).prefetch(tf.data.AUTOTUNE))
 
@@ -186,6 +198,12 @@ def run(config: Union[str, dict], strategy=None,
             f"Cannot infer steps per epoch: {n_train} training images for a batch of "
             f"{global_batch}; set train.steps_per_epoch or a smaller train.batch_size.")
     epochs = t["epochs"]
+    # JAX's DataParallel gives every device an equal slice of each batch.
+    even = replicas.count if replicas.backend == "jax" else 1
+    for key, size in (("batch_size", global_batch), ("val_batch_size", t["val_batch_size"])):
+        if size and size % even:
+            raise ValueError(f"train.{key}={size} does not split evenly over the "
+                             f"{even} devices of this run; use a multiple of {even}.")
     if chief:
         os.makedirs(out, exist_ok=True)
         remove_stale_temporaries(out)
@@ -243,7 +261,8 @@ def run(config: Union[str, dict], strategy=None,
         if start_epoch < epochs:
             phases.append((start_epoch, epochs, steps_per_epoch, 0))
     for first, last, steps, offset in phases:
-        train_ds, val_ds = datasets(cfg, source, global_batch, first * steps_per_epoch + offset)
+        train_ds, val_ds = datasets(cfg, source, global_batch, first * steps_per_epoch + offset,
+                                    val_multiple=even)
         backup.step_offset = offset
         if replicas.multiworker:
             _keras_private.patch_multiworker_fit(model, next(iter(train_ds.take(1))))
