@@ -13,6 +13,11 @@ Each configuration runs in its own process (clean GPU memory statistics):
   peak memory of a training step with `torch.cuda.max_memory_allocated`. Its
   Encoding layer uses broadcasting instead of the official CUDA kernel.
 
+Batch and precision axis (`--batches 1,16 --precisions fp32,bf16 --configs batch`):
+inference images/s of every batch size at fp32 and bf16 (Keras `mixed_bfloat16`
+policy; PyTorch `torch.autocast("cuda", torch.bfloat16)`), for JPU and dilated OS8 on
+the official deep-stem ResNet-50, and the training step at `--batch` (crop `--crop`).
+
 Usage (on the GPU machine, with keras/namex/optree importable):
     python benchmarks/gpu_jax.py --out results.jsonl --budget 480
     # peak memory without XLA's autotuning workspaces (see benchmarks/GPU.md):
@@ -42,6 +47,12 @@ CONFIGS = [
     ("jax", "encnet", "resnet50", "jpu_x"), ("jax", "encnet", "resnet50", "os16"),
     ("jax", "fcn", "resnet50", "jpu"), ("jax", "fcn", "resnet50", "os8"),
 ]
+# The batch/precision table (benchmarks/GPU.md): the official backbone in both frameworks.
+BATCH_CONFIGS = [
+    ("torch", "encnet", "resnet50s", "jpu"), ("torch", "encnet", "resnet50s", "os8"),
+    ("jax", "encnet", "resnet50s", "jpu"), ("jax", "encnet", "resnet50s", "os8"),
+    ("jax", "encnet", "resnet50", "jpu"), ("jax", "encnet", "resnet50", "os8"),
+]
 # Memory-only runs turn XLA's convolution autotuning off: its trial workspaces
 # otherwise set `peak_bytes_in_use` (about 33 GB on an H200 whatever the model).
 MEMORY_ONLY = os.environ.get("GPU_BENCH_MEMORY_ONLY") == "1"
@@ -49,18 +60,30 @@ UPSAMPLERS = {"jpu": ("jpu", None), "jpu_x": ("jpu_x", None), "os8": (None, 8),
               "os16": (None, 16), "os32": (None, 32)}
 
 
-def _fps_protocol(run_once, sync):
+def _fps_protocol(run_once, sync, rounds_count=10):
     for _ in range(10):
         run_once()
     sync()
     rounds = []
-    for _ in range(10):
+    for _ in range(rounds_count):
         start = time.perf_counter()
         for _ in range(10):
             run_once()
         sync()
         rounds.append(10 / (time.perf_counter() - start))
-    return sum(rounds) / len(rounds), (sum((r - sum(rounds) / 10) ** 2 for r in rounds) / 10) ** 0.5
+    mean = sum(rounds) / len(rounds)
+    return mean, (sum((r - mean) ** 2 for r in rounds) / len(rounds)) ** 0.5
+
+
+def _axis(result, precision, batch, calls_per_s, std):
+    """One inference cell: calls/s of a batch -> latency and images/s."""
+    result[f"{precision}_b{batch}"] = {"latency_ms": 1000 / calls_per_s,
+                                       "images_per_s": calls_per_s * batch,
+                                       "std_calls_per_s": std}
+
+
+BATCHES = (1,)
+PRECISIONS = ("fp32",)
 
 
 def run_jax(head, backbone, upsampler, size, crop, batch, classes=59):
@@ -117,25 +140,33 @@ def run_jax(head, backbone, upsampler, size, crop, batch, classes=59):
     if MEMORY_ONLY:
         return result
     del model, tv, ntv, tv2, ntv2
-    # --- inference
-    model = kf.FastFCN(num_classes=classes, head=head, backbone=backbone, upsampler=up,
-                       output_stride=stride)
-    tv = [v.value for v in model.trainable_variables]
-    ntv = [v.value for v in model.non_trainable_variables]
-    image = jnp.asarray(rng.uniform(0, 255, (1, size, size, 3)).astype("float32"))
-    forward = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
-    out = [None]
+    # --- inference, every precision x batch
+    for precision in PRECISIONS:
+        keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+        model = kf.FastFCN(num_classes=classes, head=head, backbone=backbone, upsampler=up,
+                           output_stride=stride)
+        tv = [v.value for v in model.trainable_variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+        forward = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+        for b in BATCHES:
+            image = jnp.asarray(rng.uniform(0, 255, (b, size, size, 3)).astype("float32"))
+            out = [None]
 
-    def once():
-        out[0] = forward(tv, ntv, image)
+            def once():
+                out[0] = forward(tv, ntv, image)
 
-    start = time.perf_counter()
-    once()
-    out[0].block_until_ready()
-    result["infer_compile_s"] = time.perf_counter() - start
-    fps, std = _fps_protocol(once, lambda: out[0].block_until_ready())
-    result.update(fps=fps, fps_std=std, latency_ms=1000 / fps,
-                  params=int(sum(np.prod(v.shape) for v in model.weights)))
+            start = time.perf_counter()
+            once()
+            out[0].block_until_ready()
+            result[f"infer_compile_s_{precision}_b{b}"] = time.perf_counter() - start
+            fps, std = _fps_protocol(once, lambda: out[0].block_until_ready(),
+                                     rounds_count=10 if b == 1 else 3)
+            _axis(result, precision, b, fps, std)
+            if precision == "fp32" and b == 1:
+                result.update(fps=fps, fps_std=std, latency_ms=1000 / fps)
+        result["params"] = int(sum(np.prod(v.shape) for v in model.weights))
+        del model, tv, ntv
+    keras.config.set_dtype_policy("float32")
     return result
 
 
@@ -187,11 +218,17 @@ def run_torch(head, backbone, upsampler, size, crop, batch, classes=59):
         torch.cuda.empty_cache()
     model = SegmentationModel(head, classes, DEPTHS[backbone], jpu=jpu, aux=False,
                               se_loss=head == "encnet").to(dev).eval()
-    image = torch.rand(1, 3, size, size, device=dev)
-    with torch.no_grad():
-        fps, std = _fps_protocol(lambda: model(image), sync)
-    result.update(fps=fps, fps_std=std, latency_ms=1000 / fps,
-                  params=int(sum(p.numel() for p in model.parameters())))
+    for precision in PRECISIONS:
+        for b in BATCHES:
+            image = torch.rand(b, 3, size, size, device=dev)
+            with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16,
+                                                 enabled=precision == "bf16"):
+                fps, std = _fps_protocol(lambda: model(image), sync,
+                                         rounds_count=10 if b == 1 else 3)
+            _axis(result, precision, b, fps, std)
+            if precision == "fp32" and b == 1:
+                result.update(fps=fps, fps_std=std, latency_ms=1000 / fps)
+    result["params"] = int(sum(p.numel() for p in model.parameters()))
     return result
 
 
@@ -204,7 +241,16 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--one", nargs=4, metavar=("FRAMEWORK", "HEAD", "BACKBONE", "UPSAMPLER"))
     parser.add_argument("--limit", type=int, default=len(CONFIGS))
+    parser.add_argument("--batches", default="1", help="inference batch sizes, e.g. 1,16")
+    parser.add_argument("--precisions", default="fp32", help="fp32 and/or bf16")
+    parser.add_argument("--configs", choices=("all", "batch"), default="all",
+                        help="all: the heads x backbones list; batch: BATCH_CONFIGS")
     args = parser.parse_args()
+    global BATCHES, PRECISIONS
+    BATCHES = tuple(int(b) for b in args.batches.split(","))
+    PRECISIONS = tuple(p.strip() for p in args.precisions.split(","))
+    if set(PRECISIONS) - {"fp32", "bf16"}:
+        parser.error(f"--precisions: fp32 and/or bf16, got {args.precisions}")
     if args.one:
         framework, head, backbone, upsampler = args.one
         fn = run_jax if framework == "jax" else run_torch
@@ -213,14 +259,17 @@ def main():
         return
     start = time.time()
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    for config in CONFIGS[:args.limit]:
+    configs = BATCH_CONFIGS if args.configs == "batch" else CONFIGS
+    for config in configs[:args.limit]:
         left = args.budget - (time.time() - start)
         if left < 30:
             print(f"budget spent, skipping {config}", flush=True)
             continue
         cmd = [sys.executable, __file__, "--out", args.out, "--size", str(args.size),
-               "--crop", str(args.crop), "--batch", str(args.batch), "--one", *config]
-        row = dict(zip(("framework", "head", "backbone", "upsampler"), config))
+               "--crop", str(args.crop), "--batch", str(args.batch), "--batches", args.batches,
+               "--precisions", args.precisions, "--one", *config]
+        row = dict(zip(("framework", "head", "backbone", "upsampler"), config),
+                   train_batch=args.batch, crop=args.crop, size=args.size)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=left)
             lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]

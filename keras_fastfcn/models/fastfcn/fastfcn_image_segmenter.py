@@ -206,7 +206,9 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                 several replicas, compute BatchNorm statistics over all of them (the
                 official SyncBN). Without it each replica also keeps moving
                 statistics of its own slice of the batch, and a saved model holds
-                the first replica's.
+                the first replica's. On JAX nothing to set: under
+                `keras.distribution.DataParallel` the statistics are those of the
+                whole batch already (one XLA program over all devices).
             **kwargs: other `keras.Model.compile` arguments.
 
         Example:
