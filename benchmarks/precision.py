@@ -5,13 +5,19 @@ For a trained model (default: a CamVid model from `keras-fastfcn train --config 
 - accuracy on the CamVid val split (pixAcc / mIoU, official definitions, whole images
   at their 360x480 size, single scale) and argmax agreement with the fp32 Keras model,
   for Keras fp32 / bf16 / fp16, TFLite fp32 / fp16 / int8 / int8_dynamic and ONNX
-  Runtime fp32 / int8 / int8_dynamic (int8 calibrated on CamVid train images);
+  Runtime fp32 / int8 / int8_dynamic (int8 calibrated on CamVid train images), and the
+  static int8 exports again with the layers of each `--keep-float` list left in float
+  (`keep_float` of the exporters: ONNX `nodes_to_exclude`, TFLite selective
+  quantization);
 - latency at `--size` (512x512 by default, batch 1, median of `--repeats`) of the same
   configurations, with the CPU model and its ISA flags.
 
 Writes `benchmarks/PRECISION.md` (a table) and prints it.
 
     python benchmarks/precision.py --model runs/camvid/model.keras --val-images 101
+    # only the int8 rows (Keras fp32 is always measured: the reference):
+    python benchmarks/precision.py --model m.keras --only tflite:int8,onnx:int8 \
+        --keep-float classifier,logits --keep-float encoding,classifier,logits
 """
 
 import argparse
@@ -31,14 +37,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_description():
+    """(`lscpu` model name and CPU count, the SIMD / AMX / FMA flags)."""
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     except OSError:
         return platform.processor(), []
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = fields.get("Flags", "").split()
-    isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni"))
+    isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")) or f == "f16c")
     return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPUs", isa
+
+
+FORMAT_KEYS = {"keras": "Keras", "tflite": "TFLite", "onnx": "ONNX Runtime"}
+
+
+def parse_only(text):
+    """`--only keras:bf16,onnx:int8` -> {("Keras", "bf16"), ("ONNX Runtime", "int8")}."""
+    if not text:
+        return None
+    out = set()
+    for item in text.split(","):
+        fmt, _, precision = item.strip().partition(":")
+        if fmt not in FORMAT_KEYS or not precision:
+            raise SystemExit(f"--only: expected FORMAT:PRECISION with FORMAT one of "
+                             f"{list(FORMAT_KEYS)}, got {item!r}")
+        out.add((FORMAT_KEYS[fmt], precision))
+    return out
 
 
 def confusion(pred, label, num_classes):
@@ -65,8 +89,20 @@ def main():
                         help="latency image size; 0: the val images' own size (reuses the "
                              "evaluated exports: half the conversions)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keep-float", action="append", default=[],
+                        help="comma list of Keras layer names kept in float in the static "
+                             "int8 exports (one more TFLite and ONNX int8 row per use)")
+    parser.add_argument("--only", default="",
+                        help="comma list of FORMAT:PRECISION rows to measure (keras, tflite, "
+                             "onnx; Keras fp32 is always measured: the reference)")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "PRECISION.md"))
     args = parser.parse_args()
+    only = parse_only(args.only)
+    keep_lists = [tuple(k.strip() for k in item.split(",") if k.strip())
+                  for item in args.keep_float]
+    if any(not keep for keep in keep_lists):
+        raise SystemExit("--keep-float: expected a comma list of layer names, e.g. "
+                         "classifier,logits")
 
     import keras  # noqa: F401
     import onnxruntime as ort
@@ -95,13 +131,14 @@ def main():
         predictor = inference.Predictor(m)
         return lambda x: np.asarray(predictor(x)).argmax(-1)
 
-    def tflite_runner(precision, h, w):
+    def tflite_runner(precision, h, w, keep=()):
         calib = calib_fixed if (h, w) == (height, width) else calibration_images(
             source, args.calibration_images, size=(h, w))
-        path = serving.export(model, os.path.join(work, f"m_{precision}_{h}.tflite"),
+        tag = "_".join(keep)
+        path = serving.export(model, os.path.join(work, f"m_{precision}_{h}{tag}.tflite"),
                               format="tflite", input_size=(h, w), precision=precision,
                               calibration=calib if precision == "int8" else None,
-                              probabilities=False)
+                              probabilities=False, keep_float=keep)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             interpreter = tf.lite.Interpreter(path, num_threads=threads)
@@ -110,15 +147,15 @@ def main():
 
     onnx_paths = {}
 
-    def onnx_runner(precision):
-        if precision not in onnx_paths:
-            onnx_paths[precision] = serving.export(
-                model, os.path.join(work, f"m_{precision}.onnx"), format="onnx",
-                precision=precision, probabilities=False,
-                calibration=calib_native if precision == "int8" else None)
+    def onnx_runner(precision, keep=()):
+        if (precision, keep) not in onnx_paths:
+            onnx_paths[precision, keep] = serving.export(
+                model, os.path.join(work, f"m_{precision}{'_'.join(keep)}.onnx"),
+                format="onnx", precision=precision, probabilities=False,
+                calibration=calib_native if precision == "int8" else None, keep_float=keep)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        session = ort.InferenceSession(onnx_paths[precision], options,
+        session = ort.InferenceSession(onnx_paths[precision, keep], options,
                                        providers=["CPUExecutionProvider"])
         return lambda x: session.run(["class_map"], {"images": x})[0]
 
@@ -129,10 +166,19 @@ def main():
                 for p in ("fp32", "fp16", "int8", "int8_dynamic")]
     configs += [("ONNX Runtime", p, lambda p=p: onnx_runner(p), lambda p=p: onnx_runner(p))
                 for p in ("fp32", "int8", "int8_dynamic")]
+    configs = [(fmt, p, (), e, b) for fmt, p, e, b in configs]
+    for keep in keep_lists:
+        configs += [("TFLite", "int8", keep,
+                     lambda k=keep: tflite_runner("int8", height, width, k),
+                     lambda k=keep: tflite_runner("int8", size, size, k)),
+                    ("ONNX Runtime", "int8", keep, lambda k=keep: onnx_runner("int8", k),
+                     lambda k=keep: onnx_runner("int8", k))]
+    if only is not None:
+        configs = [c for c in configs if c[:2] == ("Keras", "fp32") or c[:2] in only]
 
     rows, reference = [], None
-    for fmt, precision, make_eval, make_bench in configs:
-        print(f"{fmt} {precision} ...", flush=True)
+    for fmt, precision, keep, make_eval, make_bench in configs:
+        print(f"{fmt} {precision} {' '.join(keep)}...", flush=True)
         try:
             run = make_eval()
             matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
@@ -153,11 +199,12 @@ def main():
                 run(bench_image)
                 times.append(time.perf_counter() - start)
             pix_acc, miou = scores(matrix)
-            rows.append(dict(format=fmt, precision=precision, pixAcc=pix_acc, mIoU=miou,
-                             agreement=agree, latency_s=statistics.median(times)))
+            rows.append(dict(format=fmt, precision=precision, keep_float=list(keep),
+                             pixAcc=pix_acc, mIoU=miou, agreement=agree,
+                             latency_s=statistics.median(times)))
         except Exception as err:  # a format/precision this machine cannot run
-            rows.append(dict(format=fmt, precision=precision, error=f"{type(err).__name__}: "
-                                                                    f"{str(err)[:160]}"))
+            rows.append(dict(format=fmt, precision=precision, keep_float=list(keep),
+                             error=f"{type(err).__name__}: {str(err)[:160]}"))
         print(rows[-1], flush=True)
 
     base = next(r for r in rows if "error" not in r)
@@ -169,14 +216,17 @@ def main():
              f"{args.calibration_images} train images. Latency: {bench_shape[1]}x{bench_shape[2]}, batch 1, "
              f"median of {args.repeats}.", "",
              f"Command: `python benchmarks/precision.py {' '.join(sys.argv[1:])}`", "",
-             "| format | precision | pixAcc | mIoU | mIoU vs fp32 | argmax = fp32 | latency (s) | speed vs Keras fp32 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| format | precision | kept in float | pixAcc | mIoU | mIoU vs fp32 | argmax = fp32 "
+             "| latency (s) | speed vs Keras fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        kept = ", ".join(r["keep_float"]) or "-"
         if "error" in r:
-            lines.append(f"| {r['format']} | {r['precision']} | - | - | - | - | - | {r['error']} |")
+            lines.append(f"| {r['format']} | {r['precision']} | {kept} | - | - | - | - | - | "
+                         f"{r['error']} |")
             continue
         lines.append(
-            f"| {r['format']} | {r['precision']} | {r['pixAcc']:.4f} | {r['mIoU']:.4f} | "
+            f"| {r['format']} | {r['precision']} | {kept} | {r['pixAcc']:.4f} | {r['mIoU']:.4f} | "
             f"{100 * (r['mIoU'] - base['mIoU']):+.2f} | {100 * r['agreement']:.2f}% | "
             f"{r['latency_s']:.3f} | {base['latency_s'] / r['latency_s']:.2f}x |")
     text = "\n".join(lines) + "\n"

@@ -19,37 +19,64 @@ def write_report(payload, out_dir, title="CPU"):
     """Writes RESULTS.md and chart.png (rewritten) from a `results.json` payload."""
     results, rat, machine = payload["results"], payload["ratios"], payload["machine"]
     size, crop, batch = payload["size"], payload["train_crop"], payload["train_batch"]
-    lines = [f"# Benchmarks ({title})", "", f"Machine: {machine}.", "",
-             f"Inference: one {size}x{size} image, batch 1, logits-only model, folded BN, "
+    cpu = payload.get("cpu")  # absent from files written before the precision axis
+    lines = [f"# Benchmarks ({title})", "", f"Machine: {machine}.", ""]
+    if cpu:
+        peaks = ", ".join(f"{p} {v:.0f}" for p, v in cpu["peak_gflops_s"].items() if v)
+        lines += [f"CPU: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz'] or 0:.0f} MHz "
+                  f"({cpu['mhz_source']}); ISA: {' '.join(cpu['flags'])}. Peak GFLOP/s "
+                  f"({cpu['peak_formula']}): {peaks}.", ""]
+    lines += [f"Inference: one {size}x{size} image, batch 1, logits-only model, folded BN, "
              "median of repeated runs after warm-up, faster of a plain `tf.function` and one with "
-             "XLA for every part but the JPU (column XLA). "
+             "XLA for every part but the JPU (column XLA); bf16 / fp16: the model rebuilt under "
+             "Keras mixed precision. Throughput: images/s at the batch given. GFLOP/s: FLOPs / "
+             "batch-1 latency, and its share of the CPU's peak for the precision. Official "
+             "PyTorch: the official module structure timed in the same run (same size, batch 1, "
+             "same protocol; bf16 under `torch.autocast`). "
              f"Training memory: peak RSS of a child process running one step at crop {crop}, "
              f"batch {batch} (main + aux + SE losses), and its growth during the step.", "",
-             "| head | backbone | upsampler | latency (s) | FPS | GFLOPs | params backbone / "
+             "| head | backbone | upsampler | precision | latency (s) | FPS | throughput (img/s) "
+             "| GFLOPs | GFLOP/s (% peak) | official PyTorch (s) | params backbone / "
              "upsampler / head (M) | train peak RSS (GB) | step growth (GB) | XLA |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        precision = r.get("precision", "fp32")
         if "error" in r:
-            lines.append(f"| {r['head']} | {r['backbone']} | {r['upsampler']} | error: "
-                         f"{r['error'][:80]} | | | | | | |")
+            lines.append(f"| {r['head']} | {r['backbone']} | {r['upsampler']} | {precision} | "
+                         f"error: {r['error'][:80]} | | | | | | | | | |")
             continue
         p = r["params"]
         mem = (f"{r['train_peak_rss_gb']:.2f} | {r['train_step_growth_gb']:.2f}"
                if "train_peak_rss_gb" in r else "- | -")
+        throughput = (f"{r['throughput_ips']:.2f} (batch {r['throughput_batch']})"
+                      if "throughput_ips" in r else "-")
+        achieved = "-"
+        if "achieved_gflops_s" in r:
+            achieved = f"{r['achieved_gflops_s']:.1f}"
+            if "peak_fraction" in r:
+                achieved += f" ({100 * r['peak_fraction']:.1f}%)"
+        anchor = (f"{r['torch_latency_s']:.3f} ({r['speedup_vs_torch']:.2f}x)"
+                  if "torch_latency_s" in r else "-")
         lines.append(
-            f"| {r['head']} | {r['backbone']} | {r['upsampler']} | {r['latency_s']:.3f} | "
-            f"{r['fps']:.2f} | {r['gflops']:.0f} | {p['backbone'] / 1e6:.1f} / "
+            f"| {r['head']} | {r['backbone']} | {r['upsampler']} | {precision} | "
+            f"{r['latency_s']:.3f} | {r['fps']:.2f} | {throughput} | {r['gflops']:.0f} | "
+            f"{achieved} | {anchor} | {p['backbone'] / 1e6:.1f} / "
             f"{p['upsampler'] / 1e6:.1f} / {p['head'] / 1e6:.1f} | {mem} | "
             f"{'parts' if r.get('xla') else 'off'} |")
     lines += ["", "Ratios against the dilated output-stride-8 model (DilatedFCN) of the same "
-              "head and backbone:", "",
-              "| head | backbone | upsampler | speed-up | FLOPs ratio | peak RSS ratio | "
-              "step growth ratio |", "|---|---|---|---|---|---|---|"]
+              "head, backbone and precision (official PyTorch: the same ratio of the official "
+              "code):", "",
+              "| head | backbone | upsampler | precision | speed-up | throughput speed-up | "
+              "official PyTorch speed-up | FLOPs ratio | peak RSS ratio | step growth ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rat:
         mem = (f"{r['memory_ratio']:.2f} | {r['step_growth_ratio']:.2f}"
                if "memory_ratio" in r else "- | -")
+        tput = f"{r['throughput_speedup']:.2f}x" if "throughput_speedup" in r else "-"
+        anchor = f"{r['torch_speedup']:.2f}x" if "torch_speedup" in r else "-"
         lines.append(f"| {r['head']} | {r['backbone']} | {r['upsampler']} | "
-                     f"{r['speedup']:.2f}x | {r['flops_ratio']:.2f} | {mem} |")
+                     f"{r.get('precision', 'fp32')} | {r['speedup']:.2f}x | {tput} | {anchor} | "
+                     f"{r['flops_ratio']:.2f} | {mem} |")
     with atomic_path(os.path.join(out_dir, "RESULTS.md")) as tmp:
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")

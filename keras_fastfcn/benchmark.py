@@ -13,8 +13,24 @@ one model's memory and thread pools do not bias the next; all run on the same in
   that is nearly the whole graph), the faster kept. Protocol of the official `test_fps_params.py` (warm-up runs, then
   repeated timed runs), reported as the median latency and its FPS. (The official
   script times the training model with its auxiliary head; we time what is deployed.)
-- FLOPs: TensorFlow's graph profiler on the frozen inference graph (a multiply-add
-  counts 2).
+- Precision (`precisions`): `fp32`, or the model rebuilt under Keras' mixed-precision
+  policy (`bf16`: `mixed_bfloat16`, `fp16`: `mixed_float16`) with the same weights
+  (`keras_fastfcn.precision.with_precision`), then folded and timed the same way.
+  int8 needs a calibrated export (TFLite / ONNX Runtime): `benchmarks/precision.py`.
+- Throughput: images/s of the same function at batch `throughput_batch` (8), median of
+  repeated runs after a warm-up (0 turns it off).
+- FLOPs: TensorFlow's graph profiler on the frozen fp32 inference graph (a multiply-add
+  counts 2); the same count at every precision.
+- Achieved GFLOP/s (FLOPs / batch-1 latency, and at the throughput batch) against this
+  CPU's peak for the precision (`peak_gflops`): cores x clock x FLOP/cycle/core, the
+  FLOP/cycle/core from the ISA flags of `/proc/cpuinfo` (`flops_per_cycle`).
+- Anchor: where PyTorch is installed, the official module structure
+  (`tests/torch_fastfcn_reference.py`: deep-stem ResNet, same head and JPU / dilated
+  OS8, random weights, a normalized random image) timed in the same run, same size,
+  batch 1, same protocol, eval mode under `torch.inference_mode`,
+  `torch.set_num_threads` = the cores TensorFlow uses; fp32, and
+  `torch.autocast("cpu", dtype=torch.bfloat16)` for the bf16 rows where the CPU has bf16
+  hardware (`torch_anchor_available`).
 - Parameters: backbone, upsampler (JPU / JPU_X) and head, as `test_fps_params.py`.
 - Memory: peak resident memory (VmHWM) of a child process that runs one training step
   (SGD, main + auxiliary + SE losses as in training) at crop 480, batch 2; also the
@@ -38,6 +54,113 @@ UPSAMPLERS = {  # name -> (FastFCN upsampler, output_stride)
 }
 HEADS = ("encnet", "psp", "deeplab", "fcn")
 BACKBONES = ("resnet50", "resnet101")
+
+# Peak FLOP per cycle and core, from the widest FMA each ISA extension gives. An FMA
+# counts 2 FLOPs; x86 server cores since Haswell issue 2 FMAs per cycle (AVX-512 on
+# Xeon Gold/Platinum: 2 units; some Xeon Silver/Bronze have 1, AMD Zen 4 runs AVX-512
+# on 256-bit units: for those the fp32 figure is an upper bound).
+#   fp32: AVX-512 2 x 16 lanes x 2 = 64; AVX2+FMA 2 x 8 x 2 = 32; SSE (mul + add) 16.
+#   bf16: AMX-BF16 1024 (a 16x32 tile op per 16 cycles: 16*16*32*2/16);
+#         AVX512_BF16 128 (VDPBF16PS: 2 x 32 products x 2).
+#   fp16: AMX-FP16 1024; AVX512_FP16 128 (2 x 32 lanes x 2).
+_FP32_FLOPS = (("avx512f", 64), ("avx2", 32))
+_PEAK_16BIT = {"bf16": (("amx_bf16", 1024), ("avx512_bf16", 128)),
+               "fp16": (("amx_fp16", 1024), ("avx512_fp16", 128))}
+
+
+def flops_per_cycle(flags, precision="fp32"):
+    """Peak FLOP/cycle/core of a CPU with ISA `flags` in `precision`.
+
+    fp32: AVX-512 (2 FMA units) 64, AVX2 with FMA 32, else 16. bf16: AMX-BF16 1024,
+    AVX512_BF16 128, else the fp32 figure (TensorFlow then converts bf16 to fp32 and
+    computes in fp32). fp16: AMX-FP16 1024, AVX512_FP16 128, else the fp32 figure.
+
+    Args:
+        flags: the CPU's flags as in `/proc/cpuinfo` (`avx2`, `fma`, `avx512f`,
+            `amx_bf16`, ...), any iterable of strings.
+        precision: `"fp32"`, `"bf16"` or `"fp16"`.
+
+    Example:
+    >>> flops_per_cycle({"avx2", "fma"}, "bf16")
+    32
+    """
+    flags = {f.lower() for f in flags}
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"Unknown precision {precision!r}: expected 'fp32', 'bf16' or "
+                         "'fp16'.")
+    fp32 = 16
+    for flag, value in _FP32_FLOPS:
+        if flag in flags and (flag != "avx2" or "fma" in flags):
+            fp32 = value
+            break
+    for flag, value in _PEAK_16BIT.get(precision, ()):
+        if flag in flags:
+            return value
+    return fp32
+
+
+def cpu_info():
+    """This CPU's model name, ISA flags, cores and clock, for the peak and the results.
+
+    Cores: the CPUs this process may run on (what TensorFlow sizes its thread pool to).
+    Clock: `lscpu`'s "CPU max MHz" (the turbo limit), else the first "cpu MHz" of
+    `/proc/cpuinfo` (what a virtual machine reports; the nominal clock).
+
+    Returns:
+        A dict: `model`, `flags` (the SIMD/AMX ones, sorted), `cores`, `mhz`,
+        `mhz_source`, and `all_flags` (every flag, for `flops_per_cycle`).
+
+    Example:
+    >>> cpu_info()["cores"] >= 1
+    True
+    """
+    model, flags, mhz, source = platform.processor() or platform.machine(), [], None, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not flags:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = value.split()
+                elif key == "cpu MHz" and mhz is None:
+                    mhz, source = float(value), "/proc/cpuinfo cpu MHz"
+    except (OSError, ValueError):
+        pass
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "CPU max MHz" and float(value) > 0:
+                mhz, source = float(value), "lscpu CPU max MHz"
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")) or f == "f16c")
+    return {"model": model, "flags": isa, "cores": int(cores or 1), "mhz": mhz,
+            "mhz_source": source, "all_flags": flags}
+
+
+def peak_gflops(precision, info=None):
+    """This CPU's peak GFLOP/s in `precision`: cores x clock (GHz) x `flops_per_cycle`.
+
+    Args:
+        precision: `"fp32"`, `"bf16"` or `"fp16"`.
+        info: `cpu_info()` (or a dict with `cores`, `mhz`, `all_flags`); None reads it.
+
+    Returns:
+        The peak, or None where the clock is unknown.
+
+    Example:
+    >>> round(peak_gflops("fp32", {"cores": 2, "mhz": 2445.4, "all_flags": ["avx2", "fma"]}), 1)
+    156.5
+    """
+    info = cpu_info() if info is None else info
+    if not info.get("mhz"):
+        return None
+    return info["cores"] * info["mhz"] / 1000.0 * flops_per_cycle(
+        info.get("all_flags") or info.get("flags", ()), precision)
 
 
 def _vm(key):
@@ -69,57 +192,212 @@ def _prod(shape):
     return out
 
 
+def _time(run, warmup, min_runs, min_seconds, max_runs=50):
+    """Median, minimum and count of timed `run()` calls after `warmup` untimed ones
+    (the protocol of the official `test_fps_params.py`)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    begin = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - begin < min_seconds:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        if len(times) >= max_runs:
+            break
+    return statistics.median(times), min(times), len(times)
+
+
 def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
-                  min_runs=5, min_seconds=10.0, fold=True):
-    """Latency, FLOPs and parameters of one configuration (in this process)."""
+                  min_runs=5, min_seconds=10.0, fold=True, precision="fp32",
+                  throughput_batch=8):
+    """Latency, throughput, FLOPs and parameters of one configuration (in this process).
+
+    Args:
+        head, backbone, upsampler: the configuration (`HEADS`, `BACKBONES`,
+            `UPSAMPLERS`).
+        size: square image size.
+        num_classes: classifier width (59: Pascal Context, as the paper's timings).
+        warmup, min_runs, min_seconds: the timing protocol (untimed runs, then at
+            least `min_runs` timed runs and `min_seconds` seconds).
+        fold: fold BatchNorm into the convolutions (what the exports serve).
+        precision: `"fp32"`, `"bf16"` or `"fp16"` (Keras mixed precision).
+        throughput_batch: batch of the throughput run (images/s); 0 skips it.
+
+    Returns:
+        A dict: `latency_s` (median, batch 1), `fps`, `xla`, `gflops` (per image),
+        `params`, and with `throughput_batch` `throughput_ips` and its batch.
+
+    Example:
+    >>> measure_speed("encnet", "resnet50", "jpu", size=128, min_seconds=1)["fps"] > 0
+    True
+    """
     import numpy as np
     import tensorflow as tf
 
-    from keras_fastfcn.inference import xla_parts
+    from keras_fastfcn.inference import logits_model, xla_parts
+    from keras_fastfcn.precision import KERAS_PRECISIONS, check_precision, with_precision
 
-    from keras_fastfcn.inference import logits_model
-
+    check_precision(precision, KERAS_PRECISIONS, "the benchmark")
     seg = _build(head, backbone, upsampler, num_classes)
     params = {"backbone": _count(seg.backbone.encoder),
               "upsampler": _count(seg.backbone.upsampler) if seg.backbone.upsampler else 0,
               "head": _count(seg.head_layer)}
-    model = logits_model(seg)  # what is deployed: no aux head or SE branch
-    if fold:
-        from keras_fastfcn.serving.fold import fold_batchnorm
 
-        model = fold_batchnorm(model)
-    images = tf.constant(np.random.RandomState(0).uniform(0, 255, (1, size, size, 3)),
-                         tf.float32)
+    def deployed(segmenter):
+        model = logits_model(segmenter)  # what is deployed: no aux head or SE branch
+        if fold:
+            from keras_fastfcn.serving.fold import fold_batchnorm
+
+            model = fold_batchnorm(model)
+        return model
+
+    model = deployed(seg)
     spec = tf.TensorSpec((1, size, size, 3), tf.float32)
-    best = None
+    # Counted on the fp32 graph: a mixed-precision graph adds casts, not arithmetic.
+    gflops = _flops(model, spec) / 1e9
+    if precision != "fp32":
+        model = deployed(with_precision(seg, precision))
+    del seg
+    rng = np.random.RandomState(0)
+    images = tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32)
+    best, errors = None, []
     for jit in (False, "parts"):
-        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        # Logits cast to float32 as every inference path does (mixed precision: 16-bit).
+        fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                         input_signature=[spec])
         start = time.perf_counter()
-        if jit == "parts":
-            with xla_parts(model):
-                fn.get_concrete_function()
-        fn(images).numpy()
+        try:
+            if jit == "parts":
+                with xla_parts(model):
+                    fn.get_concrete_function()
+            fn(images).numpy()
+        except Exception as err:  # e.g. an XLA kernel missing for a 16-bit type
+            errors.append(f"xla={jit}: {type(err).__name__}: {str(err)[:120]}")
+            continue
         compile_s = time.perf_counter() - start
-        for _ in range(warmup - 1):
-            fn(images).numpy()
-        times = []
-        begin = time.perf_counter()
-        while len(times) < min_runs or time.perf_counter() - begin < min_seconds:
-            start = time.perf_counter()
-            fn(images).numpy()
-            times.append(time.perf_counter() - start)
-            if len(times) >= 50:
-                break
-        median = statistics.median(times)
+        median, fastest, runs = _time(lambda: fn(images).numpy(), warmup - 1, min_runs,
+                                      min_seconds)
         if best is None or median < best["latency_s"]:
-            best = {"latency_s": median, "fps": 1.0 / median, "xla": jit, "runs": len(times),
-                    "latency_min_s": min(times), "compile_s": compile_s}
+            best = {"latency_s": median, "fps": 1.0 / median, "xla": jit, "runs": runs,
+                    "latency_min_s": fastest, "compile_s": compile_s, "fn": fn}
         if not jit and median > 4 * min_seconds / min_runs:
             break  # very slow config: XLA on CPU will not change the ratio; save time
-    best["gflops"] = _flops(model, spec) / 1e9
+    if best is None:
+        raise RuntimeError("; ".join(errors))
+    best.pop("fn")
+    if throughput_batch:
+        batch = tf.constant(rng.uniform(0, 255, (int(throughput_batch), size, size, 3)),
+                            tf.float32)
+        bspec = tf.TensorSpec(batch.shape, tf.float32)
+        bfn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                          input_signature=[bspec])
+        if best["xla"] == "parts":
+            with xla_parts(model):
+                bfn.get_concrete_function()
+        # One warm-up (the trace), then as many runs as the batch-1 protocol's time.
+        median, _, runs = _time(lambda: bfn(batch).numpy(), 1, 3, min_seconds / 2)
+        best.update(throughput_batch=int(throughput_batch),
+                    throughput_ips=int(throughput_batch) / median, throughput_runs=runs)
+    best["precision"] = precision
+    best["gflops"] = gflops
     best["params"] = params
     best["params_total"] = int(sum(params.values()))
     return best
+
+
+TORCH_BACKBONES = {"resnet50": "resnet50s", "resnet101": "resnet101s"}
+TORCH_UPSAMPLERS = {"jpu": "JPU", "jpu_x": "JPU_X", "os8": None}
+TORCH_PRECISIONS = ("fp32", "bf16")
+
+
+def torch_reference_path():
+    """Path of `tests/torch_fastfcn_reference.py` (the official module structure) in
+    this checkout, or None (an installed package has no tests)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "tests", "torch_fastfcn_reference.py")
+    return path if os.path.exists(path) else None
+
+
+def torch_anchor_available(upsampler, precision, flags=None):
+    """Why the official PyTorch structure is not timed for this row, or None.
+
+    Args:
+        upsampler: the row's upsampler (the official code has JPU, JPU_X and OS8).
+        precision: the row's precision (`fp32`, or `bf16` through `torch.autocast`).
+        flags: the CPU's ISA flags (None: read them). Without AVX512_BF16 or AMX-BF16,
+            PyTorch emulates bf16 convolutions: on the AVX2 EPYC of this project
+            autocast ran EncNet+JPU at 128 px in 48 s against 3.3 s in fp32, which
+            would make a 512 px run last hours, so bf16 is not timed there.
+
+    Example:
+    >>> torch_anchor_available("os16", "fp32")
+    'the official code has no os16 model'
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed"
+    if torch_reference_path() is None:
+        return "tests/torch_fastfcn_reference.py is not in this checkout"
+    if upsampler not in TORCH_UPSAMPLERS:
+        return f"the official code has no {upsampler} model"
+    if precision not in TORCH_PRECISIONS:
+        return f"no PyTorch CPU anchor for {precision}"
+    if precision == "bf16":
+        flags = set(cpu_info()["all_flags"] if flags is None else flags)
+        if not flags & {"avx512_bf16", "amx_bf16"}:
+            return "this CPU has no bf16 hardware (AVX512_BF16 / AMX-BF16): PyTorch emulates it"
+    return None
+
+
+def measure_torch(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
+                  min_runs=5, min_seconds=10.0, precision="fp32", threads=None):
+    """Batch-1 latency of the official FastFCN structure in PyTorch (in this process).
+
+    The model of `tests/torch_fastfcn_reference.py` (the official module tree: deep-stem
+    ResNet, JPU / JPU_X or dilated output stride 8, the official heads) in eval mode
+    without the auxiliary head, random weights, under `torch.inference_mode`, timed
+    with the protocol of `measure_speed`. bf16: `torch.autocast("cpu", torch.bfloat16)`.
+
+    Args:
+        head, backbone, upsampler: as `measure_speed` (`resnet50` is timed as the
+            official `resnet50s`, the deep-stem variant the paper uses).
+        precision: `"fp32"` or `"bf16"`.
+        threads: `torch.set_num_threads` (default: the CPUs this process may use, as
+            TensorFlow's pool).
+
+    Example:
+    >>> measure_torch("encnet", "resnet50", "jpu", size=128, min_seconds=1)["latency_s"] > 0
+    True
+    """
+    import importlib.util
+
+    import torch
+
+    why = torch_anchor_available(upsampler, precision, flags=("avx512_bf16",))
+    if why:  # bf16 here is timed even where emulated: the caller decides
+        raise ValueError(f"Cannot time the official code: {why}.")
+    spec = importlib.util.spec_from_file_location("torch_fastfcn_reference",
+                                                  torch_reference_path())
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    threads = threads or cpu_info()["cores"]
+    torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    model = ref.SegmentationModel(head, num_classes, ref.DEPTHS[TORCH_BACKBONES[backbone]],
+                                  jpu=TORCH_UPSAMPLERS[upsampler], aux=False,
+                                  se_loss=head == "encnet").eval()
+    image = torch.rand(1, 3, size, size)  # normalized range, as the official loader gives
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def run():
+        with torch.inference_mode(), autocast:
+            model(image)[0].float()
+
+    median, fastest, runs = _time(run, warmup, min_runs, min_seconds)
+    return {"latency_s": median, "latency_min_s": fastest, "runs": runs,
+            "threads": int(threads), "torch_version": torch.__version__}
 
 
 def _flops(model, spec):
@@ -174,6 +452,13 @@ def _child(kind, config, options):
 
 
 def machine_description():
+    """One line naming this machine, its Python, TensorFlow and Keras (the results' key
+    for `--resume`; the CPU's flags and peak are in `cpu_info`).
+
+    Example:
+    >>> "TensorFlow" in machine_description()
+    True
+    """
     import keras
     import tensorflow as tf
 
@@ -195,60 +480,144 @@ def machine_description():
             f"{keras.backend.backend()}")
 
 
+def row_precision(row):
+    """A result row's precision (rows written before the precision axis are fp32)."""
+    return row.get("precision", "fp32")
+
+
+def _key(row):
+    return row["head"], row["backbone"], row["upsampler"], row_precision(row)
+
+
 def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, memory=True,
-                   min_seconds=10.0, log=print, done=(), on_result=None):
+                   min_seconds=10.0, log=print, done=(), on_result=None,
+                   precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None):
     """Measures every configuration; returns a list of result dicts.
 
     Args:
+        heads, backbones, upsamplers: the configurations (every combination).
+        size: inference image size; crop, batch: the training-memory step.
+        memory: measure the training step's memory (fp32 rows only: training does not
+            depend on the inference precision).
+        min_seconds: minimum timed seconds per configuration.
+        log: called with one line per configuration.
         done: results of an earlier run with the same settings; configurations found
             there without an error are kept, not measured again.
         on_result: called with the results so far after each configuration, so that a
             long run killed midway keeps what it measured.
+        precisions: `"fp32"`, `"bf16"`, `"fp16"` (one row per configuration each).
+        throughput_batch: batch of the throughput column (0: none).
+        torch_anchor: also time the official PyTorch structure where torch is
+            installed (fp32 and bf16 rows).
+        cpu: `cpu_info()` (None reads it): the peak GFLOP/s per precision.
+
+    Example:
+    >>> rows = run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], size=128,
+    ...                       memory=False, precisions=("fp32", "bf16"))
     """
-    previous = {(r["head"], r["backbone"], r["upsampler"]): r for r in done
-                if "error" not in r}
+    from keras_fastfcn.precision import KERAS_PRECISIONS, check_precision
+
+    for precision in precisions:
+        check_precision(precision, KERAS_PRECISIONS, "the benchmark (int8: "
+                        "benchmarks/precision.py)")
+    cpu = cpu_info() if cpu is None else cpu
+    previous = {_key(r): r for r in done if "error" not in r}
     results = []
     for backbone in backbones:
         for head in heads:
             for upsampler in upsamplers:
-                config = {"head": head, "backbone": backbone, "upsampler": upsampler}
-                row = previous.get((head, backbone, upsampler))
-                if row is None:
-                    row = dict(config)
-                    row.update(_child("measure_speed", config,
-                                      {"size": size, "min_seconds": min_seconds}))
-                    if memory and "error" not in row:
-                        row.update(_child("measure_train_memory", config,
-                                          {"crop": crop, "batch": batch}))
-                    log(_row_text(row))
-                else:
-                    log(_row_text(row) + "  (kept from the earlier run)")
-                results.append(row)
-                if on_result is not None:
-                    on_result(results)
+                for precision in precisions:
+                    config = {"head": head, "backbone": backbone, "upsampler": upsampler}
+                    row = previous.get((head, backbone, upsampler, precision))
+                    if row is None:
+                        row = dict(config, precision=precision)
+                        row.update(_child("measure_speed", config,
+                                          {"size": size, "min_seconds": min_seconds,
+                                           "precision": precision,
+                                           "throughput_batch": throughput_batch}))
+                        if "error" not in row:
+                            _add_peak(row, cpu)
+                            if torch_anchor:
+                                _add_torch(row, config, size, min_seconds, cpu)
+                        if memory and precision == "fp32" and "error" not in row:
+                            row.update(_child("measure_train_memory", config,
+                                              {"crop": crop, "batch": batch}))
+                        log(_row_text(row))
+                    else:
+                        log(_row_text(row) + "  (kept from the earlier run)")
+                    results.append(row)
+                    if on_result is not None:
+                        on_result(results)
     return results
 
 
+def _add_peak(row, cpu):
+    """Achieved GFLOP/s (batch 1 and the throughput batch) and this CPU's peak."""
+    row["achieved_gflops_s"] = row["gflops"] / row["latency_s"]
+    if "throughput_ips" in row:
+        row["throughput_gflops_s"] = row["gflops"] * row["throughput_ips"]
+    peak = peak_gflops(row_precision(row), cpu)
+    if peak:
+        row["peak_gflops_s"] = peak
+        row["peak_fraction"] = row["achieved_gflops_s"] / peak
+
+
+def _add_torch(row, config, size, min_seconds, cpu):
+    """The official PyTorch structure's latency at the row's precision (`torch_*`)."""
+    why = torch_anchor_available(config["upsampler"], row_precision(row),
+                                 cpu.get("all_flags", cpu.get("flags", ())))
+    if why:
+        row["torch_skipped"] = why
+        return
+    anchor = _child("measure_torch", config, {"size": size, "min_seconds": min_seconds,
+                                              "precision": row_precision(row),
+                                              "threads": cpu.get("cores")})
+    if "error" in anchor:
+        row["torch_error"] = anchor["error"]
+        return
+    row["torch_latency_s"] = anchor["latency_s"]
+    row["torch_threads"] = anchor["threads"]
+    row["torch_version"] = anchor["torch_version"]
+    row["speedup_vs_torch"] = anchor["latency_s"] / row["latency_s"]
+
+
 def _row_text(row):
+    name = f"{row['head']:>8} {row['backbone']:>9} {row['upsampler']:>6} {row_precision(row):>4}"
     if "error" in row:
-        return f"{row['head']:>8} {row['backbone']:>9} {row['upsampler']:>6}  ERROR {row['error']}"
+        return f"{name}  ERROR {row['error']}"
     mem = f"{row['train_peak_rss_gb']:.2f} GB" if "train_peak_rss_gb" in row else "-"
-    return (f"{row['head']:>8} {row['backbone']:>9} {row['upsampler']:>6}  "
-            f"{row['latency_s']:.3f} s  {row['fps']:.2f} FPS  {row['gflops']:.0f} GFLOPs  "
-            f"{row['params_total'] / 1e6:.1f} M params  train peak {mem}")
+    text = (f"{name}  {row['latency_s']:.3f} s  {row['fps']:.2f} FPS  "
+            f"{row['gflops']:.0f} GFLOPs  {row['params_total'] / 1e6:.1f} M params")
+    if "throughput_ips" in row:
+        text += f"  {row['throughput_ips']:.2f} img/s at batch {row['throughput_batch']}"
+    if "achieved_gflops_s" in row:
+        text += f"  {row['achieved_gflops_s']:.1f} GFLOP/s"
+        if "peak_fraction" in row:
+            text += (f" ({100 * row['peak_fraction']:.1f}% of {row['peak_gflops_s']:.0f} "
+                     "peak)")
+    if "torch_latency_s" in row:
+        text += (f"  official PyTorch {row['torch_latency_s']:.3f} s "
+                 f"({row['speedup_vs_torch']:.2f}x)")
+    return text + f"  train peak {mem}"
 
 
 def ratios(results, reference="os8"):
-    """JPU (and the others) relative to the dilated reference, per head and backbone."""
-    index = {(r["head"], r["backbone"], r["upsampler"]): r for r in results if "error" not in r}
+    """JPU (and the others) relative to the dilated reference, per head, backbone and
+    precision (rows without a precision are fp32)."""
+    index = {_key(r): r for r in results if "error" not in r}
     out = []
-    for (head, backbone, upsampler), row in index.items():
-        ref = index.get((head, backbone, reference))
+    for (head, backbone, upsampler, precision), row in index.items():
+        ref = index.get((head, backbone, reference, precision))
         if ref is None or upsampler == reference:
             continue
         item = {"head": head, "backbone": backbone, "upsampler": upsampler,
+                "precision": precision,
                 "speedup": ref["latency_s"] / row["latency_s"],
                 "flops_ratio": row["gflops"] / ref["gflops"]}
+        if "throughput_ips" in row and "throughput_ips" in ref:
+            item["throughput_speedup"] = row["throughput_ips"] / ref["throughput_ips"]
+        if "torch_latency_s" in row and "torch_latency_s" in ref:
+            item["torch_speedup"] = ref["torch_latency_s"] / row["torch_latency_s"]
         if "train_peak_rss_gb" in row and "train_peak_rss_gb" in ref:
             item["memory_ratio"] = row["train_peak_rss_gb"] / ref["train_peak_rss_gb"]
             item["step_growth_ratio"] = row["train_step_growth_gb"] / ref["train_step_growth_gb"]
@@ -257,6 +626,12 @@ def ratios(results, reference="os8"):
 
 
 def previous_results(out_dir, machine, size, crop, batch):
+    """The rows of `OUT_DIR/results.json` if it was measured with the same machine and
+    sizes, else `[]` (with a note).
+
+    Example:
+    >>> previous_results("benchmarks", machine_description(), 512, 480, 2)
+    """
     path = os.path.join(out_dir, "results.json")
     if not os.path.exists(path):
         return []
@@ -271,13 +646,34 @@ def previous_results(out_dir, machine, size, crop, batch):
     return payload.get("results", [])
 
 
-def write_results(results, out_dir, machine, size, crop, batch):
-    """Writes `results.json` (atomically): every row and the ratios to the dilated model."""
+def write_results(results, out_dir, machine, size, crop, batch, cpu=None):
+    """Writes `results.json` (atomically): every row and the ratios to the dilated model.
+
+    Args:
+        results: the rows of `run_benchmarks`.
+        out_dir: the folder (created).
+        machine: `machine_description()`.
+        size, crop, batch: the run's settings (compared by `--resume`).
+        cpu: `cpu_info()`: its model, SIMD/AMX flags, cores, clock and the peak
+            GFLOP/s per precision are written as `"cpu"` (older files have none).
+
+    Example:
+    >>> write_results(rows, "benchmarks", machine_description(), 512, 480, 2, cpu_info())
+    """
     from keras_fastfcn.fileio import atomic_path
 
     os.makedirs(out_dir, exist_ok=True)
     payload = {"machine": machine, "size": size, "train_crop": crop, "train_batch": batch,
                "results": results, "ratios": ratios(results)}
+    if cpu is not None:
+        payload["cpu"] = {key: cpu[key] for key in ("model", "flags", "cores", "mhz",
+                                                    "mhz_source")}
+        payload["cpu"]["peak_gflops_s"] = {p: peak_gflops(p, cpu)
+                                           for p in ("fp32", "bf16", "fp16")}
+        payload["cpu"]["peak_formula"] = ("cores x clock x FLOP/cycle/core (fp32: AVX-512 64, "
+                                          "AVX2+FMA 32, else 16; bf16: AMX-BF16 1024, "
+                                          "AVX512_BF16 128; fp16: AMX-FP16 1024, "
+                                          "AVX512_FP16 128; else the fp32 figure)")
     with atomic_path(os.path.join(out_dir, "results.json")) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)

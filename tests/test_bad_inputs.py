@@ -66,6 +66,10 @@ CLI_CASES = [
     ("export --model {in}/model.keras --format onnx --output {in}/folder.onnx", "is a folder"),
     ("export --model {in}/model.keras --format onnx --output {out}.tflite", "must end in .onnx"),
     ("export --model {in}/missing.keras --output {out}", "Model file not found"),
+    ("export --model {in}/model.keras --format onnx --output {out}.onnx --keep-float classifier",
+     "static int8 exports only"),
+    ("export --model {in}/model.keras --output {out} --keep-float classifier",
+     "not to --format saved_model"),
     # convert
     ("convert --checkpoint {in}/missing.pth.tar --output {out}.keras", "missing.pth.tar"),
 ]

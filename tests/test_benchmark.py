@@ -35,34 +35,96 @@ def test_ratios_and_report(tmp_path):
     assert payload["machine"] == "test machine" and len(payload["results"]) == 3
     assert report.main([str(tmp_path / "results.json")]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "| encnet | resnet50 | jpu | 0.500 | 2.00 | 200 |" in text
+    assert "| encnet | resnet50 | jpu | fp32 | 0.500 | 2.00 | - | 200 |" in text
     assert "3.00x" in text and "error: boom" in text
     with Image.open(tmp_path / "chart.png") as chart:
         assert chart.size[0] > 300 and chart.size[1] > 300
+
+
+def test_ratios_per_precision_old_rows_are_fp32():
+    """Rows written before the precision axis (no "precision") pair with fp32 rows; bf16
+    rows pair only with bf16 rows."""
+    old_jpu, old_os8 = _row("jpu", 0.5, 200.0, 3.0, 1.8), _row("os8", 1.5, 500.0, 4.0, 2.4)
+    bf16_jpu = dict(_row("jpu", 0.25, 200.0, 3.0, 1.8), precision="bf16")
+    bf16_os8 = dict(_row("os8", 1.0, 500.0, 4.0, 2.4), precision="bf16",
+                    torch_latency_s=2.0)
+    bf16_jpu["torch_latency_s"] = 1.0
+    got = {r["precision"]: r for r in benchmark.ratios([old_jpu, old_os8, bf16_jpu, bf16_os8])}
+    assert got["fp32"]["speedup"] == pytest.approx(3.0)
+    assert got["bf16"]["speedup"] == pytest.approx(4.0)
+    assert got["bf16"]["torch_speedup"] == pytest.approx(2.0)
+    assert benchmark.row_precision(old_jpu) == "fp32"
+
+
+@pytest.mark.parametrize("flags, precision, expected", [
+    ({"sse4_2"}, "fp32", 16),
+    ({"avx2"}, "fp32", 16),                      # AVX2 without FMA: no fused multiply-add
+    ({"avx2", "fma"}, "fp32", 32),
+    ({"avx2", "fma"}, "bf16", 32),               # no bf16 hardware: the fp32 figure
+    ({"avx2", "fma"}, "fp16", 32),
+    ({"avx2", "fma", "avx512f"}, "fp32", 64),
+    ({"avx2", "fma", "avx512f", "avx512_bf16"}, "bf16", 128),
+    ({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16", 1024),
+    ({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}, "fp16", 64),
+    ({"avx2", "fma", "avx512f", "avx512_fp16"}, "fp16", 128),
+    ({"avx2", "fma", "avx512f", "avx512_fp16", "amx_fp16"}, "fp16", 1024),
+    (["AVX2", "FMA"], "fp32", 32),               # any iterable, any case
+])
+def test_flops_per_cycle(flags, precision, expected):
+    assert benchmark.flops_per_cycle(flags, precision) == expected
+
+
+def test_peak_gflops():
+    spr = {"cores": 2, "mhz": 3000.0,
+           "all_flags": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]}
+    assert benchmark.peak_gflops("fp32", spr) == pytest.approx(2 * 3.0 * 64)
+    assert benchmark.peak_gflops("bf16", spr) == pytest.approx(2 * 3.0 * 1024)
+    assert benchmark.peak_gflops("fp32", {"cores": 4, "mhz": None, "all_flags": []}) is None
+    with pytest.raises(ValueError, match="Unknown precision 'int8'"):
+        benchmark.flops_per_cycle({"avx2"}, "int8")
+    info = benchmark.cpu_info()
+    assert info["cores"] >= 1 and isinstance(info["flags"], list)
 
 
 def test_cli_rejects_unknown_names():
     from keras_fastfcn import cli
 
     assert cli.main(["benchmark", "--heads", "unet", "--output", "/tmp/kf_never"]) == 1
+    assert cli.main(["benchmark", "--precision", "fp32,fp64", "--output", "/tmp/kf_never"]) == 1
+    assert cli.main(["benchmark", "--precision", "int8", "--output", "/tmp/kf_never"]) == 1
 
 
 @pytest.mark.slow
 def test_quick_benchmark_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "keras_fastfcn", "benchmark", "--quick",
-                           "--no-memory", "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, cwd=REPO,
+                           "--no-memory", "--precision", "fp32,bf16", "--throughput-batch", "2",
+                           "--no-torch", "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads((tmp_path / "results.json").read_text())
-    rows = {r["upsampler"]: r for r in payload["results"]}
-    assert set(rows) == {"jpu", "os8"}
+    rows = {(r["upsampler"], r["precision"]): r for r in payload["results"]}
+    assert set(rows) == {("jpu", "fp32"), ("os8", "fp32"), ("jpu", "bf16"), ("os8", "bf16")}
     for row in rows.values():
         # `--no-memory`: the training-memory children would double the CI time.
         assert row["latency_s"] > 0 and row["gflops"] > 0 and "train_peak_rss_gb" not in row
-    # FLOPs are deterministic: JPU at stride 8 costs well under the dilated backbone.
-    assert rows["jpu"]["gflops"] < 0.6 * rows["os8"]["gflops"]
-    assert "vs os8" in proc.stdout
+        assert row["throughput_batch"] == 2 and row["throughput_ips"] > 0
+        assert row["achieved_gflops_s"] == pytest.approx(row["gflops"] / row["latency_s"])
+        assert 0 < row["peak_fraction"] and row["peak_gflops_s"] > 0
+        # `--no-torch`: the anchor is tested below (it doubles the run on a small CPU).
+        assert "torch_latency_s" not in row and "torch_skipped" not in row
+    # FLOPs are deterministic and the same at every precision: JPU at stride 8 costs
+    # well under the dilated backbone.
+    assert rows["jpu", "fp32"]["gflops"] < 0.6 * rows["os8", "fp32"]["gflops"]
+    assert rows["jpu", "bf16"]["gflops"] == pytest.approx(rows["jpu", "fp32"]["gflops"])
+    assert {r["precision"] for r in payload["ratios"]} == {"fp32", "bf16"}
+    cpu = payload["cpu"]
+    assert cpu["model"] and cpu["cores"] >= 1 and set(cpu["peak_gflops_s"]) == {
+        "fp32", "bf16", "fp16"}
+    assert "fp32 vs os8" in proc.stdout and "bf16 vs os8" in proc.stdout
+    assert "img/s at batch 2" in proc.stdout and "GFLOP/s" in proc.stdout
+    assert report.main([str(tmp_path / "results.json")]) == 0
+    assert "| bf16 |" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_resume_keeps_finished_configurations(monkeypatch):
@@ -76,10 +138,56 @@ def test_resume_keeps_finished_configurations(monkeypatch):
             {"head": "encnet", "backbone": "resnet50", "upsampler": "os8", "error": "boom"}]
     snapshots = []
     rows = benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], done=done,
-                                    log=lambda text: None,
+                                    log=lambda text: None, torch_anchor=False,
                                     on_result=lambda r: snapshots.append(len(r)))
-    # The finished JPU row is kept; the failed os8 row is measured again (speed + memory).
+    # The finished JPU row (written before the precision axis: fp32) is kept; the failed
+    # os8 row is measured again (speed + memory).
     assert rows[0] is done[0]
     assert [kind for kind, _ in calls] == ["measure_speed", "measure_train_memory"]
     assert calls[0][1]["upsampler"] == "os8" and rows[1]["latency_s"] == 1.0
     assert snapshots == [1, 2]
+
+
+def test_torch_anchor_rows(monkeypatch):
+    """The anchor is timed in a child per row where the official code has the model and
+    the CPU has the precision; otherwise the row says why it is missing."""
+    calls = []
+
+    def child(kind, config, options):
+        calls.append((kind, options.get("precision")))
+        if kind == "measure_torch":
+            return {"latency_s": 2.0, "threads": options["threads"], "torch_version": "x"}
+        return {"latency_s": 1.0, "fps": 1.0, "gflops": 10.0, "params": {},
+                "params_total": 0}
+
+    monkeypatch.setattr(benchmark, "_child", child)
+    monkeypatch.setattr(benchmark, "torch_reference_path", lambda: __file__)
+    pytest.importorskip("torch")
+    avx2 = {"cores": 2, "mhz": 2000.0, "all_flags": ["avx2", "fma"]}
+    rows = benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os16"], memory=False,
+                                    precisions=("fp32", "bf16"), cpu=avx2,
+                                    log=lambda text: None)
+    by = {(r["upsampler"], r["precision"]): r for r in rows}
+    assert by["jpu", "fp32"]["torch_latency_s"] == 2.0
+    assert by["jpu", "fp32"]["speedup_vs_torch"] == pytest.approx(2.0)
+    assert by["jpu", "fp32"]["torch_threads"] == 2
+    assert "no bf16 hardware" in by["jpu", "bf16"]["torch_skipped"]
+    assert "no os16 model" in by["os16", "fp32"]["torch_skipped"]
+    assert by["jpu", "fp32"]["achieved_gflops_s"] == pytest.approx(10.0)
+    assert by["jpu", "fp32"]["peak_gflops_s"] == pytest.approx(2 * 2.0 * 32)
+    assert calls.count(("measure_torch", "fp32")) == 1 and ("measure_torch", "bf16") not in calls
+    amx = dict(avx2, all_flags=["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"])
+    calls.clear()
+    benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu"], memory=False,
+                             precisions=("bf16",), cpu=amx, log=lambda text: None)
+    assert ("measure_torch", "bf16") in calls
+
+
+def test_measure_torch_small():
+    """The official structure times at 64 px (fp32, in this process)."""
+    pytest.importorskip("torch")
+    if benchmark.torch_reference_path() is None:
+        pytest.skip("tests/torch_fastfcn_reference.py is not in this checkout")
+    out = benchmark.measure_torch("fcn", "resnet50", "os8", size=64, num_classes=5, warmup=1,
+                                  min_runs=1, min_seconds=0.01, threads=1)
+    assert out["latency_s"] > 0 and out["threads"] == 1

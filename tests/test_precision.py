@@ -73,3 +73,99 @@ def test_int8_exports_agree_with_fp32(confident, tmp_path):
     class_map = session.run(["class_map"], {"images": images})[0]
     assert (class_map == ref).mean() > 0.9
     assert "class_names" in session.get_modelmeta().custom_metadata_map
+
+
+def test_onnx_int8_keep_float_leaves_those_layers_unquantized(confident, tmp_path):
+    """`keep_float`: the Encoding layer's and the classifier's nodes keep float weights
+    and no QuantizeLinear/DequantizeLinear pair sits between two of them (only where a
+    quantized layer's output enters them), while the rest of the graph is quantized."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from keras_fastfcn.serving.onnx import float_node_names
+
+    model, images = confident
+    calibration = calibration_images("demo", 8, size=(64, 64))
+    fp32 = kf.serving.export(model, str(tmp_path / "fp32.onnx"), format="onnx",
+                             probabilities=False)
+    # Scoped names (`model/head_1/classifier_1/BiasAdd`) are the same in every
+    # conversion; tf2onnx numbers its own nodes (`Gather__1553`) per conversion.
+    kept = {n for n in float_node_names(onnx.load(fp32), ["encoding", "classifier"])
+            if "/" in n}
+    assert any("/classifier" in name for name in kept)
+    assert any("/encoding" in name for name in kept)
+    assert not any("encoding_bn" in name for name in kept)  # a name, not a prefix
+    path = kf.serving.export(model, str(tmp_path / "m.onnx"), format="onnx", precision="int8",
+                             calibration=calibration, probabilities=False,
+                             keep_float=("encoding", "classifier"))
+    graph = onnx.load(path).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {init.name for init in graph.initializer}
+    nodes = {node.name: node for node in graph.node}
+    # ONNX Runtime folds some shape arithmetic away; the layers' compute nodes remain.
+    kept &= set(nodes)
+    assert {nodes[n].op_type for n in kept} >= {"Conv", "MatMul", "Softmax"}
+    for name in kept:
+        for inp in nodes[name].input:
+            dq = producer.get(inp)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            assert dq.input[0] not in initializers, f"{name} has int8 weights"
+            # Between two kept nodes no Q/DQ pair: only where a quantized layer feeds one.
+            q = producer.get(dq.input[0])
+            origin = producer.get(q.input[0]) if q is not None else None
+            assert origin is None or origin.name not in kept, f"{origin.name} -> {name}"
+    classifier = next(nodes[n] for n in kept if "/classifier" in n and nodes[n].op_type == "Conv")
+    assert classifier.input[1] in initializers  # its kernel is a float32 initializer
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 10  # the rest is int8
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    class_map = session.run(["class_map"], {"images": images})[0]
+    ref = np.asarray(model(images, training=False)).argmax(-1)
+    assert (class_map == ref).mean() > 0.9
+    assert '"keep_float": ["encoding", "classifier"]' in \
+        session.get_modelmeta().custom_metadata_map["keras_fastfcn_export"]
+
+
+def test_keep_float_errors(confident, tmp_path):
+    pytest.importorskip("onnxruntime")
+    model, _ = confident
+    calibration = calibration_images("demo", 2, size=(64, 64))
+    with pytest.raises(ValueError, match=r"keep_float \['no_such_layer'\] names no layer"):
+        kf.serving.export(model, str(tmp_path / "m.onnx"), format="onnx", precision="int8",
+                          calibration=calibration, keep_float=["classifier", "no_such_layer"])
+    with pytest.raises(ValueError, match="static int8 exports only"):
+        kf.serving.export(model, str(tmp_path / "d.onnx"), format="onnx",
+                          precision="int8_dynamic", keep_float=["classifier"])
+    with pytest.raises(ValueError, match="keep_float must be layer names"):
+        kf.serving.export(model, str(tmp_path / "e.onnx"), format="onnx", precision="int8",
+                          calibration=calibration, keep_float=[""])
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_tflite_int8_keep_float_keeps_the_classifier_in_float(confident, tmp_path):
+    """Selective TFLite quantization: the classifier's convolution keeps float32
+    weights, the other convolutions are int8."""
+    import tensorflow as tf
+
+    model, images = confident
+    calibration = calibration_images("demo", 8, size=(64, 64))
+    path = kf.serving.export(model, str(tmp_path / "m.tflite"), format="tflite",
+                             input_size=(64, 64), precision="int8", calibration=calibration,
+                             keep_float=("classifier",), probabilities=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(path)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    kernel_types = {tensors[op["outputs"][0]]["name"]: tensors[op["inputs"][1]]["dtype"]
+                    for op in convs}
+    float_convs = [name for name, dtype in kernel_types.items() if dtype == np.float32]
+    assert float_convs and all("classifier" in name for name in float_convs), kernel_types
+    assert sum(dtype == np.int8 for dtype in kernel_types.values()) >= 3
+    runner = interpreter.get_signature_runner()
+    tfl = np.stack([runner(images=image[None])["class_map"][0] for image in images])
+    assert (tfl == np.asarray(model(images, training=False)).argmax(-1)).mean() > 0.9

@@ -4,11 +4,19 @@ Writes `OUTPUT/results.json` after every configuration (a killed run keeps its r
 `--resume` measures only the missing ones) and prints the ratios to the dilated
 output-stride-8 model. `python benchmarks/report.py OUTPUT/results.json` renders
 `RESULTS.md` and `chart.png` from it.
+
+Columns besides latency: `--precision` (fp32 / bf16 / fp16 rows), throughput at
+`--throughput-batch`, achieved GFLOP/s against this CPU's peak for the precision
+(cores x clock x FLOP/cycle/core from the ISA flags: `keras_fastfcn.benchmark.peak_gflops`)
+and, where PyTorch is installed, the official code timed in the same run (`--no-torch`
+skips it).
 """
 
 import os
 
-from keras_fastfcn.cli.common import positive_int
+from keras_fastfcn.cli.common import non_negative_int, positive_int
+
+BENCH_PRECISIONS = ("fp32", "bf16", "fp16")
 
 HEADS = ("encnet", "psp", "deeplab", "fcn")
 BACKBONES = ("resnet50", "resnet101")
@@ -26,6 +34,15 @@ def add_arguments(parser):
     parser.add_argument("--min-seconds", type=float, default=10.0,
                         help="minimum timed seconds per configuration")
     parser.add_argument("--no-memory", action="store_true", help="skip the training-memory runs")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma list of fp32, bf16, fp16: one row each, the model rebuilt "
+                             "under Keras mixed precision (same weights). int8 needs a "
+                             "calibrated export: python benchmarks/precision.py")
+    parser.add_argument("--throughput-batch", type=non_negative_int, default=8,
+                        help="batch of the throughput column (images/s); 0: no throughput run")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="do not time the official PyTorch structure (the anchor column; "
+                             "timed only where torch is installed)")
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized: 128 px, crop 96, encnet x resnet50 x (jpu, os8)")
     parser.add_argument("--output", default="benchmarks", help="folder for results.json")
@@ -46,6 +63,10 @@ def run(args):
     heads = _split(args.heads, HEADS, "head(s)")
     backbones = _split(args.backbones, BACKBONES, "backbone(s)")
     upsamplers = _split(args.upsamplers, UPSAMPLERS, "upsampler(s)")
+    if "int8" in args.precision:
+        raise ValueError("--precision int8 is not a Keras model: time the calibrated TFLite / "
+                         "ONNX Runtime int8 exports with python benchmarks/precision.py.")
+    precisions = _split(args.precision, BENCH_PRECISIONS, "precision(s)")
     size, crop, min_seconds = args.size, args.crop, args.min_seconds
     if not min_seconds > 0:
         raise ValueError(f"--min-seconds must be > 0, got {min_seconds}.")
@@ -55,18 +76,26 @@ def run(args):
     from keras_fastfcn import benchmark
 
     machine = benchmark.machine_description()
+    cpu = benchmark.cpu_info()
     print(f"Benchmarking on {machine}")
+    peaks = ", ".join(f"{p} {benchmark.peak_gflops(p, cpu) or 0:.0f}" for p in precisions)
+    print(f"CPU flags: {' '.join(cpu['flags']) or 'n/a'}; {cpu['cores']} cores at "
+          f"{cpu['mhz'] or 0:.0f} MHz ({cpu['mhz_source']}); peak GFLOP/s: {peaks}")
     done = (benchmark.previous_results(args.output, machine, size, crop, args.batch)
             if args.resume else [])
     results = benchmark.run_benchmarks(
         heads, backbones, upsamplers, size=size, crop=crop, batch=args.batch,
         memory=not args.no_memory, min_seconds=min_seconds, done=done,
+        precisions=precisions, throughput_batch=args.throughput_batch,
+        torch_anchor=not args.no_torch, cpu=cpu,
         on_result=lambda rows: benchmark.write_results(rows, args.output, machine, size, crop,
-                                                       args.batch))
+                                                       args.batch, cpu))
     for r in benchmark.ratios(results):
         mem = f", train memory x{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
-        print(f"{r['head']} {r['backbone']} {r['upsampler']} vs os8: "
-              f"{r['speedup']:.2f}x faster{mem}")
+        torch = (f", official PyTorch x{r['torch_speedup']:.2f}" if "torch_speedup" in r
+                 else "")
+        print(f"{r['head']} {r['backbone']} {r['upsampler']} {r['precision']} vs os8: "
+              f"{r['speedup']:.2f}x faster{mem}{torch}")
     path = os.path.join(args.output, "results.json")
     print(f"Wrote {path}; render RESULTS.md and chart.png with: "
           f"python benchmarks/report.py {path}")

@@ -8,15 +8,24 @@ import math
 import os
 
 
-def positive_int(text):
-    """argparse type: an int >= 1."""
+def _int_at_least(text, low):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+def positive_int(text):
+    """argparse type: an int >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text):
+    """argparse type: an int >= 0 (0 usually turns something off)."""
+    return _int_at_least(text, 0)
 
 
 def scales(text):

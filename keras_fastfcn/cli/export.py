@@ -59,6 +59,10 @@ def add_arguments(parser):
                              "quantization (camvid, demo, folder:PATH, ...)")
     parser.add_argument("--calibration-images", type=positive_int, default=100, metavar="N",
                         help="int8: number of calibration images (default 100)")
+    parser.add_argument("--keep-float", default=None, metavar="LAYER,...",
+                        help="int8 (onnx, tflite): Keras layers left in float32, e.g. "
+                             "classifier,logits (benchmarks/PRECISION.md: the CamVid EncNet "
+                             "keeps its accuracy in ONNX int8 only with these two)")
 
 
 def run(args):
@@ -72,6 +76,15 @@ def run(args):
     # Output problems, unsupported options and missing optional packages are reported
     # before the model load.
     check_export_precision(args.format, args.precision, args.calibration_data)
+    keep_float = ()
+    if args.keep_float:
+        if args.format not in ("onnx", "tflite"):
+            raise ValueError(f"--keep-float applies to int8 onnx and tflite exports, "
+                             f"not to --format {args.format}.")
+        from keras_fastfcn.serving.onnx import check_keep_float
+
+        keep_float = check_keep_float([n.strip() for n in args.keep_float.split(",")],
+                                      args.precision)
     if args.format == "saved_model":
         targets.check_saved_model_target(args.output, args.overwrite, create=False)
     else:
@@ -95,6 +108,8 @@ def run(args):
     if args.format == "saved_model":
         options["max_pixels"] = args.max_pixels
     options["precision"] = args.precision
+    if keep_float:
+        options["keep_float"] = keep_float
     if args.precision == "int8":
         from keras_fastfcn.precision import calibration_images
 

@@ -9,7 +9,10 @@ is what ONNX Runtime / TensorRT pipelines usually hold.
 post-training quantization (`onnxruntime.quantization.quantize_static`: QDQ format,
 per-channel int8 weights, uint8 activations, the U8S8 form x86 kernels run fastest),
 calibrated on `calibration` images; `"int8_dynamic"` is `quantize_dynamic` (weights
-only, no calibration).
+only, no calibration). `keep_float` names Keras layers (`"encoding"`, `"classifier"`,
+`"head/conv5"`) whose nodes stay float32 in the int8 graph (`nodes_to_exclude`): on the
+CamVid EncNet of `benchmarks/PRECISION.md` quantizing everything loses 11 mIoU points,
+and the layers measured to cause it are kept in float there.
 """
 
 import json
@@ -42,7 +45,7 @@ def require_onnx(quantize=False):
 
 def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,),
                 flip=False, input_size=None, base_size=None, fold_bn=True,
-                opset=DEFAULT_OPSET, precision="fp32", calibration=None):
+                opset=DEFAULT_OPSET, precision="fp32", calibration=None, keep_float=()):
     """Writes an ONNX model (tf2onnx) to `output` (`*.onnx`).
 
     Input `images` float32 `[B, H, W, 3]` RGB 0-255, with B, H, W dynamic, or
@@ -59,6 +62,9 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
         opset: ONNX opset, >= 17.
         precision: `"fp32"`, `"int8"` (static, calibrated) or `"int8_dynamic"`.
         calibration: for `"int8"`, a list of uint8 `(H, W, 3)` images.
+        keep_float: for `"int8"`, Keras layer names (or `/`-joined paths such as
+            `"head/conv5"`) whose nodes are left out of quantization and run in
+            float32 (`float_node_names`); each must name some nodes.
 
     Returns:
         The path written.
@@ -66,10 +72,14 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
     Example:
     >>> export_onnx(model, "fastfcn.onnx")
     'fastfcn.onnx'
+    >>> export_onnx(model, "int8.onnx", precision="int8", calibration=images,
+    ...             keep_float=("encoding", "classifier"))
+    'int8.onnx'
     """
     from keras_fastfcn.precision import check_export_precision
 
     check_export_precision("onnx", precision, calibration)
+    keep_float = check_keep_float(keep_float, precision)
     require_onnx(quantize=precision != "fp32")
     import onnx
     import tensorflow as tf
@@ -90,7 +100,7 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
     options = dict(probabilities=probabilities, scales=list(scales), flip=flip,
                    input_size=list(input_size) if input_size else None,
                    base_size=base_size, fold_bn=bool(fold_bn), opset=int(opset),
-                   precision=precision)
+                   precision=precision, keep_float=list(keep_float))
     meta = {
         "class_names": json.dumps(info.class_names),
         "num_classes": str(info.num_classes),
@@ -107,12 +117,107 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
         if precision == "fp32":
             onnx.save(proto, tmp)
         else:
-            _quantize(proto, tmp, precision, calibration)
+            _quantize(proto, tmp, precision, calibration,
+                      float_node_names(proto, keep_float) if keep_float else ())
     return output
 
 
-def _quantize(proto, path, precision, calibration):
-    """Writes `proto` quantized to int8 at `path` (ONNX Runtime quantization)."""
+def check_keep_float(keep_float, precision):
+    """`keep_float` as a tuple of layer names; a `ValueError` unless they are non-empty
+    strings and `precision` is `"int8"` (the only calibrated, per-node quantization)."""
+    if isinstance(keep_float, str):
+        keep_float = (keep_float,)
+    keep_float = tuple(keep_float or ())
+    bad = [name for name in keep_float if not isinstance(name, str) or not name.strip("/")]
+    if bad:
+        raise ValueError(f"keep_float must be layer names such as 'encoding' or "
+                         f"'head/classifier', got {bad!r}.")
+    if keep_float and precision != "int8":
+        raise ValueError(f"keep_float applies to static int8 exports only, not to "
+                         f"precision={precision!r}.")
+    return keep_float
+
+
+def _strip_call_suffix(part):
+    # tf.function scopes a layer called inside another function as `name_1`.
+    return re.sub(r"_\d+$", "", part)
+
+
+def _scope_matches(scope, pattern):
+    """True if the `/`-joined `pattern` is a run of consecutive components of `scope`
+    (each compared as is and without TensorFlow's `_N` call suffix)."""
+    want = pattern.strip("/").split("/")
+    for start in range(len(scope) - len(want) + 1):
+        if all(part == w or _strip_call_suffix(part) == w
+               for part, w in zip(scope[start:start + len(want)], want)):
+            return True
+    return False
+
+
+def float_node_names(proto, keep_float):
+    """Names of the nodes of the ONNX graph `proto` that belong to the Keras layers
+    `keep_float`.
+
+    tf2onnx names a node after its TensorFlow op (`model/head_1/classifier_1/BiasAdd`:
+    layer scopes, then the op), so a layer's nodes are those whose scope contains the
+    layer name. Nodes tf2onnx created itself (`MatMul__2142`, no scope) take the scope
+    of the nearest scoped node they feed (else of the nearest one feeding them): they
+    are rewrites of that layer's ops.
+
+    Args:
+        proto: an `onnx.ModelProto` exported by tf2onnx.
+        keep_float: layer names or `/`-joined paths (`"encoding"`, `"head/conv5"`).
+
+    Returns:
+        The node names, in graph order.
+
+    Raises:
+        ValueError: a name matches no node (the message lists the layer names found).
+
+    Example:
+    >>> float_node_names(onnx.load("fastfcn.onnx"), ["classifier"])
+    ['fastfcn_encnet_logits_1/head_1/classifier_1/BiasAdd']
+    """
+    nodes = list(proto.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+    consumers = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def scope(node):
+        # Breadth-first: consumers before producers (the op this rewrite feeds).
+        queue, seen = [node], {node.name}
+        while queue:
+            current = queue.pop(0)
+            if "/" in current.name:
+                return current.name.split("/")[:-1]
+            neighbours = [c for out in current.output for c in consumers.get(out, ())]
+            neighbours += [producer[i] for i in current.input if i in producer]
+            for other in neighbours:
+                if other.name not in seen:
+                    seen.add(other.name)
+                    queue.append(other)
+        return []
+
+    scopes = {node.name: scope(node) for node in nodes}
+    names, unmatched = [], []
+    for pattern in keep_float:
+        hits = [n.name for n in nodes if _scope_matches(scopes[n.name], pattern)]
+        if not hits:
+            unmatched.append(pattern)
+        names += [n for n in hits if n not in names]
+    if unmatched:
+        layers = sorted({_strip_call_suffix(part) for s in scopes.values() for part in s[1:]})
+        raise ValueError(f"keep_float {unmatched!r} names no layer of this model; its layers "
+                         f"include {layers[:40]}{' ...' if len(layers) > 40 else ''}.")
+    order = {n.name: i for i, n in enumerate(nodes)}
+    return sorted(names, key=order.get)
+
+
+def _quantize(proto, path, precision, calibration, exclude=()):
+    """Writes `proto` quantized to int8 at `path` (ONNX Runtime quantization), the
+    nodes named in `exclude` left in float."""
     import onnx
     from onnxruntime import quantization as q
 
@@ -134,7 +239,8 @@ def _quantize(proto, path, precision, calibration):
             q.quantize_static(source, path, Reader(), quant_format=q.QuantFormat.QDQ,
                               per_channel=True, activation_type=q.QuantType.QUInt8,
                               weight_type=q.QuantType.QInt8,
-                              calibrate_method=q.CalibrationMethod.MinMax)
+                              calibrate_method=q.CalibrationMethod.MinMax,
+                              nodes_to_exclude=list(exclude))
     quantized = onnx.load(path)
     present = {prop.key for prop in quantized.metadata_props}
     for prop in proto.metadata_props:  # class names and options, kept whatever ORT does

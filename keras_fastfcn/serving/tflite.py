@@ -4,7 +4,11 @@ int32 `[1, H, W]` and `probabilities` out; float32, float16 weights, or int8.
 `precision="int8"` is full-integer post-training quantization calibrated on
 `calibration` images (per-channel weights, int8 activations; an op without an int8
 kernel falls back to float); `"int8_dynamic"` quantizes the weights only (dynamic
-range); `"fp16"` stores float16 weights (computed in float32 on CPUs)."""
+range); `"fp16"` stores float16 weights (computed in float32 on CPUs). With `keep_float`
+(Keras layer names), the int8 model keeps those layers' ops in float32
+(`tf.lite.experimental.QuantizationDebugger` with `denylisted_nodes`: selective
+quantization), where quantizing them costs accuracy (`benchmarks/PRECISION.md`); the
+class map's ARG_MAX then reads float scores too."""
 
 import os
 import tempfile
@@ -18,7 +22,7 @@ from keras_fastfcn.serving.targets import check_options, check_target_file
 
 def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.0,),
                   flip=False, input_size=None, base_size=None, fold_bn=True,
-                  precision="fp32", calibration=None):
+                  precision="fp32", calibration=None, keep_float=()):
     """Writes a float32 TFLite model with a fixed input size to `output` (`*.tflite`).
 
     Input `[1, H, W, 3]` float32 RGB 0-255; outputs `class_map` int32
@@ -34,6 +38,8 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
         precision: `"fp32"`, `"fp16"`, `"int8"` or `"int8_dynamic"`.
         calibration: for `"int8"`, a list of uint8 `(H, W, 3)` images at
             `input_size` (`keras_fastfcn.precision.calibration_images`).
+        keep_float: for `"int8"`, Keras layer names (or `/`-joined paths such as
+            `"head/conv5"`) whose ops stay float32; each must name some tensors.
 
     Returns:
         The path written.
@@ -41,12 +47,18 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
     Example:
     >>> export_tflite(model, "fastfcn.tflite", input_size=(512, 512))
     'fastfcn.tflite'
+    >>> export_tflite(model, "int8.tflite", input_size=(360, 480), precision="int8",
+    ...               calibration=images, keep_float=("encoding", "classifier", "logits"))
+    'int8.tflite'
     """
     import tensorflow as tf
 
     from keras_fastfcn.precision import check_export_precision
 
+    from keras_fastfcn.serving.onnx import check_keep_float
+
     check_export_precision("tflite", precision, calibration)
+    keep_float = check_keep_float(keep_float, precision)
     if input_size is None:
         h, w = (tuple(model.input_shape) + (None, None, None))[1:3]
         if h is None or w is None:
@@ -77,10 +89,77 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                    tf.lite.OpsSet.TFLITE_BUILTINS]
         try:
-            flatbuffer = converter.convert()
+            if keep_float:
+                flatbuffer = _selectively_quantized(tmp_dir, converter, calibration,
+                                                    keep_float)
+            else:
+                flatbuffer = converter.convert()
+        except ValueError:
+            raise
         except Exception as err:
             raise RuntimeError(f"TFLite conversion failed: {err}") from err
     with atomic_path(output) as tmp:
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
     return output
+
+
+def float_tensor_names(tensor_names, keep_float):
+    """The TFLite tensor names (op outputs) that belong to the Keras layers `keep_float`.
+
+    A converted op's output is named after the TensorFlow ops fused into it, joined
+    with `;` (`model/head_1/classifier_1/BiasAdd;model/head_1/classifier_1/Conv2D`);
+    a tensor belongs to a layer when one of those op names has the layer in its scope
+    (matched as `keras_fastfcn.serving.onnx.float_node_names` does).
+
+    Args:
+        tensor_names: the tensor names of the float TFLite model.
+        keep_float: layer names or `/`-joined paths.
+
+    Raises:
+        ValueError: a name matches no tensor.
+
+    Example:
+    >>> float_tensor_names(["m/head_1/classifier_1/BiasAdd"], ["classifier"])
+    ['m/head_1/classifier_1/BiasAdd']
+    """
+    from keras_fastfcn.serving.onnx import _scope_matches, _strip_call_suffix
+
+    names, unmatched = [], []
+    for pattern in keep_float:
+        hits = [t for t in tensor_names
+                if any(_scope_matches(op.split("/")[:-1], pattern) for op in t.split(";"))]
+        if not hits:
+            unmatched.append(pattern)
+        names += [t for t in hits if t not in names]
+    if unmatched:
+        layers = sorted({_strip_call_suffix(part) for t in tensor_names
+                         for op in t.split(";") for part in op.split("/")[1:-1]})
+        raise ValueError(f"keep_float {unmatched!r} names no layer of this model; its layers "
+                         f"include {layers[:40]}{' ...' if len(layers) > 40 else ''}.")
+    return names
+
+
+def _selectively_quantized(saved_model_dir, converter, calibration, keep_float):
+    """The int8 flatbuffer of `converter` with the ops of the layers `keep_float` left
+    in float32 (the QuantizationDebugger's selective quantization)."""
+    import warnings
+
+    import tensorflow as tf
+
+    float_converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=["serving_default"])
+    float_converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=float_converter.convert())
+    names = float_tensor_names([t["name"] for t in interpreter.get_tensor_details()],
+                               keep_float)
+    # The class map's ARG_MAX sits outside the model's layers; left to the quantizer it
+    # gets an int8 copy of the scores, whose coarse steps turn near-ties into ties
+    # (won by the lowest class): with the scores kept in float it must read them as is.
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=names, denylisted_ops=["ARG_MAX"]))
+    return debugger.get_nondebug_quantized_model()
