@@ -97,14 +97,16 @@ def test_cli_rejects_unknown_names():
 @pytest.mark.slow
 def test_quick_benchmark_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "keras_fastfcn", "benchmark", "--quick",
-                           "--no-memory", "--precision", "fp32,bf16", "--throughput-batch", "2",
+                           "--no-memory", "--precision", "fp32,fp16", "--throughput-batch", "2",
                            "--no-torch", "--output", str(tmp_path)],
                           capture_output=True, text=True, timeout=1200, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["upsampler"], r["precision"]): r for r in payload["results"]}
-    assert set(rows) == {("jpu", "fp32"), ("os8", "fp32"), ("jpu", "bf16"), ("os8", "bf16")}
+    # fp16, not bf16: both take the same code path, and CPUs without AVX512-BF16 emulate
+    # bf16 slowly (the quick run took 190 s with it, CI minutes).
+    assert set(rows) == {("jpu", "fp32"), ("os8", "fp32"), ("jpu", "fp16"), ("os8", "fp16")}
     for row in rows.values():
         # `--no-memory`: the training-memory children would double the CI time.
         assert row["latency_s"] > 0 and row["gflops"] > 0 and "train_peak_rss_gb" not in row
@@ -116,15 +118,15 @@ def test_quick_benchmark_runs(tmp_path):
     # FLOPs are deterministic and the same at every precision: JPU at stride 8 costs
     # well under the dilated backbone.
     assert rows["jpu", "fp32"]["gflops"] < 0.6 * rows["os8", "fp32"]["gflops"]
-    assert rows["jpu", "bf16"]["gflops"] == pytest.approx(rows["jpu", "fp32"]["gflops"])
-    assert {r["precision"] for r in payload["ratios"]} == {"fp32", "bf16"}
+    assert rows["jpu", "fp16"]["gflops"] == pytest.approx(rows["jpu", "fp32"]["gflops"])
+    assert {r["precision"] for r in payload["ratios"]} == {"fp32", "fp16"}
     cpu = payload["cpu"]
     assert cpu["model"] and cpu["cores"] >= 1 and set(cpu["peak_gflops_s"]) == {
         "fp32", "bf16", "fp16"}
-    assert "fp32 vs os8" in proc.stdout and "bf16 vs os8" in proc.stdout
+    assert "fp32 vs os8" in proc.stdout and "fp16 vs os8" in proc.stdout
     assert "img/s at batch 2" in proc.stdout and "GFLOP/s" in proc.stdout
     assert report.main([str(tmp_path / "results.json")]) == 0
-    assert "| bf16 |" in (tmp_path / "RESULTS.md").read_text()
+    assert "| fp16 |" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_resume_keeps_finished_configurations(monkeypatch):
