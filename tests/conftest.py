@@ -46,3 +46,10 @@ def make_confident(model, images, peak=300.0):
     kernel, bias = classifier.get_weights()
     classifier.set_weights([kernel * factor, bias * factor])
     return model
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker more than the cores, at most 4 (pytest.ini). The
+    end-to-end tests spend much of their time in single-threaded phases (interpreter
+    and TensorFlow start-up, XLA compilation) that a spare worker fills."""
+    return min(4, (os.cpu_count() or 1) + 1)

@@ -4,9 +4,11 @@ in a TensorFlow process."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -53,9 +55,21 @@ def one_step(init, out, distribution=None):
              **{f"b{i}": v for i, v in enumerate(before)})
 
 
+# One JAX compilation cache for the file's processes: the killed and the resumed run
+# (and the one-step test, whose training step is the same program) compile once.
+_XLA_CACHE = os.path.join(tempfile.gettempdir(), f"keras_fastfcn_tests_xla_{os.getpid()}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_xla_cache():
+    yield
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+
+
 def _env(backend, **extra):
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+               XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_COMPILATION_CACHE_DIR=_XLA_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.update(extra)
     return env
 
@@ -119,11 +133,7 @@ def test_jax_train_without_tensorflow_resumes_after_kill_then_tensorflow_loads_i
     the rerun resumes at step 2 and finishes. Then, in this TensorFlow process, the final
     model loads, scores what the JAX run reported, and exports a SavedModel."""
     out = tmp_path / "run"
-    # The rerun reuses the killed run's XLA programs (JAX's compilation cache): the
-    # test is about resuming, not compiling twice.
-    env = _env("jax", KERAS_FASTFCN_TEST_NO_TF="1",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = _env("jax", KERAS_FASTFCN_TEST_NO_TF="1")
     killed = subprocess.run(_train_cmd(out), capture_output=True, text=True, cwd=REPO,
                             env=dict(env, KERAS_FASTFCN_TEST_KILL=r"^latest$@2"), timeout=600)
     assert killed.returncode == -signal.SIGKILL, (killed.stdout[-2000:], killed.stderr[-3000:])
