@@ -25,6 +25,15 @@ def confident(tiny_backbone):
     return model, images.astype("float32")
 
 
+def conv_kernel_types(interpreter):
+    """{a TFLite CONV_2D's output tensor name: its kernel's dtype}."""
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    return {tensors[op["outputs"][0]]["name"]: tensors[op["inputs"][1]]["dtype"]
+            for op in convs}
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_model_keeps_weights_and_argmax(confident, precision):
     model, images = confident
@@ -60,7 +69,13 @@ def test_int8_exports_agree_with_fp32(confident, tmp_path):
                              input_size=(64, 64), precision="int8", calibration=calibration)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        runner = tf.lite.Interpreter(path).get_signature_runner()
+        interpreter = tf.lite.Interpreter(path)
+    # By default the layers measured to lose accuracy stay float (tflite
+    # DEFAULT_KEEP_FLOAT): the classifier among them, the other convolutions int8.
+    kernels = conv_kernel_types(interpreter)
+    assert {name for name, dtype in kernels.items() if dtype == np.float32} == {
+        name for name in kernels if "classifier" in name}, kernels
+    runner = interpreter.get_signature_runner()
     tfl = np.stack([runner(images=image[None])["class_map"][0] for image in images])
     assert (tfl == ref).mean() > 0.9
 
@@ -72,7 +87,24 @@ def test_int8_exports_agree_with_fp32(confident, tmp_path):
     assert any(node.op_type == "QuantizeLinear" for node in onnx.load(path).graph.node)
     class_map = session.run(["class_map"], {"images": images})[0]
     assert (class_map == ref).mean() > 0.9
-    assert "class_names" in session.get_modelmeta().custom_metadata_map
+    meta = session.get_modelmeta().custom_metadata_map
+    assert "class_names" in meta
+    # By default the class scores stay float (DEFAULT_KEEP_FLOAT, PRECISION.md).
+    assert '"keep_float": ["classifier", "logits"]' in meta["keras_fastfcn_export"]
+
+
+def test_default_keep_float_names_only_layers_the_model_has(confident):
+    import keras
+
+    from keras_fastfcn.serving.onnx import DEFAULT_KEEP_FLOAT, default_keep_float
+
+    model, _ = confident
+    assert default_keep_float(model) == DEFAULT_KEEP_FLOAT == ("classifier", "logits")
+    inputs = keras.Input((None, None, 3))
+    own = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="classifier")(inputs))
+    assert default_keep_float(own) == ("classifier",)
+    own = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="scores")(inputs))
+    assert default_keep_float(own) == ()
 
 
 def test_onnx_int8_keep_float_leaves_those_layers_unquantized(confident, tmp_path):
@@ -158,11 +190,7 @@ def test_tflite_int8_keep_float_keeps_the_classifier_in_float(confident, tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         interpreter = tf.lite.Interpreter(path)
-    interpreter.allocate_tensors()
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
-    kernel_types = {tensors[op["outputs"][0]]["name"]: tensors[op["inputs"][1]]["dtype"]
-                    for op in convs}
+    kernel_types = conv_kernel_types(interpreter)
     float_convs = [name for name, dtype in kernel_types.items() if dtype == np.float32]
     assert float_convs and all("classifier" in name for name in float_convs), kernel_types
     assert sum(dtype == np.int8 for dtype in kernel_types.values()) >= 3

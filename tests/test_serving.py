@@ -448,6 +448,13 @@ def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
     assert inp.name == "images" and inp.type == "tensor(float)"
     assert inp.shape == ["batch", "height", "width", 3]
     assert [o.name for o in sess.get_outputs()] == ["class_map", "probabilities"]
+    # The JPU's dilated depthwise convs are single dilated Conv nodes, not tf2onnx's
+    # SpaceToDepth/DepthToSpace rendering of TensorFlow's space-to-batch.
+    ops = {node.op_type for node in proto.graph.node}
+    assert not ops & {"SpaceToDepth", "DepthToSpace"}, sorted(ops)
+    dilations = sorted(max(a.ints) for node in proto.graph.node if node.op_type == "Conv"
+                       for a in node.attribute if a.name == "dilations" and max(a.ints) > 1)
+    assert dilations == [2, 4, 8]
     for batch in images:
         class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
         assert_agrees(probs, class_map, keras_probabilities(fcn_model, batch))

@@ -1,4 +1,5 @@
-"""BatchNorm folding (keras_fastfcn.serving.fold): same outputs, fewer BN layers, original untouched."""
+"""BatchNorm folding (keras_fastfcn.serving.fold): same outputs, fewer BN layers, original
+untouched; and the export-only padded dilated depthwise convs."""
 
 import keras
 import numpy as np
@@ -6,7 +7,9 @@ import pytest
 
 import keras_fastfcn as kf
 from keras_fastfcn.inference import logits_model
-from keras_fastfcn.serving.fold import batchnorm_layers, fold_batchnorm
+from keras_fastfcn.serving.fold import (PaddedDepthwiseConv2D, batchnorm_layers,
+                                        fold_batchnorm, inference_copy,
+                                        pad_dilated_depthwise)
 
 
 def randomize_batchnorms(model, seed=0):
@@ -104,3 +107,30 @@ def test_fold_rejects_non_functional_models():
         fold_batchnorm(Custom())
     with pytest.raises(ValueError, match="functional keras.Model"):
         fold_batchnorm("model.keras")
+
+
+def test_padded_dilated_depthwise_same_values_any_size(rng):
+    """JUM (dilations 1, 2, 4) and JPU (2, 4, 8) separable convs written as explicit
+    padding + valid conv: same outputs at odd and even sizes, the caller's model
+    untouched, and the layer round-trips through its config."""
+    keras.utils.set_random_seed(2)
+    # JPU: dilations 1, 2, 4, 8; JPU_X: two JUMs with 1, 2, 4 and 2, 4, 8.
+    for upsampler, replaced in (("jpu", 3), ("jpu_x", 2 + 3)):
+        model = kf.FastFCN(num_classes=3, head="fcn", upsampler=upsampler, jpu_width=64)
+        randomize_batchnorms(model, seed=3)
+        net = inference_copy(logits_model(model))
+        assert pad_dilated_depthwise(net) == replaced
+        assert pad_dilated_depthwise(net) == 0  # nothing left to replace
+        padded = [layer for layer in net._flatten_layers(include_self=False)
+                  if isinstance(layer, PaddedDepthwiseConv2D)]
+        assert len(padded) == replaced
+        assert not any(isinstance(layer, PaddedDepthwiseConv2D)
+                       for layer in model._flatten_layers(include_self=False))
+        for h, w in ((64, 64), (67, 75)):
+            _check_same(model, net, rng.uniform(0, 255, (1, h, w, 3)).astype("float32"))
+    layer = padded[0]
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(clone, PaddedDepthwiseConv2D) and clone.pad == layer.pad
+    assert clone.padding == "valid" and clone.dilation_rate == layer.dilation_rate
+    channels = layer.kernel.shape[2]
+    assert clone.compute_output_shape((1, 9, 11, channels)) == (1, 9, 11, channels)

@@ -61,8 +61,10 @@ def add_arguments(parser):
                         help="int8: number of calibration images (default 100)")
     parser.add_argument("--keep-float", default=None, metavar="LAYER,...",
                         help="int8 (onnx, tflite): Keras layers left in float32, e.g. "
-                             "classifier,logits (benchmarks/PRECISION.md: the CamVid EncNet "
-                             "keeps its accuracy in ONNX int8 only with these two)")
+                             "classifier,logits, or 'none' to quantize every layer (default: "
+                             "the layers measured to lose accuracy, benchmarks/PRECISION.md; "
+                             "onnx: classifier,logits; tflite: also preprocessing,encoding,"
+                             "encoding_bn)")
 
 
 def run(args):
@@ -76,15 +78,15 @@ def run(args):
     # Output problems, unsupported options and missing optional packages are reported
     # before the model load.
     check_export_precision(args.format, args.precision, args.calibration_data)
-    keep_float = ()
-    if args.keep_float:
+    keep_float = None
+    if args.keep_float is not None:
         if args.format not in ("onnx", "tflite"):
             raise ValueError(f"--keep-float applies to int8 onnx and tflite exports, "
                              f"not to --format {args.format}.")
         from keras_fastfcn.serving.onnx import check_keep_float
 
-        keep_float = check_keep_float([n.strip() for n in args.keep_float.split(",")],
-                                      args.precision)
+        names = [n.strip() for n in args.keep_float.split(",")]
+        keep_float = check_keep_float([] if names == ["none"] else names, args.precision)
     if args.format == "saved_model":
         targets.check_saved_model_target(args.output, args.overwrite, create=False)
     else:
@@ -108,7 +110,7 @@ def run(args):
     if args.format == "saved_model":
         options["max_pixels"] = args.max_pixels
     options["precision"] = args.precision
-    if keep_float:
+    if keep_float is not None:
         options["keep_float"] = keep_float
     if args.precision == "int8":
         from keras_fastfcn.precision import calibration_images

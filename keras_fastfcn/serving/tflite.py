@@ -8,7 +8,8 @@ range); `"fp16"` stores float16 weights (computed in float32 on CPUs). With `kee
 (Keras layer names), the int8 model keeps those layers' ops in float32
 (`tf.lite.experimental.QuantizationDebugger` with `denylisted_nodes`: selective
 quantization), where quantizing them costs accuracy (`benchmarks/PRECISION.md`); the
-class map's ARG_MAX then reads float scores too."""
+class map's ARG_MAX then reads float scores too. By default (`keep_float=None`) that
+is `DEFAULT_KEEP_FLOAT`, the layers measured to lose the most."""
 
 import os
 import tempfile
@@ -19,10 +20,17 @@ from keras_fastfcn.serving.model import prepare
 from keras_fastfcn.serving.saved_model import write_saved_model
 from keras_fastfcn.serving.targets import check_options, check_target_file
 
+# What full-integer int8 keeps in float by default: the class scores (as ONNX) and the
+# tensors the QuantizationDebugger measured worst (benchmarks/PRECISION.md: the input
+# preprocessing and EncNet's Encoding + its BatchNorm1d, errors of 38x to 43969x the
+# quantization step). On the CamVid EncNet: -20.4 mIoU points with everything int8,
+# -1.9 with these in float (ONNX Runtime's int8 is within 1 point with only the scores).
+DEFAULT_KEEP_FLOAT = ("preprocessing", "encoding", "encoding_bn", "classifier", "logits")
+
 
 def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.0,),
                   flip=False, input_size=None, base_size=None, fold_bn=True,
-                  precision="fp32", calibration=None, keep_float=()):
+                  precision="fp32", calibration=None, keep_float=None):
     """Writes a float32 TFLite model with a fixed input size to `output` (`*.tflite`).
 
     Input `[1, H, W, 3]` float32 RGB 0-255; outputs `class_map` int32
@@ -39,7 +47,9 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
         calibration: for `"int8"`, a list of uint8 `(H, W, 3)` images at
             `input_size` (`keras_fastfcn.precision.calibration_images`).
         keep_float: for `"int8"`, Keras layer names (or `/`-joined paths such as
-            `"head/conv5"`) whose ops stay float32; each must name some tensors.
+            `"head/conv5"`) whose ops stay float32; each must name some tensors. None
+            (the default): `DEFAULT_KEEP_FLOAT` where the model has those layers; `()`:
+            every op int8.
 
     Returns:
         The path written.
@@ -54,8 +64,7 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
     import tensorflow as tf
 
     from keras_fastfcn.precision import check_export_precision
-
-    from keras_fastfcn.serving.onnx import check_keep_float
+    from keras_fastfcn.serving.onnx import check_keep_float, default_keep_float
 
     check_export_precision("tflite", precision, calibration)
     keep_float = check_keep_float(keep_float, precision)
@@ -68,6 +77,8 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
     output = check_target_file(output, overwrite, ".tflite")
     net, info = prepare(model, fold_bn)
+    if keep_float is None:
+        keep_float = default_keep_float(net, DEFAULT_KEEP_FLOAT) if precision == "int8" else ()
     fn, spec = fixed_function(net, probabilities, scales, flip, input_size, base_size,
                               info.align_corners, batch=1)
     # Through a temporary SavedModel written like the TF Serving export:
