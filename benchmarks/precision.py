@@ -23,9 +23,7 @@ Writes `benchmarks/PRECISION.md` (a table) and prints it.
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,18 +32,6 @@ import warnings
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_description():
-    """(`lscpu` model name and CPU count, the SIMD / AMX / FMA flags)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor(), []
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")) or f == "f16c")
-    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPUs", isa
 
 
 FORMAT_KEYS = {"keras": "Keras", "tflite": "TFLite", "onnx": "ONNX Runtime"}
@@ -109,9 +95,11 @@ def main():
     import tensorflow as tf
 
     from keras_fastfcn import data, inference, serving
+    from keras_fastfcn.benchmark import cpu_info
     from keras_fastfcn.precision import calibration_images, with_precision
 
-    cpu, isa = cpu_description()
+    info_cpu = cpu_info()
+    cpu, isa = f"{info_cpu['model']}, {info_cpu['cores']} CPUs", info_cpu["flags"]
     threads = os.cpu_count()
     model = inference.load_model(args.model)
     info = inference.model_info(model)

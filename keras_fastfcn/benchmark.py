@@ -10,7 +10,8 @@ one model's memory and thread pools do not bias the next; all run on the same in
   fastest path the package offers: BatchNorm folded into the convolutions
   (`keras_fastfcn.serving.fold`) and a compiled `tf.function`, without XLA and with XLA for
   every part but the JPU (`keras_fastfcn.inference.xla_parts`; for a dilated model
-  that is nearly the whole graph), the faster kept. Protocol of the official `test_fps_params.py` (warm-up runs, then
+  that is nearly the whole graph), the faster kept (`xla="auto"`; `"off"` / `"parts"`
+  time one of the two: half the tracing). Protocol of the official `test_fps_params.py` (warm-up runs, then
   repeated timed runs), reported as the median latency and its FPS. (The official
   script times the training model with its auxiliary head; we time what is deployed.)
 - Precision (`precisions`): `fp32`, or the model rebuilt under Keras' mixed-precision
@@ -208,9 +209,18 @@ def _time(run, warmup, min_runs, min_seconds, max_runs=50):
     return statistics.median(times), min(times), len(times)
 
 
+XLA_CHOICES = {"auto": (False, "parts"), "off": (False,), "parts": ("parts",)}
+
+
+def _xla_choices(xla):
+    if xla not in XLA_CHOICES:
+        raise ValueError(f"Unknown xla {xla!r}: expected one of {list(XLA_CHOICES)}.")
+    return XLA_CHOICES[xla]
+
+
 def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
                   min_runs=5, min_seconds=10.0, fold=True, precision="fp32",
-                  throughput_batch=8):
+                  throughput_batch=8, xla="auto", gflops=None):
     """Latency, throughput, FLOPs and parameters of one configuration (in this process).
 
     Args:
@@ -223,6 +233,10 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
         fold: fold BatchNorm into the convolutions (what the exports serve).
         precision: `"fp32"`, `"bf16"` or `"fp16"` (Keras mixed precision).
         throughput_batch: batch of the throughput run (images/s); 0 skips it.
+        xla: `"auto"` (time the graph without XLA and with `xla_parts`, keep the
+            faster), `"off"` or `"parts"` (only that one).
+        gflops: the configuration's GFLOPs if already counted (they do not depend on
+            the precision): skips the fp32 graph and its profile.
 
     Returns:
         A dict: `latency_s` (median, batch 1), `fps`, `xla`, `gflops` (per image),
@@ -239,6 +253,7 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     from keras_fastfcn.precision import KERAS_PRECISIONS, check_precision, with_precision
 
     check_precision(precision, KERAS_PRECISIONS, "the benchmark")
+    jits = _xla_choices(xla)
     seg = _build(head, backbone, upsampler, num_classes)
     params = {"backbone": _count(seg.backbone.encoder),
               "upsampler": _count(seg.backbone.upsampler) if seg.backbone.upsampler else 0,
@@ -252,17 +267,16 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
             model = fold_batchnorm(model)
         return model
 
-    model = deployed(seg)
     spec = tf.TensorSpec((1, size, size, 3), tf.float32)
-    # Counted on the fp32 graph: a mixed-precision graph adds casts, not arithmetic.
-    gflops = _flops(model, spec) / 1e9
-    if precision != "fp32":
-        model = deployed(with_precision(seg, precision))
+    if gflops is None:
+        # Counted on the fp32 graph: a mixed-precision graph adds casts, not arithmetic.
+        gflops = _flops(deployed(seg), spec) / 1e9
+    model = deployed(seg if precision == "fp32" else with_precision(seg, precision))
     del seg
     rng = np.random.RandomState(0)
     images = tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32)
     best, errors = None, []
-    for jit in (False, "parts"):
+    for jit in jits:
         # Logits cast to float32 as every inference path does (mixed precision: 16-bit).
         fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
                          input_signature=[spec])
@@ -462,13 +476,7 @@ def machine_description():
     import keras
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_info()["model"]
     mem = ""
     try:
         with open("/proc/meminfo") as f:
@@ -491,7 +499,8 @@ def _key(row):
 
 def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, memory=True,
                    min_seconds=10.0, log=print, done=(), on_result=None,
-                   precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None):
+                   precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None,
+                   xla="auto"):
     """Measures every configuration; returns a list of result dicts.
 
     Args:
@@ -510,6 +519,7 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
         torch_anchor: also time the official PyTorch structure where torch is
             installed (fp32 and bf16 rows).
         cpu: `cpu_info()` (None reads it): the peak GFLOP/s per precision.
+        xla: `measure_speed`'s `xla` (`"auto"`: both paths, the faster kept).
 
     Example:
     >>> rows = run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], size=128,
@@ -520,12 +530,14 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
     for precision in precisions:
         check_precision(precision, KERAS_PRECISIONS, "the benchmark (int8: "
                         "benchmarks/precision.py)")
+    _xla_choices(xla)
     cpu = cpu_info() if cpu is None else cpu
     previous = {_key(r): r for r in done if "error" not in r}
     results = []
     for backbone in backbones:
         for head in heads:
             for upsampler in upsamplers:
+                gflops = None  # counted once per configuration: the same at any precision
                 for precision in precisions:
                     config = {"head": head, "backbone": backbone, "upsampler": upsampler}
                     row = previous.get((head, backbone, upsampler, precision))
@@ -534,7 +546,8 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
                         row.update(_child("measure_speed", config,
                                           {"size": size, "min_seconds": min_seconds,
                                            "precision": precision,
-                                           "throughput_batch": throughput_batch}))
+                                           "throughput_batch": throughput_batch,
+                                           "xla": xla, "gflops": gflops}))
                         if "error" not in row:
                             _add_peak(row, cpu)
                             if torch_anchor:
@@ -546,6 +559,8 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
                     else:
                         log(_row_text(row) + "  (kept from the earlier run)")
                     results.append(row)
+                    if "gflops" in row:
+                        gflops = row["gflops"]
                     if on_result is not None:
                         on_result(results)
     return results

@@ -44,6 +44,8 @@ CLI_CASES = [
     ("train --config demo --output-dir {out} --set model.head=encnett", "encnett"),
     ("train --config nosuchconfig --output-dir {out}", "nosuchconfig"),
     ("train --config demo --output-dir {out} --set train.nokey=1", "train.nokey"),
+    ("train --config demo --output-dir {out} --set data.loader=torch",
+     "data.loader must be one of"),
     # predict: inputs, outputs and the model file checked before loading anything
     ("predict --model {in}/model.keras --input {in}/bad.png --output {out}", "bad.png"),
     ("predict --model {in}/model.keras --input {in}/nan.tif --output {out}", "NaN"),

@@ -223,3 +223,28 @@ def test_evaluate_and_predict_on_jax_equal_tensorflow(tmp_path):
             if np.asarray(Image.open(p)).ndim == 2]
     assert maps, sorted((tmp_path / "pred").iterdir())
     assert (maps[0] == expected).mean() >= 0.999
+
+
+def test_jax_bad_options_fail_in_one_line_before_writing(tmp_path):
+    """On JAX, `--strategy multiworker` (TensorFlow's) and a batch that does not split
+    evenly over the devices are one-line errors before the output folder is made."""
+    script = (
+        "import sys\n"
+        "from keras_fastfcn.cli import main\n"
+        "out = sys.argv[1]\n"
+        "for extra in (['--strategy', 'multiworker'],\n"
+        "              ['--cpu-devices', '2', '--set', 'train.batch_size=3']):\n"
+        "    code = main(['train', '--config', 'demo', '--output-dir', out, *extra])\n"
+        "    print('CODE', code, flush=True)\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, env=_env("jax"), cwd=REPO, timeout=300)
+    assert proc.stdout.split().count("CODE") == 2, proc.stderr[-2000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("CODE")] == [
+        "CODE 1", "CODE 1"]
+    errors = [line for line in proc.stderr.splitlines() if " error: " in line]
+    assert len(errors) == 2, proc.stderr[-2000:]
+    assert "MultiWorkerMirroredStrategy" in errors[0] and "drop --strategy" in errors[0]
+    assert "train.batch_size=3 does not split evenly over the 2 devices" in errors[1]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -33,6 +33,7 @@ Example:
 ((4, 64, 64, 3), (4, 64, 64))
 """
 
+import functools
 import math
 import os
 
@@ -149,17 +150,16 @@ class TrainBatches(keras.utils.PyDataset):
         self.seed = int(np.random.SeedSequence().entropy % (2 ** 31)) if seed is None else int(seed)
         self.scale_range = tuple(float(v) for v in scale_range)
         self.skip_batches = int(skip_batches)
-        self._orders = {}
+        # The pass over the data a batch reads from: its permutation is a function of
+        # (seed, pass), cached for the current and the next pass (thread-safe).
+        self._order = functools.lru_cache(maxsize=2)(self._permutation)
 
     @property
     def num_batches(self):
         return None  # endless: fit() runs steps_per_epoch of it per epoch
 
-    def _order(self, epoch):
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(
-                self.count)} | {k: v for k, v in self._orders.items() if k >= epoch - 1}
-        return self._orders[epoch]
+    def _permutation(self, epoch):
+        return np.random.default_rng([self.seed, epoch]).permutation(self.count)
 
     def __getitem__(self, index):
         first = (self.skip_batches + int(index)) * self.batch_size
