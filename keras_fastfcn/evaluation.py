@@ -27,7 +27,8 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
 
     Args:
         predictor: an `inference.Predictor` (or any callable `(1, H, W, 3)` ->
-            scores `(1, H, W, C)`).
+            scores `(1, H, W, C)`), or one that returns the class map `(1, H, W)`
+            itself (`serving.runtime.ExportPredictor`).
         dataset: iterable of `(image (H, W, 3) uint8, label (H, W) int)`, e.g.
             `data.get_source(spec).examples(split)` (any backend, no TensorFlow
             needed) or a `tf.data.Dataset` from `.dataset(split)`.
@@ -71,7 +72,8 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
             raise ValueError(
                 f"Example {count}: image {image.shape} and label {label.shape} do not match "
                 "(expected (H, W, 3) and (H, W)).")
-        pred = np.argmax(np.asarray(predictor(image[None])), axis=-1)[0]
+        out = np.asarray(predictor(image[None]))
+        pred = (out if out.ndim == 3 else np.argmax(out, axis=-1))[0]
         metric.update(label, pred)
         count += 1
         if progbar is not None:

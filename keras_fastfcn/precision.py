@@ -44,7 +44,8 @@ def check_precision(precision, allowed=PRECISIONS, where=None):
         hint = ""
         if precision in ("int8", "int8_dynamic") and "int8" not in allowed:
             hint = (" int8 is a post-training quantization of an export: "
-                    "`keras-fastfcn export --format tflite|onnx --precision int8`.")
+                    "`keras-fastfcn export --format tflite|onnx --precision int8`, then "
+                    "`keras-fastfcn evaluate --model FILE.onnx|.tflite` scores it.")
         raise ValueError(f"Unknown precision {precision!r}{at}: expected one of "
                          f"{list(allowed)}.{hint}")
     return precision

@@ -94,6 +94,53 @@ def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, folder_spe
     assert not [p for p in os.listdir(out_json.parent) if p.startswith(".")]  # no temp left
 
 
+def test_evaluate_scores_onnx_and_tflite_exports_like_the_keras_model(
+        capsys, tmp_path, model_path, folder_spec, examples):
+    """`evaluate --model m.onnx` runs the export (ONNX Runtime) through the same metric:
+    for a confident model the same pixAcc / mIoU as the .keras file. The export's options
+    are fixed, so inference flags are refused; a fixed-size TFLite export scores the
+    images of its size and names the mismatch of the next one."""
+    pytest.importorskip("onnxruntime")
+    from conftest import make_confident
+
+    from keras_fastfcn import serving
+
+    model = inference.load_model(model_path)
+    make_confident(model, np.stack([examples[0][0]]).astype("float32"), peak=300.0)
+    confident = tmp_path / "confident.keras"
+    model.save(confident)
+    onnx_path = serving.export(model, str(tmp_path / "m.onnx"), format="onnx")
+    reports = {}
+    for path in (confident, onnx_path):
+        out_json = tmp_path / f"{os.path.basename(path)}.json"
+        rc, out, err = run_cli(capsys, "evaluate", "--model", path, "--data", folder_spec,
+                               "--output", out_json)
+        assert rc == 0, err
+        reports[path] = json.loads(out_json.read_text())
+    keras_report, onnx_report = reports[confident], reports[onnx_path]
+    assert 0.1 < keras_report["pixAcc"] < 0.9  # not vacuous: a real mix of classes
+    for key in ("pixAcc", "mIoU", "labeled_pixels"):
+        assert onnx_report[key] == pytest.approx(keras_report[key], abs=1e-4)
+    assert onnx_report["inference"]["export"] == "onnx"
+    assert onnx_report["inference"]["precision"] == "fp32"
+    assert [c["name"] for c in onnx_report["per_class"]] == NAMES  # from its metadata
+
+    rc, _, err = run_cli(capsys, "evaluate", "--model", onnx_path, "--data", folder_spec,
+                         "--flip", "--precision", "bf16")
+    assert_one_line_error(rc, err, "is an export", "--flip, --precision")
+
+    h, w = examples[0][0].shape[:2]
+    tflite_path = serving.export(model, str(tmp_path / "m.tflite"), format="tflite",
+                                 input_size=(h, w))
+    rc, _, err = run_cli(capsys, "evaluate", "--model", tflite_path, "--data", folder_spec)
+    other = examples[1][0].shape
+    assert_one_line_error(rc, err, f"takes {h}x{w} images",
+                          f"this one is {other[0]}x{other[1]}")
+    rc, out, err = run_cli(capsys, "evaluate", "--model", tflite_path, "--data", folder_spec,
+                           "--limit", "1")
+    assert rc == 0 and "tflite export" in out, err
+
+
 def test_evaluate_slide_ms_options(capsys, model_path, folder_spec):
     rc, out, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", folder_spec,
                            "--mode", "slide", "--crop-size", "48", "--scales", "0.75,1.0",

@@ -6,8 +6,14 @@ official pixAcc and mIoU, plus the mean over present classes). A progress bar sh
 the running pixAcc / mIoU; the table is printed at the end and, with `--output`,
 written as JSON (atomically, only once the whole split has been evaluated).
 
+An exported `.onnx` or `.tflite` model is scored the same way (ONNX Runtime / TFLite,
+`serving.runtime.ExportPredictor`): that is how an int8 or fp16 export's accuracy is
+measured. Its inference options were fixed at export, so the inference flags below are
+refused for it.
+
 Example:
     keras-fastfcn evaluate --model runs/camvid/model.keras --data camvid --split val
+    keras-fastfcn evaluate --model fastfcn_int8.onnx --data camvid
     keras-fastfcn evaluate --model m.keras --data camvid --mode slide --crop-size 360 --ms \
         --output results.json
 """
@@ -29,7 +35,7 @@ METRIC_DEFINITIONS = {
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
-                             "from images to logits)")
+                             "from images to logits), or an .onnx / .tflite export")
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help="data source: demo, camvid, camvid:PATH, folder:PATH, tfds:NAME")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
@@ -51,17 +57,28 @@ def run(args):
     from keras_fastfcn.fileio import atomic_path
     from keras_fastfcn.metrics import format_results
 
+    from keras_fastfcn.serving.runtime import ExportPredictor, is_export
+
+    export = is_export(args.model)
+    if export:
+        _refuse_inference_options(args)
     source = data.get_source(args.data)
-    model = inference.load_model(args.model)
-    info = inference.model_info(model)
-    predictor = predictor_from_args(model, args)
-    if source.num_classes != info.num_classes:
-        raise ValueError(f"The model predicts {info.num_classes} classes but data "
+    if export:
+        predictor = ExportPredictor(args.model)
+        num_classes = predictor.num_classes or source.num_classes
+        class_names = predictor.class_names
+    else:
+        model = inference.load_model(args.model)
+        info = inference.model_info(model)
+        predictor = predictor_from_args(model, args)
+        num_classes, class_names = info.num_classes, info.class_names
+    if source.num_classes != num_classes:
+        raise ValueError(f"The model predicts {num_classes} classes but data "
                          f"{args.data!r} has {source.num_classes}.")
     print(f"Evaluating {args.model} on {args.data} [{args.split}]: {predictor.describe()}")
     result = evaluate_dataset(
-        predictor, source.examples(args.split), info.num_classes,
-        class_names=info.class_names or source.class_names, ignore_label=source.ignore_label,
+        predictor, source.examples(args.split), num_classes,
+        class_names=class_names or source.class_names, ignore_label=source.ignore_label,
         num_examples=source.num_examples(args.split), limit=args.limit,
         verbose=0 if args.quiet else 1)
 
@@ -78,3 +95,16 @@ def run(args):
                 f.write(json.dumps(report, indent=2) + "\n")
         print(f"Wrote {args.output}")
     return 0
+
+
+def _refuse_inference_options(args):
+    """An export runs as exported: a non-default inference flag would be ignored."""
+    given = [flag for flag, value, default in (
+        ("--mode", args.mode, "whole"), ("--scales", args.scales, None), ("--ms", args.ms, False),
+        ("--flip", args.flip, False), ("--base-size", args.base_size, None),
+        ("--precision", args.precision, "fp32"), ("--jit-compile", args.jit_compile, "off"))
+        if value != default]
+    if given:
+        raise ValueError(f"{args.model} is an export: its scales, flip and precision were fixed "
+                         f"by keras-fastfcn export, so {', '.join(given)} cannot apply; export "
+                         "again with those options, or evaluate the .keras model.")
