@@ -116,7 +116,7 @@ def main():
 
     def keras_runner(precision):
         m = with_precision(model, precision)
-        predictor = inference.Predictor(m)
+        predictor = inference.Predictor(m, fold_batchnorm=True)  # as the CLI
         return lambda x: np.asarray(predictor(x)).argmax(-1)
 
     def tflite_runner(precision, h, w, keep=()):

@@ -80,11 +80,11 @@ def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, folder_spe
     assert report["images"] == 3 and report["split"] == "val"
     assert report["inference"] == {"mode": "whole", "scales": [1.0], "flip": False,
                                    "crop_size": None, "base_size": None,
-                                   "jit_compile": False}
+                                   "jit_compile": False, "fold_batchnorm": True}
     assert [c["name"] for c in report["per_class"]] == NAMES  # the model's names win
 
     model = inference.load_model(model_path)
-    predictor = inference.Predictor(model)
+    predictor = inference.Predictor(model, fold_batchnorm=True)  # as the CLI
     ref = SegmentationMetric(3)
     for image, label in examples:
         ref.update(label, predictor(image[None]).numpy()[0])

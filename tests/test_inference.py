@@ -348,3 +348,28 @@ def test_xla_parts_same_output_jpu_left_to_tensorflow():
     np.testing.assert_allclose(predictor(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="jit_compile"):
         inference.Predictor(model, jit_compile="yes")
+
+
+def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng):
+    """`fold_batchnorm=True` (what `evaluate` / `predict` use): an inference copy with BN
+    folded, same logits up to float rounding on a trained-looking (confident) model,
+    recorded in the settings, and frozen at build time: it does not follow later
+    weight changes, the unfolded predictor does."""
+    from conftest import make_confident
+
+    model = kf.FastFCN(5, head="encnet", backbone="resnet50", jpu_width=16)
+    x = rng.uniform(0, 255, (2, 64, 80, 3)).astype("float32")
+    make_confident(model, x)
+    plain, folded = inference.Predictor(model), inference.Predictor(model, fold_batchnorm=True)
+    a, b = plain(x).numpy(), folded(x).numpy()
+    assert np.abs(a).max() > 100  # confident: argmax decided by large logits
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.999
+    assert folded.settings()["fold_batchnorm"] and not plain.settings()["fold_batchnorm"]
+    from keras_fastfcn.serving.fold import batchnorm_layers
+
+    assert len(batchnorm_layers(folded.model)) < len(batchnorm_layers(model)) // 4
+    kernel, bias = model.head_layer.classifier.get_weights()
+    model.head_layer.classifier.set_weights([-kernel, -bias])
+    np.testing.assert_allclose(folded(x).numpy(), b)
+    assert (plain(x).numpy().argmax(-1) != a.argmax(-1)).mean() > 0.5

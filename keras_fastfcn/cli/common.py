@@ -95,7 +95,8 @@ def predictor_from_args(model, args):
     return inference.Predictor(
         model, mode=args.mode, scales=inference.MS_SCALES if args.ms else (args.scales or (1.0,)),
         flip=bool(args.flip or args.ms), crop_size=args.crop_size, base_size=args.base_size,
-        jit_compile={"off": False, "on": True}.get(args.jit_compile, args.jit_compile))
+        jit_compile={"off": False, "on": True}.get(args.jit_compile, args.jit_compile),
+        fold_batchnorm=True)  # a model read from a file: its weights do not change
 
 
 def check_output_file(path, option="--output"):

@@ -294,8 +294,9 @@ def final_evaluation(model, source, split):
         `val_pixAcc`, `val_mIoU` (official, all classes), `val_mIoU_present` and
         `val_IoU_per_class`.
     """
-    res = evaluate_dataset(Predictor(model), source.examples(split), model.num_classes,
-                           ignore_label=source.ignore_label, verbose=0)
+    # Folded as `evaluate` does: the model is final here.
+    res = evaluate_dataset(Predictor(model, fold_batchnorm=True), source.examples(split),
+                           model.num_classes, ignore_label=source.ignore_label, verbose=0)
     return {"val_pixAcc": float(res["pixAcc"]), "val_mIoU": float(res["mIoU"]),
             "val_mIoU_present": float(res["mIoU_present"]),
             "val_IoU_per_class": [float(v) for v in res["IoU"]]}
