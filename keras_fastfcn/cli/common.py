@@ -81,6 +81,15 @@ def add_inference_arguments(parser):
     return group
 
 
+def inference_flags_given(args):
+    """The `add_inference_arguments` flags that `args` sets to other than their
+    default, e.g. `["--flip", "--precision"]` (defaults read from the parser itself)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_inference_arguments(parser)
+    return ["--" + dest.replace("_", "-") for dest, default in vars(parser.parse_args([])).items()
+            if getattr(args, dest, default) != default]
+
+
 def predictor_from_args(model, args):
     """An `inference.Predictor` from parsed `add_inference_arguments` options."""
     from keras_fastfcn import inference

@@ -22,7 +22,8 @@ import json
 import os
 
 from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
-                                      check_output_file, positive_int, predictor_from_args)
+                                      check_output_file, inference_flags_given, positive_int,
+                                      predictor_from_args)
 
 METRIC_DEFINITIONS = {
     "pixAcc": "correct / labeled pixels (label 255 ignored), over the split",
@@ -99,11 +100,7 @@ def run(args):
 
 def _refuse_inference_options(args):
     """An export runs as exported: a non-default inference flag would be ignored."""
-    given = [flag for flag, value, default in (
-        ("--mode", args.mode, "whole"), ("--scales", args.scales, None), ("--ms", args.ms, False),
-        ("--flip", args.flip, False), ("--base-size", args.base_size, None),
-        ("--precision", args.precision, "fp32"), ("--jit-compile", args.jit_compile, "off"))
-        if value != default]
+    given = inference_flags_given(args)
     if given:
         raise ValueError(f"{args.model} is an export: its scales, flip and precision were fixed "
                          f"by keras-fastfcn export, so {', '.join(given)} cannot apply; export "

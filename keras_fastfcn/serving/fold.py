@@ -140,16 +140,17 @@ def _scale_kernel(conv, kernel, s):
     return kernel * s  # Conv2D: (kh, kw, in / groups, out)
 
 
-def _new_conv(conv, kernel, bias):
-    """A conv like `conv` with the given kernel and bias (None: no bias)."""
+def _new_conv(conv, kernel, bias, cls=None, **config_updates):
+    """A conv like `conv` (of class `cls`, default `conv`'s, with `config_updates`)
+    with the given kernel and bias (None: no bias)."""
     config = conv.get_config()
-    config["use_bias"] = bias is not None
+    config.update(config_updates, use_bias=bias is not None)
     for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
                 "kernel_constraint", "bias_constraint", "depthwise_regularizer",
                 "depthwise_constraint"):
         if key in config:
             config[key] = None
-    new = conv.__class__.from_config(config)
+    new = (cls or conv.__class__).from_config(config)
     if isinstance(conv, keras.layers.DepthwiseConv2D):
         in_channels = kernel.shape[2]
     else:
@@ -363,11 +364,9 @@ def pad_dilated_depthwise(model):
         for attr, value in list(vars(layer).items()):
             if attr.startswith("_") or not _needs_padding(value):
                 continue
-            config = value.get_config()
-            config.update(pad=_same_padding(value))
-            new = PaddedDepthwiseConv2D.from_config(config)
-            new.build((None, None, None, value.kernel.shape[2]))
-            new.set_weights(value.get_weights())
-            _swap(layer, attr, new)
+            weights = value.get_weights()
+            _swap(layer, attr, _new_conv(value, weights[0], weights[1] if value.use_bias
+                                         else None, PaddedDepthwiseConv2D,
+                                         pad=_same_padding(value)))
             count += 1
     return count
