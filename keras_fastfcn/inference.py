@@ -400,26 +400,28 @@ def normalize_scores(log_scores):
     return ops.softmax(ops.cast(log_scores, "float32"), axis=-1)
 
 
-# How many input shapes a `Predictor` traces for exactly; images of further shapes
-# share one trace with dynamic batch, height and width.
+# How many input shapes a `Predictor` traces for exactly; every other shape runs
+# through one trace with dynamic batch, height and width.
 STATIC_SHAPES = 8
 
 
 class _TracedGraph:
-    """`graph` as TensorFlow functions: one per input shape for the first
-    `STATIC_SHAPES` shapes, then one with dynamic (B, H, W) for every other shape.
+    """`graph` as TensorFlow functions: one trace with dynamic (B, H, W) for any input,
+    and, from the second time an input shape is seen, one trace for that shape (at most
+    `STATIC_SHAPES` of them).
 
     Why per shape: with static shapes grappler folds the resize indices and fuses more
     (EncNet R50, 512 px, BN folded, on an AMX Xeon: bf16 0.18 s against 0.21 s with the
-    dynamic trace, fp32 0.60 s against 0.63 s), and a dataset of one image size, or the
-    slide mode's windows, costs
-    one trace. The bound keeps a dataset of many sizes from tracing (seconds each) for
-    every image. Plain Python loops over static scales/windows: no autograph.
+    dynamic trace, fp32 0.60 s against 0.63 s). Why only from the second sighting: a
+    trace costs seconds, which a shape seen once (a dataset of many image sizes) would
+    not win back; a dataset of one size, or the slide mode's windows, pays two traces.
+    Plain Python loops over static scales/windows: no autograph.
     """
 
     def __init__(self, graph, model, jit_compile):
         self.graph, self.model, self.jit_compile = graph, model, jit_compile
-        self.traces = {}  # input shape (or None: the dynamic one) -> tf.function
+        self.traces = {}  # input shape (None: the dynamic one) -> tf.function
+        self._seen = set()
 
     def _trace(self, shape):
         import tensorflow as tf
@@ -433,10 +435,14 @@ class _TracedGraph:
 
     def __call__(self, images):
         shape = tuple(int(d) for d in images.shape)
-        if shape not in self.traces and len(self.traces) >= STATIC_SHAPES:
-            shape = None
         if shape not in self.traces:
-            self.traces[shape] = self._trace(shape or (None, None, None, 3))
+            if shape in self._seen and len(self.traces) - (None in self.traces) < STATIC_SHAPES:
+                self.traces[shape] = self._trace(shape)
+            else:
+                self._seen.add(shape)
+                shape = None
+                if None not in self.traces:
+                    self.traces[None] = self._trace((None, None, None, 3))
         return self.traces[shape](images)
 
 

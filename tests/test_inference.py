@@ -375,20 +375,24 @@ def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng):
     assert (plain(x).numpy().argmax(-1) != a.argmax(-1)).mean() > 0.5
 
 
-def test_predictor_traces_per_shape_then_once_for_all_others(rng, monkeypatch):
-    """TensorFlow: one static-shape trace per input shape up to `STATIC_SHAPES` (faster
-    graphs), then a single dynamic-shape trace shared by every further shape; the
-    log-scores are those of the dynamic trace either way, in whole and slide mode."""
+def test_predictor_traces_repeated_shapes_statically(rng, monkeypatch):
+    """TensorFlow: one dynamic-shape trace serves every input; a shape seen a second
+    time gets its own static-shape trace (faster graphs), at most `STATIC_SHAPES` of
+    them; the log-scores are those of the dynamic trace either way, in whole and slide
+    mode."""
     monkeypatch.setattr(inference, "STATIC_SHAPES", 2)
     model, _, _ = toy_model(rng)
     whole = inference.Predictor(model, scales=(0.75, 1.0), flip=True)
     slide = inference.Predictor(model, mode="slide", crop_size=24, flip=True)
     dynamic = whole._whole._trace((None, None, None, 3))
-    for shape in [(1, 30, 40), (2, 30, 40), (1, 33, 29), (1, 40, 56), (1, 30, 40)]:
+    shapes = [(1, 30, 40), (1, 33, 29), (1, 30, 40), (2, 30, 40), (1, 33, 29), (1, 40, 56),
+              (1, 40, 56), (1, 30, 40)]
+    for shape in shapes:
         images = rng.uniform(0, 255, shape + (3,)).astype("float32")
         np.testing.assert_allclose(whole(images).numpy(), dynamic(images).numpy(),
                                    rtol=1e-5, atol=1e-4)
         assert tuple(slide(images).shape) == shape + (NCLASS,)
-    assert set(whole._whole.traces) == {(1, 30, 40, 3), (2, 30, 40, 3), None}
+    # Seen twice: (1, 30, 40) and (1, 33, 29); (1, 40, 56) too, but past the bound.
+    assert set(whole._whole.traces) == {None, (1, 30, 40, 3), (1, 33, 29, 3)}
     assert all(fn.experimental_get_tracing_count() == 1 for fn in whole._whole.traces.values())
     assert len(slide._forward.traces) <= 3  # at most 2 static traces + the dynamic one
