@@ -28,23 +28,16 @@ if os.path.dirname(_HERE) not in sys.path:  # run from a checkout: use its keras
 
 def frozen_graph(head, backbone, upsampler, size, precision, num_classes=59):
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
-    from keras_fastfcn.benchmark import _build
-    from keras_fastfcn.inference import logits_model
+    from keras_fastfcn.benchmark import _build, frozen_forward
     from keras_fastfcn.precision import with_precision
     from keras_fastfcn.serving.fold import fold_batchnorm
 
     seg = _build(head, backbone, upsampler, num_classes)
     if precision != "fp32":
         seg = with_precision(seg, precision)
-    model = fold_batchnorm(logits_model(seg))
-    spec = tf.TensorSpec((1, size, size, 3), tf.float32)
-    concrete = tf.function(
-        lambda x: tf.cast(model(x, training=False), tf.float32)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(concrete)
+    frozen = frozen_forward(fold_batchnorm(seg),  # the logits-only graph, folded
+                            tf.TensorSpec((1, size, size, 3), tf.float32))
     return (frozen.graph.as_graph_def(), frozen.inputs[0].name.split(":")[0],
             frozen.outputs[0].name)
 

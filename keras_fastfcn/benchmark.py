@@ -414,15 +414,25 @@ def measure_torch(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
             "threads": int(threads), "torch_version": torch.__version__}
 
 
-def _flops(model, spec):
+def frozen_forward(model, spec):
+    """`model`'s inference forward on `spec` as a concrete function with its weights as
+    constants (what the FLOP count and `benchmarks/profile_ops.py` read), logits cast
+    to float32 as every inference path does."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
+
+    concrete = tf.function(
+        lambda x: tf.cast(model(x, training=False), tf.float32)).get_concrete_function(spec)
+    return convert_variables_to_constants_v2(concrete)
+
+
+def _flops(model, spec):
+    import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
 
-    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(concrete)
+    frozen = frozen_forward(model, spec)
     with tf.Graph().as_default() as graph:
         tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
         opts = option_builder.ProfileOptionBuilder.float_operation()
