@@ -8,7 +8,8 @@ For a trained model (default: a CamVid model from `keras-fastfcn train --config 
   Runtime fp32 / int8 / int8_dynamic (int8 calibrated on CamVid train images), and the
   static int8 exports again with the layers of each `--keep-float` list left in float
   (`keep_float` of the exporters: ONNX `nodes_to_exclude`, TFLite selective
-  quantization);
+  quantization; the plain int8 rows use the exporters' default float set, `--keep-float
+  none` adds rows with every op in int8);
 - latency at `--size` (512x512 by default, batch 1, median of `--repeats`) of the same
   configurations, with the CPU model and its ISA flags.
 
@@ -51,6 +52,22 @@ def parse_only(text):
     return out
 
 
+def kept_in_float(precision, fmt, keep):
+    """The table's "kept in float" cell: the layers a static int8 row leaves in float."""
+    from keras_fastfcn.serving import onnx, tflite
+
+    if precision != "int8":
+        return "-"
+    if keep is None:
+        default = tflite.DEFAULT_KEEP_FLOAT if fmt == "TFLite" else onnx.DEFAULT_KEEP_FLOAT
+        return "default: " + ", ".join(default)
+    return ", ".join(keep) or "none"
+
+
+def file_tag(keep):
+    return "_default" if keep is None else "_" + ("_".join(keep) or "none")
+
+
 def confusion(pred, label, num_classes):
     valid = label < num_classes
     return np.bincount(num_classes * label[valid].astype(np.int64) + pred[valid],
@@ -84,9 +101,11 @@ def main():
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "PRECISION.md"))
     args = parser.parse_args()
     only = parse_only(args.only)
-    keep_lists = [tuple(k.strip() for k in item.split(",") if k.strip())
+    keep_lists = [() if item.strip().lower() == "none" else
+                  tuple(k.strip() for k in item.split(",") if k.strip())
                   for item in args.keep_float]
-    if any(not keep for keep in keep_lists):
+    if any(not keep and item.strip().lower() != "none"
+           for keep, item in zip(keep_lists, args.keep_float)):
         raise SystemExit("--keep-float: expected a comma list of layer names, e.g. "
                          "classifier,logits")
 
@@ -119,11 +138,12 @@ def main():
         predictor = inference.Predictor(m, fold_batchnorm=True)  # as the CLI
         return lambda x: np.asarray(predictor(x)).argmax(-1)
 
-    def tflite_runner(precision, h, w, keep=()):
+    # keep=None: the exporter's default float set (what `keras-fastfcn export` writes);
+    # () quantizes every op.
+    def tflite_runner(precision, h, w, keep=None):
         calib = calib_fixed if (h, w) == (height, width) else calibration_images(
             source, args.calibration_images, size=(h, w))
-        tag = "_".join(keep)
-        path = serving.export(model, os.path.join(work, f"m_{precision}_{h}{tag}.tflite"),
+        path = serving.export(model, os.path.join(work, f"m_{precision}_{h}{file_tag(keep)}.tflite"),
                               format="tflite", input_size=(h, w), precision=precision,
                               calibration=calib if precision == "int8" else None,
                               probabilities=False, keep_float=keep)
@@ -135,10 +155,10 @@ def main():
 
     onnx_paths = {}
 
-    def onnx_runner(precision, keep=()):
+    def onnx_runner(precision, keep=None):
         if (precision, keep) not in onnx_paths:
             onnx_paths[precision, keep] = serving.export(
-                model, os.path.join(work, f"m_{precision}{'_'.join(keep)}.onnx"),
+                model, os.path.join(work, f"m_{precision}{file_tag(keep)}.onnx"),
                 format="onnx", precision=precision, probabilities=False,
                 calibration=calib_native if precision == "int8" else None, keep_float=keep)
         options = ort.SessionOptions()
@@ -154,7 +174,7 @@ def main():
                 for p in ("fp32", "fp16", "int8", "int8_dynamic")]
     configs += [("ONNX Runtime", p, lambda p=p: onnx_runner(p), lambda p=p: onnx_runner(p))
                 for p in ("fp32", "int8", "int8_dynamic")]
-    configs = [(fmt, p, (), e, b) for fmt, p, e, b in configs]
+    configs = [(fmt, p, None, e, b) for fmt, p, e, b in configs]
     for keep in keep_lists:
         configs += [("TFLite", "int8", keep,
                      lambda k=keep: tflite_runner("int8", height, width, k),
@@ -166,7 +186,8 @@ def main():
 
     rows, reference = [], None
     for fmt, precision, keep, make_eval, make_bench in configs:
-        print(f"{fmt} {precision} {' '.join(keep)}...", flush=True)
+        kept = kept_in_float(precision, fmt, keep)
+        print(f"{fmt} {precision} kept in float: {kept}...", flush=True)
         try:
             run = make_eval()
             matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
@@ -187,11 +208,11 @@ def main():
                 run(bench_image)
                 times.append(time.perf_counter() - start)
             pix_acc, miou = scores(matrix)
-            rows.append(dict(format=fmt, precision=precision, keep_float=list(keep),
+            rows.append(dict(format=fmt, precision=precision, keep_float=kept,
                              pixAcc=pix_acc, mIoU=miou, agreement=agree,
                              latency_s=statistics.median(times)))
         except Exception as err:  # a format/precision this machine cannot run
-            rows.append(dict(format=fmt, precision=precision, keep_float=list(keep),
+            rows.append(dict(format=fmt, precision=precision, keep_float=kept,
                              error=f"{type(err).__name__}: {str(err)[:160]}"))
         print(rows[-1], flush=True)
 
@@ -208,7 +229,7 @@ def main():
              "| latency (s) | speed vs Keras fp32 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        kept = ", ".join(r["keep_float"]) or "-"
+        kept = r["keep_float"]
         if "error" in r:
             lines.append(f"| {r['format']} | {r['precision']} | {kept} | - | - | - | - | - | "
                          f"{r['error']} |")
