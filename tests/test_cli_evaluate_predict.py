@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -242,6 +243,61 @@ def test_predict_single_file_slide(capsys, tmp_path, model_path, photo_dir):
     assert rc == 0, err
     assert sorted(os.listdir(out_dir)) == ["street_color.png", "street_labels.png",
                                            "street_overlay.png"]
+
+
+def test_predict_with_onnx_and_tflite_exports(capsys, tmp_path, model_path, photo_dir):
+    """`predict --model m.onnx|m.tflite` writes the same files from the export: the ONNX
+    class maps equal the .keras model's on a confident model, with its class names; a
+    fixed-size TFLite export without the probabilities output (no class count recorded)
+    predicts its own size exactly and resizes other images to it, with a warning; the
+    inference flags are refused for an export."""
+    pytest.importorskip("onnxruntime")
+    from conftest import make_confident
+
+    from keras_fastfcn import serving
+
+    model = inference.load_model(model_path)
+    street = np.asarray(Image.open(photo_dir / "street.jpg").convert("RGB"))
+    make_confident(model, street[None].astype("float32"), peak=300.0)
+    expected = {}
+    for stem, name in [("street", "street.jpg"), ("gray", "gray.png"), ("alpha", "alpha.png")]:
+        image = np.asarray(Image.open(photo_dir / name).convert("RGB"))
+        expected[stem] = np.argmax(np.asarray(inference.predict(model, image[None]))[0], -1)
+    assert len(np.unique(expected["street"])) > 1  # not vacuous: several classes
+
+    onnx_path = serving.export(model, str(tmp_path / "m.onnx"), format="onnx")
+    out_dir = tmp_path / "onnx_out"
+    rc, out, err = run_cli(capsys, "predict", "--model", onnx_path, "--input", photo_dir,
+                           "--output", out_dir)
+    assert rc == 0, err
+    assert "onnx export, precision=fp32" in out
+    for stem, labels in expected.items():
+        np.testing.assert_array_equal(np.asarray(Image.open(out_dir / f"{stem}_labels.png")),
+                                      labels)
+        np.testing.assert_array_equal(np.asarray(Image.open(out_dir / f"{stem}_color.png")),
+                                      PALETTE[labels])
+    assert re.search(r"\((sky|road|car) ", out), out  # class names from its metadata
+
+    tflite_path = serving.export(model, str(tmp_path / "m.tflite"), format="tflite",
+                                 input_size=street.shape[:2], probabilities=False)
+    out_dir = tmp_path / "tflite_out"
+    rc, out, err = run_cli(capsys, "predict", "--model", tflite_path, "--input", photo_dir,
+                           "--output", out_dir)
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "street_labels.png")),
+                                  expected["street"])
+    assert "street.jpg: " not in err  # its own size: no resize
+    assert "gray.png: 70x90 is not the export's fixed input size; the network runs at " \
+           "80x64" in err
+    gray = np.asarray(Image.open(out_dir / "gray_labels.png"))
+    assert gray.shape == (90, 70) and gray.max() < 3
+    np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "gray_color.png")),
+                                  PALETTE[gray])  # the generated palette: same colours
+
+    rc, _, err = run_cli(capsys, "predict", "--model", tflite_path, "--input", photo_dir,
+                         "--output", tmp_path / "never", "--ms")
+    assert_one_line_error(rc, err, "is an export", "--ms")
+    assert not (tmp_path / "never").exists()
 
 
 def test_predict_bad_input(capsys, tmp_path, model_path, photo_dir):

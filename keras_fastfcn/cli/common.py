@@ -90,6 +90,39 @@ def inference_flags_given(args):
             if getattr(args, dest, default) != default]
 
 
+def refuse_export_flags(args):
+    """Raises if `--model` is an export and an inference flag is not its default: the
+    export runs as exported, so the flag would be silently ignored."""
+    from keras_fastfcn.serving.runtime import is_export
+
+    given = inference_flags_given(args) if is_export(args.model) else []
+    if given:
+        raise ValueError(
+            f"{args.model} is an export: its scales, flip and precision were fixed by "
+            f"keras-fastfcn export, so {', '.join(given)} cannot apply; export again with "
+            "those options, or use the .keras model.")
+
+
+def open_predictor(args):
+    """The predictor of `--model` and its `inference.ModelInfo`, for predict / evaluate.
+
+    A `.keras` model runs through `predictor_from_args` (the inference flags apply); an
+    `.onnx` / `.tflite` export through `serving.runtime.ExportPredictor`, as exported:
+    its scales, flip and precision were fixed by `keras-fastfcn export`, so a non-default
+    inference flag is refused rather than silently ignored. The export's `num_classes`
+    is None when it did not record it (a TFLite file without the probabilities output).
+    """
+    from keras_fastfcn import inference
+    from keras_fastfcn.serving.runtime import ExportPredictor, is_export
+
+    if is_export(args.model):
+        refuse_export_flags(args)
+        predictor = ExportPredictor(args.model)
+        return predictor, predictor.info()
+    model = inference.load_model(args.model)
+    return predictor_from_args(model, args), inference.model_info(model)
+
+
 def predictor_from_args(model, args):
     """An `inference.Predictor` from parsed `add_inference_arguments` options."""
     from keras_fastfcn import inference

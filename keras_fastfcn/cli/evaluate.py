@@ -22,8 +22,8 @@ import json
 import os
 
 from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
-                                      check_output_file, inference_flags_given, positive_int,
-                                      predictor_from_args)
+                                      check_output_file, open_predictor, positive_int,
+                                      refuse_export_flags)
 
 METRIC_DEFINITIONS = {
     "pixAcc": "correct / labeled pixels (label 255 ignored), over the split",
@@ -53,26 +53,16 @@ def run(args):
         check_output_file(args.output)
     check_model_file(args.model)  # before the (slower) data source checks
 
-    from keras_fastfcn import data, inference
+    from keras_fastfcn import data
     from keras_fastfcn.evaluation import evaluate_dataset
     from keras_fastfcn.fileio import atomic_path
     from keras_fastfcn.metrics import format_results
 
-    from keras_fastfcn.serving.runtime import ExportPredictor, is_export
-
-    export = is_export(args.model)
-    if export:
-        _refuse_inference_options(args)
+    refuse_export_flags(args)  # before the (slower) data source and model loading
     source = data.get_source(args.data)
-    if export:
-        predictor = ExportPredictor(args.model)
-        num_classes = predictor.num_classes or source.num_classes
-        class_names = predictor.class_names
-    else:
-        model = inference.load_model(args.model)
-        info = inference.model_info(model)
-        predictor = predictor_from_args(model, args)
-        num_classes, class_names = info.num_classes, info.class_names
+    predictor, info = open_predictor(args)
+    # An export that did not record its class count is scored on the data's.
+    num_classes, class_names = info.num_classes or source.num_classes, info.class_names
     if source.num_classes != num_classes:
         raise ValueError(f"The model predicts {num_classes} classes but data "
                          f"{args.data!r} has {source.num_classes}.")
@@ -97,11 +87,3 @@ def run(args):
         print(f"Wrote {args.output}")
     return 0
 
-
-def _refuse_inference_options(args):
-    """An export runs as exported: a non-default inference flag would be ignored."""
-    given = inference_flags_given(args)
-    if given:
-        raise ValueError(f"{args.model} is an export: its scales, flip and precision were fixed "
-                         f"by keras-fastfcn export, so {', '.join(given)} cannot apply; export "
-                         "again with those options, or evaluate the .keras model.")

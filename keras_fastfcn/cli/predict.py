@@ -20,15 +20,23 @@ written per image through temporary files and renamed into place, so an image's
 files either all appear complete or not at all; if the run stops part-way (e.g. out
 of memory), the images finished before it keep their outputs.
 
+An exported `.onnx` or `.tflite` model (`keras-fastfcn export`, any precision) predicts
+the same way, through ONNX Runtime / TFLite (`serving.runtime.ExportPredictor`), with
+the inference options it was exported with (the inference flags are refused for it). A
+fixed-size export (every TFLite file) gets each image resized to its input size, and
+the class map is resized back to the image (nearest), with a warning.
+
 Example:
     keras-fastfcn predict --model m.keras --input photos/ --output predictions/ --ms
+    keras-fastfcn predict --model fastfcn_int8.tflite --input photos/ --output int8/
 """
 
 import os
 import sys
 
 from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
-                                      check_output_folder, max_pixels, predictor_from_args)
+                                      check_output_folder, max_pixels, open_predictor,
+                                      refuse_export_flags)
 from keras_fastfcn.images import IMAGE_EXTENSIONS, ImageError, read_image
 
 OUTPUT_SUFFIXES = ("_labels.png", "_color.png", "_overlay.png")
@@ -85,7 +93,7 @@ def _validate(files):
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
-                             "from images to logits)")
+                             "from images to logits), or an .onnx / .tflite export")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="an image file or a folder of images")
     parser.add_argument("--output", required=True, metavar="FOLDER",
@@ -105,21 +113,28 @@ def _warn(message):
 
 
 def _predict_labels(predictor, image, limit, name):
-    """The class map of `image` at its size, the network run at most `limit` pixels."""
+    """The class map of `image` at its size; the network runs at most `limit` pixels,
+    or at the input size a fixed-size export was written for."""
     import numpy as np
     from PIL import Image
 
+    from keras_fastfcn.evaluation import class_map
     from keras_fastfcn.inference import fit_to_pixels
 
     height, width = image.shape[:2]
-    size = fit_to_pixels(height, width, limit)
-    if size == (height, width):
-        return np.argmax(np.asarray(predictor(image[None])), axis=-1)[0]
-    _warn(f"{name}: {width}x{height} is over --max-pixels {limit}; the network runs at "
-          f"{size[1]}x{size[0]} and the class map is resized back (nearest).")
+    size = getattr(predictor, "input_size", None)
+    if size is None:
+        size = fit_to_pixels(height, width, limit)
+        why = f"is over --max-pixels {limit}"
+    else:
+        why = "is not the export's fixed input size"
+    if tuple(size) == (height, width):
+        return class_map(predictor, image[None])[0]
+    _warn(f"{name}: {width}x{height} {why}; the network runs at {size[1]}x{size[0]} and "
+          "the class map is resized back (nearest).")
     small = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR,
                                                      reducing_gap=3.0))
-    labels = np.argmax(np.asarray(predictor(small[None])), axis=-1)[0]
+    labels = class_map(predictor, small[None])[0]
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.int32
     return np.asarray(Image.fromarray(labels.astype(dtype)).resize((width, height),
                                                                      Image.NEAREST))
@@ -137,17 +152,18 @@ def run(args):
         raise ValueError("--output must not be the input folder (the outputs would be read as "
                          "inputs next time).")
     check_model_file(args.model)
+    refuse_export_flags(args)
     notes = _validate(files)
 
     from PIL import Image
 
-    from keras_fastfcn import inference, visualize
+    from keras_fastfcn import visualize
 
-    model = inference.load_model(args.model)
-    info = inference.model_info(model)
-    predictor = predictor_from_args(model, args)
-    palette, class_names = visualize.palette_and_names(info.num_classes, info.class_names,
-                                                       info.dataset)
+    predictor, info = open_predictor(args)
+    # An export that did not record its class count (a TFLite file without the
+    # probabilities output): the generated palette over every uint8 class index.
+    palette, class_names = visualize.palette_and_names(info.num_classes or 256,
+                                                       info.class_names, info.dataset)
     for note in notes:  # only once the command is going to run
         _warn(note)
 
@@ -156,6 +172,8 @@ def run(args):
     for f in files:
         image, _ = read_image(f)
         labels = _predict_labels(predictor, image, args.max_pixels, f)
+        if labels.max(initial=0) >= len(palette):  # only where the class count is unknown
+            palette, class_names = visualize.palette_and_names(int(labels.max()) + 1)
         stem = os.path.join(out_dir, names[f])
         visualize.write_images([
             (stem + OUTPUT_SUFFIXES[0], visualize.label_image(labels)),

@@ -41,6 +41,8 @@ class ExportPredictor:
         num_classes: from the export's metadata (ONNX) or its probabilities output
             (TFLite); None when it has neither.
         class_names: list or None.
+        dataset: the dataset name recorded at export (ONNX), for its palette; or None.
+        input_size: `(H, W)` of a fixed-size export (every TFLite file), else None.
         options: the export's options (`precision`, `scales`, ...) where recorded.
 
     Example:
@@ -58,7 +60,7 @@ class ExportPredictor:
         self.path = path
         self.threads = int(threads or os.cpu_count() or 1)
         self.format = "onnx" if path.lower().endswith(".onnx") else "tflite"
-        self.class_names, self.num_classes, self.options = None, None, {}
+        self.class_names, self.num_classes, self.dataset, self.options = None, None, None, {}
         if self.format == "onnx":
             self._open_onnx()
         else:
@@ -85,10 +87,13 @@ class ExportPredictor:
                              f"output 'class_map'); its inputs: {[i.name for i in inputs]}, "
                              f"outputs: {outputs}.")
         shape = inputs[0].shape
-        self._fixed = tuple(shape[1:3]) if all(isinstance(d, int) for d in shape[1:3]) else None
+        self.input_size = (tuple(shape[1:3]) if all(isinstance(d, int) for d in shape[1:3])
+                           else None)
         meta = self._session.get_modelmeta().custom_metadata_map
         if "class_names" in meta:
             self.class_names = json.loads(meta["class_names"]) or None
+        if "dataset" in meta:
+            self.dataset = json.loads(meta["dataset"]) or None
         if "num_classes" in meta:
             self.num_classes = int(meta["num_classes"])
         self.options = json.loads(meta.get("keras_fastfcn_export", "{}"))
@@ -110,7 +115,7 @@ class ExportPredictor:
         if "images" not in details or "class_map" not in runner.get_output_details():
             raise ValueError(f"{self.path} is not a keras_fastfcn TFLite export (input "
                              f"'images', output 'class_map').")
-        self._fixed = tuple(int(d) for d in details["images"]["shape"][1:3])
+        self.input_size = tuple(int(d) for d in details["images"]["shape"][1:3])
         probabilities = runner.get_output_details().get("probabilities")
         if probabilities is not None:
             self.num_classes = int(probabilities["shape"][-1])
@@ -121,15 +126,26 @@ class ExportPredictor:
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Expected images (batch, height, width, 3), got {images.shape}.")
-        if self._fixed is not None and images.shape[1:3] != self._fixed:
+        fixed = self.input_size
+        if fixed is not None and images.shape[1:3] != fixed:
             raise ValueError(
-                f"{self.path} takes {self._fixed[0]}x{self._fixed[1]} images (fixed when it "
+                f"{self.path} takes {fixed[0]}x{fixed[1]} images (fixed when it "
                 f"was exported); this one is {images.shape[1]}x{images.shape[2]}. Export it "
                 "again with --input-size for this data, or without it (ONNX: any size).")
         if self.format == "onnx":
             return self._session.run(["class_map"], {"images": images})[0]
         return np.concatenate([self._runner(images=image[None])["class_map"]
                                for image in images])
+
+    class_map = __call__  # what `evaluation.class_map` calls: the export's output is one
+
+    def info(self):
+        """The export's `inference.ModelInfo` (`num_classes` None when not recorded)."""
+        from keras_fastfcn.inference import ModelInfo
+
+        return ModelInfo(num_classes=self.num_classes, class_names=self.class_names,
+                         dataset=self.dataset,
+                         align_corners=True)  # unused: the export's resizes are in its graph
 
     def settings(self):
         """The export's format and options as a JSON-ready dict (evaluation reports)."""
@@ -138,6 +154,6 @@ class ExportPredictor:
     def describe(self):
         """One line naming the export (printed by the CLI)."""
         precision = self.options.get("precision", "not recorded")
-        size = f"{self._fixed[0]}x{self._fixed[1]}" if self._fixed else "any size"
+        size = f"{self.input_size[0]}x{self.input_size[1]}" if self.input_size else "any size"
         return (f"{self.format} export, precision={precision}, input {size}, "
                 f"{self.threads} threads")
