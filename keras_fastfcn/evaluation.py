@@ -21,6 +21,17 @@ import numpy as np
 from keras_fastfcn.metrics import IGNORE_LABEL, SegmentationMetric
 
 
+def class_map(predictor, images):
+    """The `(B, H, W)` class map of `images` from any predictor the CLI runs: its
+    `class_map` method where it has one (`inference.Predictor`: the argmax in the graph;
+    `serving.runtime.ExportPredictor`), else the argmax of the scores it returns (any
+    callable returning `(B, H, W, C)` scores, or a class map already)."""
+    if hasattr(predictor, "class_map"):
+        return np.asarray(predictor.class_map(images))
+    out = np.asarray(predictor(images))
+    return out if out.ndim == 3 else np.argmax(out, axis=-1)
+
+
 def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
                      ignore_label=IGNORE_LABEL, num_examples=None, limit=None, verbose=1):
     """Scores `predictor` on `(image, label)` pairs; returns `SegmentationMetric.result()`.
@@ -28,7 +39,7 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
     Args:
         predictor: an `inference.Predictor` (or any callable `(1, H, W, 3)` ->
             scores `(1, H, W, C)`), or one that returns the class map `(1, H, W)`
-            itself (`serving.runtime.ExportPredictor`).
+            itself (`serving.runtime.ExportPredictor`); see `class_map`.
         dataset: iterable of `(image (H, W, 3) uint8, label (H, W) int)`, e.g.
             `data.get_source(spec).examples(split)` (any backend, no TensorFlow
             needed) or a `tf.data.Dataset` from `.dataset(split)`.
@@ -72,8 +83,7 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
             raise ValueError(
                 f"Example {count}: image {image.shape} and label {label.shape} do not match "
                 "(expected (H, W, 3) and (H, W)).")
-        out = np.asarray(predictor(image[None]))
-        pred = (out if out.ndim == 3 else np.argmax(out, axis=-1))[0]
+        pred = class_map(predictor, image[None])[0]
         metric.update(label, pred)
         count += 1
         if progbar is not None:

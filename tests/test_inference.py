@@ -396,3 +396,23 @@ def test_predictor_traces_repeated_shapes_statically(rng, monkeypatch):
     assert set(whole._whole.traces) == {None, (1, 30, 40, 3), (1, 33, 29, 3)}
     assert all(fn.experimental_get_tracing_count() == 1 for fn in whole._whole.traces.values())
     assert len(slide._forward.traces) <= 3  # at most 2 static traces + the dynamic one
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_class_map_is_the_argmax_of_the_log_scores(rng, mode):
+    """`Predictor.class_map` (what predict / evaluate run; in whole mode the argmax is
+    in the traced graph): int32 `(B, H, W)`, the argmax of `__call__`'s log-scores on a
+    model whose logits are in the hundreds, batch or single image; bad images are
+    refused as by `__call__`."""
+    model, _, _ = trained_like_model(rng)
+    predictor = inference.Predictor(model, mode=mode, scales=(0.75, 1.0), flip=True,
+                                    crop_size=30)
+    images = np.stack([smooth_image(rng, (41, 57)) for _ in range(2)])
+    scores = predictor(images).numpy()
+    classes = predictor.class_map(images)
+    assert classes.dtype == np.int32 and classes.shape == (2, 41, 57)
+    assert len(np.unique(classes)) > 1  # not vacuous
+    np.testing.assert_array_equal(classes, scores.argmax(-1))
+    np.testing.assert_array_equal(predictor.class_map(images[0]), classes[0])
+    with pytest.raises(ValueError, match="got shape"):
+        predictor.class_map(images[..., :2])
