@@ -52,20 +52,28 @@ def parse_only(text):
     return out
 
 
-def kept_in_float(precision, fmt, keep):
-    """The table's "kept in float" cell: the layers a static int8 row leaves in float."""
+def kept_in_float(model, precision, fmt, keep):
+    """The layers a static int8 row leaves in float (None for other rows): `keep`, or
+    the exporter's default for `model` (its default names that are layers of it)."""
     from keras_fastfcn.serving import onnx, tflite
 
     if precision != "int8":
-        return "-"
+        return None
     if keep is None:
         default = tflite.DEFAULT_KEEP_FLOAT if fmt == "TFLite" else onnx.DEFAULT_KEEP_FLOAT
-        return "default: " + ", ".join(default)
-    return ", ".join(keep) or "none"
+        return list(onnx.default_keep_float(model, default))
+    return list(keep)
+
+
+def kept_cell(row):
+    kept = row["keep_float"]
+    if kept is None:
+        return "-"
+    return ("default: " if row["default_keep_float"] else "") + (", ".join(kept) or "none")
 
 
 def file_tag(keep):
-    return "_default" if keep is None else "_" + ("_".join(keep) or "none")
+    return "_default" if keep is None else "_" + ("_".join(keep).replace("/", "-") or "none")
 
 
 def confusion(pred, label, num_classes):
@@ -94,7 +102,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep-float", action="append", default=[],
                         help="comma list of Keras layer names kept in float in the static "
-                             "int8 exports (one more TFLite and ONNX int8 row per use)")
+                             "int8 exports (one more TFLite and ONNX int8 row per use); "
+                             "'none': every op in int8")
     parser.add_argument("--only", default="",
                         help="comma list of FORMAT:PRECISION rows to measure (keras, tflite, "
                              "onnx; Keras fp32 is always measured: the reference)")
@@ -143,7 +152,8 @@ def main():
     def tflite_runner(precision, h, w, keep=None):
         calib = calib_fixed if (h, w) == (height, width) else calibration_images(
             source, args.calibration_images, size=(h, w))
-        path = serving.export(model, os.path.join(work, f"m_{precision}_{h}{file_tag(keep)}.tflite"),
+        name = f"m_{precision}_{h}{file_tag(keep)}.tflite"
+        path = serving.export(model, os.path.join(work, name),
                               format="tflite", input_size=(h, w), precision=precision,
                               calibration=calib if precision == "int8" else None,
                               probabilities=False, keep_float=keep)
@@ -186,8 +196,9 @@ def main():
 
     rows, reference = [], None
     for fmt, precision, keep, make_eval, make_bench in configs:
-        kept = kept_in_float(precision, fmt, keep)
-        print(f"{fmt} {precision} kept in float: {kept}...", flush=True)
+        kept = {"keep_float": kept_in_float(model, precision, fmt, keep),
+                "default_keep_float": keep is None}
+        print(f"{fmt} {precision} {kept_cell(kept)}...", flush=True)
         try:
             run = make_eval()
             matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
@@ -208,11 +219,11 @@ def main():
                 run(bench_image)
                 times.append(time.perf_counter() - start)
             pix_acc, miou = scores(matrix)
-            rows.append(dict(format=fmt, precision=precision, keep_float=kept,
+            rows.append(dict(format=fmt, precision=precision, **kept,
                              pixAcc=pix_acc, mIoU=miou, agreement=agree,
                              latency_s=statistics.median(times)))
         except Exception as err:  # a format/precision this machine cannot run
-            rows.append(dict(format=fmt, precision=precision, keep_float=kept,
+            rows.append(dict(format=fmt, precision=precision, **kept,
                              error=f"{type(err).__name__}: {str(err)[:160]}"))
         print(rows[-1], flush=True)
 
@@ -229,7 +240,7 @@ def main():
              "| latency (s) | speed vs Keras fp32 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        kept = r["keep_float"]
+        kept = kept_cell(r)
         if "error" in r:
             lines.append(f"| {r['format']} | {r['precision']} | {kept} | - | - | - | - | - | "
                          f"{r['error']} |")

@@ -98,7 +98,7 @@ def logits_model(model):
 class ModelInfo:
     """What prediction, evaluation and export need to know about a segmentation model."""
 
-    num_classes: int
+    num_classes: Optional[int]  # None: an export that did not record it
     class_names: Optional[List[str]]
     dataset: Optional[str]
     align_corners: bool
@@ -555,7 +555,11 @@ class Predictor:
                                      self.base_size, self.align_corners)
 
     def _whole_class_graph(self, images):
-        return ops.cast(ops.argmax(self._whole_graph(images), axis=-1), "int32")
+        import tensorflow as tf  # traced only on TensorFlow (`_TracedGraph`)
+
+        # tf.math.argmax, not keras.ops.argmax: on TensorFlow the latter adds five
+        # element-wise passes over the scores (its -0.0 < +0.0 rule) before ArgMax.
+        return tf.math.argmax(self._whole_graph(images), axis=-1, output_type=tf.int32)
 
     def _forward_graph(self, windows):
         return _logits_with_flip(self._net, windows, self.flip)
@@ -576,7 +580,8 @@ class Predictor:
     def class_map(self, images):
         """The class map `(B, H, W)` int32 (numpy): the argmax of `__call__`'s log-scores.
 
-        The argmax runs inside the traced graph (TensorFlow, whole-image mode), so the
+        The argmax runs inside the traced graph (TensorFlow, whole-image mode; else in
+        numpy on the returned scores), so the
         `(B, H, W, C)` float scores never leave it: for 59 classes at 512x512 that is a
         62 MB array whose numpy argmax alone took 20 ms (13% of a bf16 forward on an
         AMX Xeon). What `keras-fastfcn predict` and `evaluate` use.
@@ -591,10 +596,10 @@ class Predictor:
         """
         images, single = self._check_images(images)
         if self._whole_classes is not None:
-            classes = self._whole_classes(images)
-        else:
-            classes = ops.argmax(self(images), axis=-1)
-        classes = ops.convert_to_numpy(classes).astype(np.int32)
+            classes = ops.convert_to_numpy(self._whole_classes(images))
+        else:  # slide mode, JAX / PyTorch: the scores come back and numpy takes the argmax
+            scores = self._whole(images) if self.mode == "whole" else self._slide(images)
+            classes = np.argmax(ops.convert_to_numpy(scores), axis=-1).astype(np.int32)
         return classes[0] if single else classes
 
     def _check_images(self, images):

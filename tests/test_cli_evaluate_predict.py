@@ -272,10 +272,11 @@ def test_predict_with_onnx_and_tflite_exports(capsys, tmp_path, model_path, phot
     assert rc == 0, err
     assert "onnx export, precision=fp32" in out
     for stem, labels in expected.items():
-        np.testing.assert_array_equal(np.asarray(Image.open(out_dir / f"{stem}_labels.png")),
-                                      labels)
+        # Another runtime (ONNX Runtime, BN folded): float rounding may flip a near-tie.
+        written = np.asarray(Image.open(out_dir / f"{stem}_labels.png"))
+        assert written.shape == labels.shape and (written == labels).mean() > 0.999
         np.testing.assert_array_equal(np.asarray(Image.open(out_dir / f"{stem}_color.png")),
-                                      PALETTE[labels])
+                                      PALETTE[written])
     assert re.search(r"\((sky|road|car) ", out), out  # class names from its metadata
 
     tflite_path = serving.export(model, str(tmp_path / "m.tflite"), format="tflite",
@@ -284,8 +285,8 @@ def test_predict_with_onnx_and_tflite_exports(capsys, tmp_path, model_path, phot
     rc, out, err = run_cli(capsys, "predict", "--model", tflite_path, "--input", photo_dir,
                            "--output", out_dir)
     assert rc == 0, err
-    np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "street_labels.png")),
-                                  expected["street"])
+    assert (np.asarray(Image.open(out_dir / "street_labels.png"))
+            == expected["street"]).mean() > 0.999
     assert "street.jpg: " not in err  # its own size: no resize
     assert "gray.png: 70x90 is not the export's fixed input size; the network runs at " \
            "80x64" in err

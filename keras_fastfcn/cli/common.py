@@ -71,8 +71,8 @@ def add_inference_arguments(parser):
                        help="compute precision: bf16/fp16 rebuild the model under Keras "
                             "mixed precision with the same weights (fast where the CPU has "
                             "AVX512-BF16/AMX or on GPUs); int8 is an export option "
-                            "(keras-fastfcn export --precision int8; evaluate takes the "
-                            ".onnx/.tflite file) (default fp32)")
+                            "(keras-fastfcn export --precision int8; evaluate and predict take "
+                            "the .onnx/.tflite file) (default fp32)")
     group.add_argument("--jit-compile", nargs="?", const="on", default="off",
                        choices=("off", "on", "parts"),
                        help="XLA-compile the model forward: on (the whole forward; may help "
