@@ -110,13 +110,13 @@ def main():
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "PRECISION.md"))
     args = parser.parse_args()
     only = parse_only(args.only)
-    keep_lists = [() if item.strip().lower() == "none" else
-                  tuple(k.strip() for k in item.split(",") if k.strip())
-                  for item in args.keep_float]
-    if any(not keep and item.strip().lower() != "none"
-           for keep, item in zip(keep_lists, args.keep_float)):
-        raise SystemExit("--keep-float: expected a comma list of layer names, e.g. "
-                         "classifier,logits")
+    keep_lists = []
+    for item in args.keep_float:
+        names = tuple(k.strip() for k in item.split(",") if k.strip())
+        if not names:
+            raise SystemExit("--keep-float: expected a comma list of layer names, e.g. "
+                             "classifier,logits, or none")
+        keep_lists.append(() if names[0].lower() == "none" and len(names) == 1 else names)
 
     import keras  # noqa: F401
     import onnxruntime as ort

@@ -574,17 +574,17 @@ class Predictor:
                 tensor.
         """
         images, single = self._check_images(images)
-        scores = self._whole(images) if self.mode == "whole" else self._slide(images)
+        scores = self._scores(images)
         return scores[0] if single else scores
 
     def class_map(self, images):
         """The class map `(B, H, W)` int32 (numpy): the argmax of `__call__`'s log-scores.
 
-        The argmax runs inside the traced graph (TensorFlow, whole-image mode; else in
-        numpy on the returned scores), so the
+        On TensorFlow in whole-image mode the argmax runs inside the traced graph, so the
         `(B, H, W, C)` float scores never leave it: for 59 classes at 512x512 that is a
         62 MB array whose numpy argmax alone took 20 ms (13% of a bf16 forward on an
-        AMX Xeon). What `keras-fastfcn predict` and `evaluate` use.
+        AMX Xeon). Elsewhere (slide mode, JAX, PyTorch) numpy takes the argmax of the
+        returned scores. What `keras-fastfcn predict` and `evaluate` use.
 
         Args:
             images: as `__call__`.
@@ -597,10 +597,13 @@ class Predictor:
         images, single = self._check_images(images)
         if self._whole_classes is not None:
             classes = ops.convert_to_numpy(self._whole_classes(images))
-        else:  # slide mode, JAX / PyTorch: the scores come back and numpy takes the argmax
-            scores = self._whole(images) if self.mode == "whole" else self._slide(images)
-            classes = np.argmax(ops.convert_to_numpy(scores), axis=-1).astype(np.int32)
+        else:
+            classes = np.argmax(ops.convert_to_numpy(self._scores(images)),
+                                axis=-1).astype(np.int32)
         return classes[0] if single else classes
+
+    def _scores(self, images):
+        return self._whole(images) if self.mode == "whole" else self._slide(images)
 
     def _check_images(self, images):
         images = ops.convert_to_numpy(images) if ops.is_tensor(images) else np.asarray(images)

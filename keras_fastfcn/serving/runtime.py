@@ -2,9 +2,9 @@
 
 `keras-fastfcn evaluate --model m.onnx` (or `.tflite`) scores the export itself, so the
 accuracy of an int8 / fp16 file is measured by the same code and metrics as the
-`.keras` model it came from; `keras-fastfcn predict --model m.onnx` predicts with
-it. The export's inference options (scales, flip, input size,
-precision) were fixed when it was written; they are read from its metadata.
+`.keras` model it came from; `keras-fastfcn predict --model m.onnx` predicts with it.
+The export's inference options (scales, flip, input size, precision) were fixed when it
+was written; they are read from its metadata.
 
 Example:
 >>> predictor = ExportPredictor("fastfcn_int8.onnx")  # doctest: +SKIP
