@@ -193,3 +193,20 @@ def test_jpu_against_torch_reference(rng):
         ref = torch.cat([b(feat) for b in branches], 1).permute(0, 2, 3, 1).numpy()
     out = np.asarray(jpu(feats, training=False))
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_branch_relu_placement_changes_no_value(rng, training):
+    """The JPU / JUM branches' ReLU runs per branch at inference (where it fuses with
+    the pointwise conv) and once after the concatenation in training (one saved copy
+    less): both equal each branch with its own ReLU, concatenated."""
+    from keras_fastfcn.layers.jpu import _branches_output
+
+    branches = [L.DilatedBranch(8, d, remat=False) for d in (1, 2, 4)]
+    feat = keras.ops.convert_to_tensor(rng.randn(2, 12, 10, 24).astype("float32"))
+    lead = keras.ops.convert_to_tensor(rng.rand(2, 12, 10, 8).astype("float32"))
+    ref = np.concatenate([np.asarray(lead)] + [
+        np.asarray(b(feat, training=training)) for b in branches], axis=-1)
+    assert (ref[..., 8:] == 0).mean() > 0.2  # the ReLU matters
+    out = _branches_output(branches, feat, training, leading=[lead])
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)

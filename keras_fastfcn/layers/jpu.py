@@ -20,22 +20,32 @@ _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 REMAT_DEFAULT = True
 
 
-def _run_branches(branches, feat, training):
-    """The parallel branches on `feat`, before their ReLU (see `DilatedBranch`).
+def _branches_output(branches, feat, training, leading=()):
+    """The parallel branches on `feat`, concatenated after `leading` maps, with the
+    branches' ReLU (see `DilatedBranch`).
 
-    Chained (see `SeparableConvBN`), so that under remat their recomputations run one
-    after another. Same values either way.
+    In training the ReLU is applied once, to the concatenation: the same values, but
+    the backward pass then keeps one copy (the concatenation) instead of each
+    branch's output too. At inference it is applied per branch, where it fuses with
+    the branch's last convolution (oneDNN, ONNX Runtime and TFLite all fuse a conv's
+    bias and ReLU) instead of another pass over the `len(branches) * width` maps at
+    stride 8. `leading` maps must be ReLU outputs already.
+
+    The branches are chained (see `SeparableConvBN`), so that under remat their
+    recomputations run one after another. Same values either way.
     """
-    outputs = []
+    per_branch = not training
+    outputs = list(leading)
     for i, branch in enumerate(branches):
         if i == len(branches) - 1:
             # The last one passes nothing on (see `SeparableConvBN`): its backward
             # pass starts the chain.
-            outputs.append(branch(feat, training=training, activation=False))
+            outputs.append(branch(feat, training=training, activation=per_branch))
         else:
-            out, feat = branch(feat, training=training, chain=True, activation=False)
+            out, feat = branch(feat, training=training, chain=True, activation=per_branch)
             outputs.append(out)
-    return outputs
+    out = ops.concatenate(outputs, axis=-1)
+    return out if per_branch else ops.relu(out)
 
 
 def _as_feature_list(inputs, name):
@@ -96,9 +106,7 @@ class DilatedBranch(keras.layers.Layer):
 
     def call(self, inputs, training=None, chain=False, activation=True):
         # Used by JPU / JUM: `chain` also returns the input, as SeparableConvBN does;
-        # `activation=False` leaves the ReLU to the caller, which applies it once
-        # to the concatenated branches: the same values, but the backward pass then
-        # keeps one copy (the concatenation) instead of each branch's output too.
+        # `activation=False` leaves the ReLU to the caller (see `_branches_output`).
         x, passed = self.sep(inputs, training=training, chain=True) if chain else (
             self.sep(inputs, training=training), inputs)
         out = self.bn(x, training=training)
@@ -147,8 +155,9 @@ class JPU(_BranchRemat, keras.layers.Layer):
     instead, one branch at a time (see `SeparableConvBN`): the same outputs,
     gradients and BatchNorm statistics, for about 0.5 GB less at crop 480, batch 2
     (width 512) and about 4% more time per ResNet-50 training step on CPU. Set
-    `remat=False` for the plain computation. The branches' ReLU is applied once,
-    after their concatenation (same values, one saved copy less). In training, the
+    `remat=False` for the plain computation. In training the branches' ReLU is
+    applied once, after their concatenation (same values, one saved copy less); at
+    inference per branch, where it fuses with the pointwise conv. In training, the
     upsampling uses the interpolation-matrix form of `resize_bilinear`, whose
     gradient needs no full-size temporaries; inference uses the gather form.
     Inference is the same computation with either setting.
@@ -215,9 +224,7 @@ class JPU(_BranchRemat, keras.layers.Layer):
                              method)
         # Official order: [conv5, conv4, conv3].
         feat = ops.concatenate([f5, f4, f3], axis=-1)
-        # ReLU after the concatenation: the branches' ReLU, applied once.
-        return ops.relu(ops.concatenate(
-            _run_branches(self.dilation_branches, feat, training), axis=-1))
+        return _branches_output(self.dilation_branches, feat, training)
 
     def compute_output_shape(self, input_shape):
         c3 = _as_feature_list(input_shape, "JPU")[0]
@@ -287,10 +294,7 @@ class JUM(_BranchRemat, keras.layers.Layer):
         f_l = resize_bilinear(self.conv_l(x_l, training=training), ops.shape(f_h)[1:3],
                               self.align_corners, layer_resize_method(training))
         feat = ops.concatenate([f_l, f_h], axis=-1)
-        # The branches' ReLU after the concatenation (exact for f_l too: it is a ReLU
-        # output already).
-        return ops.relu(ops.concatenate(
-            [f_l] + _run_branches(self.dilation_branches, feat, training), axis=-1))
+        return _branches_output(self.dilation_branches, feat, training, leading=[f_l])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[1][:-1]) + (4 * self.width,)
