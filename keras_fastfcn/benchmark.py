@@ -172,13 +172,46 @@ def _vm(key):
     return 0
 
 
-def _build(head, backbone, upsampler, num_classes):
+def _build(head, backbone, upsampler, num_classes, seed=0):
+    """The configuration's `FastFCNImageSegmenter`, random weights, with BatchNorm
+    statistics such as a trained model has (`_trained_like_normalization`)."""
     from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter
 
     up, stride = UPSAMPLERS[upsampler]
-    return FastFCNImageSegmenter(
+    model = FastFCNImageSegmenter(
         FastFCNBackbone(encoder=backbone, upsampler=up, output_stride=stride),
         num_classes=num_classes, head=head)
+    return _trained_like_normalization(model, seed)
+
+
+def _trained_like_normalization(model, seed=0):
+    """Gives every BatchNormalization of `model` random scales, offsets and moving
+    statistics (seeded), as a trained model has, and returns `model`.
+
+    Why: a fresh BatchNorm (gamma 1, beta 0, mean 0, variance 1) folds into a
+    convolution with a zero bias, which TensorFlow's grappler drops, and with it the
+    Conv + BiasAdd + ReLU (+ residual Add) fusions that a trained model gets. Timing
+    fresh models timed a graph no user runs: on an AMX Xeon the frozen bf16 EncNet R50
+    ran 138 ms (JPU) and 216 ms (OS8) fresh against 121 ms and 206 ms with these
+    statistics. The values keep activations at a trained network's scale.
+    """
+    import keras
+    import numpy as np
+
+    from keras_fastfcn._keras_private import all_layers
+
+    rng = np.random.RandomState(seed)
+    draws = {"gamma": lambda n: rng.uniform(0.5, 1.0, n),
+             "beta": lambda n: rng.normal(0.0, 0.1, n),
+             "moving_mean": lambda n: rng.normal(0.0, 0.1, n),
+             "moving_variance": lambda n: rng.uniform(0.8, 1.5, n)}
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for attr, draw in draws.items():
+                variable = getattr(layer, attr, None)  # None: center / scale off
+                if variable is not None:
+                    variable.assign(draw(tuple(variable.shape)).astype(variable.dtype))
+    return model
 
 
 def _count(layer):

@@ -225,3 +225,27 @@ def test_measure_torch_small():
     out = benchmark.measure_torch("fcn", "resnet50", "os8", size=64, num_classes=5, warmup=1,
                                   min_runs=1, min_seconds=0.01, threads=1)
     assert out["latency_s"] > 0 and out["threads"] == 1
+
+
+def test_benchmark_models_have_trained_like_batchnorm():
+    """Fresh BatchNorms fold to zero biases, which grappler drops together with the
+    Conv + BiasAdd + ReLU fusion a trained model gets: the benchmark gives them
+    statistics like a trained model's, so the folded convs carry biases."""
+    import keras
+    import numpy as np
+
+    from keras_fastfcn.serving.fold import fold_batchnorm
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    model = keras.Model(inputs, keras.layers.ReLU()(x))
+    assert benchmark._trained_like_normalization(model, seed=1) is model
+    gamma, beta, mean, var = model.get_layer("bn").get_weights()
+    assert np.all((gamma >= 0.5) & (gamma <= 1.0)) and np.all((var >= 0.8) & (var <= 1.5))
+    assert np.abs(beta).max() > 0 and np.abs(mean).max() > 0
+    folded = fold_batchnorm(model)
+    _, bias = folded.get_layer("conv").get_weights()
+    assert np.abs(bias).min() > 0
+    again = benchmark._trained_like_normalization(keras.models.clone_model(model), seed=1)
+    assert np.array_equal(again.get_layer("bn").get_weights()[1], beta)  # seeded
