@@ -141,16 +141,36 @@ def _check_jit(jit_compile):
     return jit_compile
 
 
+def _is_xla_part(layer):
+    """Whether `xla_parts` compiles top-level `layer` with XLA."""
+    from keras_fastfcn.layers import JPU, JPUX
+
+    if isinstance(layer, (keras.layers.InputLayer, JPU, JPUX)):
+        return False
+    # XLA's CPU code for 16-bit types is slower than TensorFlow's kernels: its
+    # convolutions miss oneDNN's AMX / AVX512-BF16 ones (bf16 EncNet R50 on an AMX
+    # Xeon: 0.28 s with XLA for the backbone and head, 0.17 s without) and even the bf16
+    # input normalization lost 20 ms as a cluster; the float32 logits resize gains
+    # (16 ms less), so under a mixed policy only float32 parts compile.
+    from keras_fastfcn._keras_private import all_layers
+
+    return not any(sub.compute_dtype in ("bfloat16", "float16")
+                   for sub in [layer] + all_layers(layer))
+
+
 @contextlib.contextmanager
 def xla_parts(model):
     """While a `tf.function` is traced inside it: every top-level part of `model`
-    but the JPU / JPUX runs as its own XLA cluster, the JPU by TensorFlow's kernels.
+    but the JPU / JPUX runs as its own XLA cluster, the JPU by TensorFlow's kernels;
+    under a 16-bit policy (`keras_fastfcn.precision`) only the parts that compute in
+    float32 (the final resize of the logits) compile.
 
     Why: on CPU, TensorFlow's oneDNN kernels run the JPU's dilated depthwise convs
     4-5x faster than XLA does (0.18 s vs 0.84 s for JPU width 512 at 64x64 on 2
     cores), while XLA runs the big stride-8 heads faster (ASPP 0.41 s vs 0.70 s,
-    PSP 0.37 s vs 0.63 s). One setting for the whole graph leaves one of the two
-    slow; `benchmarks/RESULTS.md` measures both against this mixed form. The model
+    PSP 0.37 s vs 0.63 s) and fuses the gathers and blends of a bilinear resize into
+    one pass. One setting for the whole graph leaves one of them slow;
+    `benchmarks/RESULTS.md` measures both against this mixed form. The model
     is only patched during the trace: the traced function keeps the clusters, the
     layers are restored on exit.
 
@@ -165,10 +185,7 @@ def xla_parts(model):
     """
     import tensorflow as tf
 
-    from keras_fastfcn.layers import JPU, JPUX
-
-    parts = [layer for layer in getattr(model, "layers", ())
-             if not isinstance(layer, (keras.layers.InputLayer, JPU, JPUX))]
+    parts = [layer for layer in getattr(model, "layers", ()) if _is_xla_part(layer)]
     if not parts:
         raise ValueError(f"xla_parts needs a functional model with layers, got {model!r}.")
     saved = [(layer, layer.__dict__.get("call")) for layer in parts]

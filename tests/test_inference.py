@@ -350,6 +350,27 @@ def test_xla_parts_same_output_jpu_left_to_tensorflow():
         inference.Predictor(model, jit_compile="yes")
 
 
+def test_xla_parts_under_a_16_bit_policy_compiles_only_float32_parts(tiny_backbone):
+    """Under mixed precision XLA's CPU code for 16-bit types is slower than TensorFlow's
+    kernels, so `xla_parts` compiles only the parts that compute in float32 (the
+    logits resize); the output is unchanged."""
+    from keras_fastfcn.precision import with_precision
+
+    model = with_precision(kf.FastFCN(4, head="fcn", backbone=tiny_backbone, jpu_width=16),
+                           "fp16")
+    net = inference.logits_model(model)
+    x = tf.random.uniform((1, 64, 80, 3), 0, 255, seed=1)
+    reference = tf.cast(net(x, training=False), tf.float32).numpy()
+    fn = tf.function(lambda images: tf.cast(net(images, training=False), tf.float32))
+    with inference.xla_parts(net):
+        traced = fn.get_concrete_function(tf.TensorSpec((1, None, None, 3)))
+    clusters = [f.signature.name for f in traced.graph.as_graph_def().library.function
+                if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+    compiled = [layer.name for layer in net.layers if inference._is_xla_part(layer)]
+    assert compiled == ["logits"] and len(clusters) == 1
+    np.testing.assert_allclose(traced(x).numpy(), reference, rtol=1e-3, atol=1e-3)
+
+
 def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng):
     """`fold_batchnorm=True` (what `evaluate` / `predict` use): an inference copy with BN
     folded, same logits up to float rounding on a trained-looking (confident) model,
