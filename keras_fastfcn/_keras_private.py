@@ -1,6 +1,6 @@
-"""Every use of a private Keras API in keras_fastfcn, in one place.
+"""Every use of a private Keras (or TensorFlow) API in keras_fastfcn, in one place.
 
-Keras has no public equivalent for these; each is small, stable across Keras 3.x so
+Keras and TensorFlow have no public equivalent for these; each is small, stable across Keras 3.x so
 far, and checked by `tests/test_package.py::test_keras_private_hooks_still_exist`, which fails loudly (naming the hook)
 when a Keras release changes one. `setup.py` pins `keras` below the next minor
 version that has not been tested.
@@ -13,6 +13,11 @@ version that has not been tested.
   switch BatchNorm synchronization on for training and off for saving.
 - `patch_multiworker_fit`: works around keras-team/keras#20585, Keras 3's `fit`
   under `tf.distribute.MultiWorkerMirroredStrategy` (TensorFlow backend only).
+- `freeze_function`: a traced `tf.function` with its variables as constants of its
+  graph (TensorFlow's `convert_variables_to_constants_v2`, which its own TFLite
+  converter and tf2onnx use; the public API can save a function, not freeze it).
+  Inference snapshots use it (`inference.Predictor(fold_batchnorm=True)`, the
+  benchmark); without it they fall back to the variables, with a warning.
 """
 
 import functools
@@ -77,8 +82,25 @@ def patch_multiworker_fit(model, sample_batch):
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+def freeze_function(concrete):
+    """`concrete` (a `tf.function`'s concrete function) with its variables replaced by
+    constants holding their current values: a new concrete function, called with the
+    same arguments, returning its outputs as a flat list.
+
+    Constant weights let grappler fold what depends on them (the 16-bit casts of a
+    mixed-precision model) and let oneDNN keep each filter in its own layout between
+    calls instead of reordering it every call.
+    """
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    return convert_variables_to_constants_v2(concrete)
+
+
 def check():
-    """Raises `RuntimeError` naming every private hook this Keras no longer has.
+    """Raises `RuntimeError` naming every private hook this Keras (or TensorFlow) no
+    longer has.
 
     Example:
     >>> check()  # silent on a tested Keras
@@ -97,8 +119,20 @@ def check():
         for name in ("reduce_per_replica", "_collective_all_reduce_multi_worker"):
             if not hasattr(tf_trainer, name):
                 missing.append(f"keras.src.backend.tensorflow.trainer.{name}")
+        try:
+            from tensorflow.python.framework.convert_to_constants import (  # noqa: F401
+                convert_variables_to_constants_v2,
+            )
+        except ImportError:
+            missing.append("tensorflow.python.framework.convert_to_constants."
+                           "convert_variables_to_constants_v2")
     if missing:
+        versions = f"Keras {keras.__version__}"
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            versions += f" / TensorFlow {tf.__version__}"
         raise RuntimeError(
-            f"Keras {keras.__version__} changed private APIs keras_fastfcn relies on "
+            f"{versions} changed private APIs keras_fastfcn relies on "
             f"(tested with Keras {TESTED_KERAS}): {', '.join(missing)}. See "
             "keras_fastfcn/_keras_private.py.")

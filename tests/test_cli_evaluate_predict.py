@@ -81,7 +81,8 @@ def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, folder_spe
     assert report["images"] == 3 and report["split"] == "val"
     assert report["inference"] == {"mode": "whole", "scales": [1.0], "flip": False,
                                    "crop_size": None, "base_size": None,
-                                   "jit_compile": False, "fold_batchnorm": True}
+                                   "jit_compile": False, "fold_batchnorm": True,
+                                   "freeze": False}
     assert [c["name"] for c in report["per_class"]] == NAMES  # the model's names win
 
     model = inference.load_model(model_path)
@@ -145,9 +146,10 @@ def test_evaluate_scores_onnx_and_tflite_exports_like_the_keras_model(
 def test_evaluate_slide_ms_options(capsys, model_path, folder_spec):
     rc, out, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", folder_spec,
                            "--mode", "slide", "--crop-size", "48", "--scales", "0.75,1.0",
-                           "--flip", "--limit", "2", "--quiet")
+                           "--flip", "--freeze", "--limit", "2", "--quiet")
     assert rc == 0, err
     assert "mode=slide scales=[0.75, 1.0] flip=True crop_size=48" in out
+    assert out.split("crop_size=48")[1].split("\n")[0].endswith(" freeze")
     assert "2 images" in out
 
 

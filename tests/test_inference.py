@@ -371,6 +371,42 @@ def test_xla_parts_under_a_16_bit_policy_compiles_only_float32_parts(tiny_backbo
     np.testing.assert_allclose(traced(x).numpy(), reference, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("jit_compile", [False, "parts"])
+def test_trace_freeze_holds_the_weights_of_the_moment(tiny_backbone, jit_compile,
+                                                       monkeypatch):
+    """`trace(freeze=True)` (what a folded Predictor and the benchmark run): the same
+    outputs as the variables' trace, taken at trace time, also with XLA parts; a
+    TensorFlow without the private freezing hook falls back to the variables with a
+    warning."""
+    from keras_fastfcn import _keras_private
+
+    model = kf.FastFCN(4, head="fcn", backbone=tiny_backbone, jpu_width=16)
+    net = inference.logits_model(model)
+    spec = tf.TensorSpec((1, 64, 80, 3), tf.float32)
+    x = tf.random.uniform((1, 64, 80, 3), 0, 255, seed=2)
+
+    def forward(images):
+        return net(images, training=False)
+
+    live = inference.trace(forward, spec, net, jit_compile)
+    frozen = inference.trace(forward, spec, net, jit_compile, freeze=True)
+    before = live(x).numpy()
+    np.testing.assert_allclose(frozen(x).numpy(), before, rtol=1e-5, atol=1e-5)
+    classifier = model.head_layer.classifier
+    kernel, bias = classifier.get_weights()
+    classifier.set_weights([kernel, bias + 5.0])
+    np.testing.assert_allclose(live(x).numpy(), before + 5.0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(frozen(x).numpy(), before, rtol=1e-5, atol=1e-5)
+
+    def missing(concrete):
+        raise ImportError("no convert_variables_to_constants_v2")
+
+    monkeypatch.setattr(_keras_private, "freeze_function", missing)
+    with pytest.warns(UserWarning, match="Cannot freeze the inference graph"):
+        fallback = inference.trace(forward, spec, net, jit_compile, freeze=True)
+    np.testing.assert_allclose(fallback(x).numpy(), before + 5.0, rtol=1e-4, atol=1e-4)
+
+
 def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng):
     """`fold_batchnorm=True` (what `evaluate` / `predict` use): an inference copy with BN
     folded, same logits up to float rounding on a trained-looking (confident) model,
@@ -392,7 +428,8 @@ def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng):
     assert len(batchnorm_layers(folded.model)) < len(batchnorm_layers(model)) // 4
     kernel, bias = model.head_layer.classifier.get_weights()
     model.head_layer.classifier.set_weights([-kernel, -bias])
-    np.testing.assert_allclose(folded(x).numpy(), b)
+    # The second call of a shape runs its static-shape trace: same up to rounding.
+    np.testing.assert_allclose(folded(x).numpy(), b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
     assert (plain(x).numpy().argmax(-1) != a.argmax(-1)).mean() > 0.5
 
 
@@ -417,6 +454,33 @@ def test_predictor_traces_repeated_shapes_statically(rng, monkeypatch):
     assert set(whole._whole.traces) == {None, (1, 30, 40, 3), (1, 33, 29, 3)}
     assert all(fn.experimental_get_tracing_count() == 1 for fn in whole._whole.traces.values())
     assert len(slide._forward.traces) <= 3  # at most 2 static traces + the dynamic one
+
+
+def test_predictor_freezes_at_most_frozen_shapes_static_traces(rng, monkeypatch):
+    """`Predictor(freeze=True)` (`--freeze`) freezes the weights into its first
+    `FROZEN_SHAPES` static traces only (each holds a copy of the weights), never into
+    the dynamic one; the log-scores are those of the dynamic trace for every shape."""
+    monkeypatch.setattr(inference, "FROZEN_SHAPES", 1)
+    frozen_calls = []
+    original = inference.trace
+
+    def counting(fn, spec, model, jit_compile=False, freeze=False):
+        frozen_calls.append((tuple(spec.shape), freeze))
+        return original(fn, spec, model, jit_compile, freeze)
+
+    monkeypatch.setattr(inference, "trace", counting)
+    model, _, _ = toy_model(rng)
+    folded = inference.Predictor(model, fold_batchnorm=True, freeze=True)
+    assert folded.settings()["freeze"] and not inference.Predictor(model).settings()["freeze"]
+    dynamic = folded._whole._trace((None, None, None, 3))
+    for shape in [(1, 30, 40), (1, 30, 40), (1, 33, 29), (1, 33, 29), (1, 30, 40)]:
+        images = rng.uniform(0, 255, shape + (3,)).astype("float32")
+        np.testing.assert_allclose(folded(images).numpy(), dynamic(images).numpy(),
+                                   rtol=1e-5, atol=1e-4)
+    assert set(folded._whole.traces) == {None, (1, 30, 40, 3), (1, 33, 29, 3)}
+    # frozen_calls[0] is the reference `dynamic` above.
+    assert frozen_calls[1:] == [((None, None, None, 3), False), ((1, 30, 40, 3), True),
+                                ((1, 33, 29, 3), False)]
 
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])
