@@ -62,7 +62,7 @@ def write_report(payload, out_dir, title="CPU"):
             f"{r['latency_s']:.3f} | {r['fps']:.2f} | {throughput} | {r['gflops']:.0f} | "
             f"{achieved} | {anchor} | {p['backbone'] / 1e6:.1f} / "
             f"{p['upsampler'] / 1e6:.1f} / {p['head'] / 1e6:.1f} | {mem} | "
-            f"{'parts' if r.get('xla') else 'off'} |")
+            f"{'parts' if r.get('xla') else 'off'}{', frozen' if r.get('frozen') else ''} |")
     lines += ["", "Ratios against the dilated output-stride-8 model (DilatedFCN) of the same "
               "head, backbone and precision (official PyTorch: the same ratio of the official "
               "code):", "",

@@ -7,12 +7,16 @@ Every configuration (head x backbone x upsampler) runs in its own child process,
 one model's memory and thread pools do not bias the next; all run on the same input.
 
 - Latency: the inference model (logits only) on one 512x512 image, through the
-  fastest path the package offers: BatchNorm folded into the convolutions
-  (`keras_fastfcn.serving.fold`) and a compiled `tf.function`, without XLA and with XLA for
-  every part but the JPU (`keras_fastfcn.inference.xla_parts`; for a dilated model
-  that is nearly the whole graph), the faster kept (`xla="auto"`; `"off"` / `"parts"`
-  time one of the two: half the tracing). Protocol of the official `test_fps_params.py` (warm-up runs, then
-  repeated timed runs), reported as the median latency and its FPS. (The official
+  fastest path the package offers, the one `keras-fastfcn predict` / `evaluate` run:
+  BatchNorm folded into the convolutions (`keras_fastfcn.serving.fold`) and a
+  `tf.function` (`keras_fastfcn.inference.trace`; with `freeze` / `--freeze` the
+  weights frozen into its graph, as `predict --freeze` runs it), without XLA and with
+  XLA for every part but the JPU (`keras_fastfcn.inference.xla_parts`; for a dilated
+  model that is nearly the whole graph; under bf16 / fp16 only the float32 logits
+  resize), the faster kept (`xla="auto"`; `"off"` / `"parts"` time one of the two:
+  half the tracing). The random models get trained-like BatchNorm statistics
+  (`_trained_like_normalization`). Protocol of the official `test_fps_params.py`
+  (warm-up runs, then repeated timed runs), reported as the median latency and its FPS. (The official
   script times the training model with its auxiliary head; we time what is deployed.)
 - Precision (`precisions`): `fp32`, or the model rebuilt under Keras' mixed-precision
   policy (`bf16`: `mixed_bfloat16`, `fp16`: `mixed_float16`) with the same weights
@@ -253,7 +257,7 @@ def _xla_choices(xla):
 
 def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
                   min_runs=5, min_seconds=10.0, fold=True, precision="fp32",
-                  throughput_batch=8, xla="auto", gflops=None):
+                  throughput_batch=8, xla="auto", gflops=None, freeze=False):
     """Latency, throughput, FLOPs and parameters of one configuration (in this process).
 
     Args:
@@ -263,13 +267,16 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
         num_classes: classifier width (59: Pascal Context, as the paper's timings).
         warmup, min_runs, min_seconds: the timing protocol (untimed runs, then at
             least `min_runs` timed runs and `min_seconds` seconds).
-        fold: fold BatchNorm into the convolutions (what the exports serve).
+        fold: fold BatchNorm into the convolutions (what the exports and
+            `keras-fastfcn predict` / `evaluate` run).
         precision: `"fp32"`, `"bf16"` or `"fp16"` (Keras mixed precision).
         throughput_batch: batch of the throughput run (images/s); 0 skips it.
         xla: `"auto"` (time the graph without XLA and with `xla_parts`, keep the
             faster), `"off"` or `"parts"` (only that one).
         gflops: the configuration's GFLOPs if already counted (they do not depend on
             the precision): skips the fp32 graph and its profile.
+        freeze: time the graph with the weights frozen into it, as
+            `Predictor(freeze=True)` / `--freeze` runs it (with `fold`).
 
     Returns:
         A dict: `latency_s` (median, batch 1), `fps`, `xla`, `gflops` (per image),
@@ -282,7 +289,7 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     import numpy as np
     import tensorflow as tf
 
-    from keras_fastfcn.inference import logits_model, xla_parts
+    from keras_fastfcn.inference import logits_model, trace
     from keras_fastfcn.precision import KERAS_PRECISIONS, check_precision, with_precision
 
     check_precision(precision, KERAS_PRECISIONS, "the benchmark")
@@ -309,15 +316,14 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     rng = np.random.RandomState(0)
     images = tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32)
     best, errors = None, []
+    def forward(x):  # logits cast to float32 as every inference path does
+        return tf.cast(model(x, training=False), tf.float32)
+
     for jit in jits:
-        # Logits cast to float32 as every inference path does (mixed precision: 16-bit).
-        fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                         input_signature=[spec])
         start = time.perf_counter()
         try:
-            if jit == "parts":
-                with xla_parts(model):
-                    fn.get_concrete_function()
+            # Traced as `inference.Predictor(fold_batchnorm=fold, freeze=freeze)` does.
+            fn = trace(forward, spec, model, jit, freeze=freeze)
             fn(images).numpy()
         except Exception as err:  # e.g. an XLA kernel missing for a 16-bit type
             errors.append(f"xla={jit}: {type(err).__name__}: {str(err)[:120]}")
@@ -336,17 +342,14 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     if throughput_batch:
         batch = tf.constant(rng.uniform(0, 255, (int(throughput_batch), size, size, 3)),
                             tf.float32)
-        bspec = tf.TensorSpec(batch.shape, tf.float32)
-        bfn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                          input_signature=[bspec])
-        if best["xla"] == "parts":
-            with xla_parts(model):
-                bfn.get_concrete_function()
+        bfn = trace(forward, tf.TensorSpec(batch.shape, tf.float32), model, best["xla"],
+                    freeze=freeze)
         # One warm-up (the trace), then as many runs as the batch-1 protocol's time.
         median, _, runs = _time(lambda: bfn(batch).numpy(), 1, 3, min_seconds / 2)
         best.update(throughput_batch=int(throughput_batch),
                     throughput_ips=int(throughput_batch) / median, throughput_runs=runs)
     best["precision"] = precision
+    best["frozen"] = bool(freeze)
     best["gflops"] = gflops
     best["params"] = params
     best["params_total"] = int(sum(params.values()))
@@ -452,13 +455,12 @@ def frozen_forward(model, spec):
     constants (what the FLOP count and `benchmarks/profile_ops.py` read), logits cast
     to float32 as every inference path does."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
+
+    from keras_fastfcn._keras_private import freeze_function
 
     concrete = tf.function(
         lambda x: tf.cast(model(x, training=False), tf.float32)).get_concrete_function(spec)
-    return convert_variables_to_constants_v2(concrete)
+    return freeze_function(concrete)
 
 
 def _flops(model, spec):
@@ -543,7 +545,7 @@ def _key(row):
 def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, memory=True,
                    min_seconds=10.0, log=print, done=(), on_result=None,
                    precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None,
-                   xla="auto"):
+                   xla="auto", freeze=False):
     """Measures every configuration; returns a list of result dicts.
 
     Args:
@@ -563,6 +565,7 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
             installed (fp32 and bf16 rows).
         cpu: `cpu_info()` (None reads it): the peak GFLOP/s per precision.
         xla: `measure_speed`'s `xla` (`"auto"`: both paths, the faster kept).
+        freeze: `measure_speed`'s `freeze` (weights frozen into the timed graphs).
 
     Example:
     >>> rows = run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], size=128,
@@ -590,7 +593,8 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
                                           {"size": size, "min_seconds": min_seconds,
                                            "precision": precision,
                                            "throughput_batch": throughput_batch,
-                                           "xla": xla, "gflops": gflops}))
+                                           "xla": xla, "gflops": gflops,
+                                           "freeze": freeze}))
                         if "error" not in row:
                             _add_peak(row, cpu)
                             if torch_anchor:

@@ -129,13 +129,15 @@ def test_quick_benchmark_runs(tmp_path):
 
 
 def test_measure_speed_under_a_mixed_precision_policy():
-    """A 16-bit row: the model rebuilt under the policy, logits cast back to float32, the
-    FLOPs passed in (counted once per configuration) kept. fp16, not bf16: the same code
+    """A 16-bit row, frozen: the model rebuilt under the policy, logits cast back to
+    float32, the weights frozen into the graph, the FLOPs passed in (counted once per
+    configuration) kept. fp16, not bf16: the same code
     path, and CPUs without AVX512-BF16 emulate bf16 slowly."""
     row = benchmark.measure_speed("fcn", "resnet50", "jpu", size=64, num_classes=5, warmup=1,
                                   min_runs=1, min_seconds=0.01, precision="fp16",
-                                  throughput_batch=2, xla="off", gflops=12.5)
+                                  throughput_batch=2, xla="off", gflops=12.5, freeze=True)
     assert row["precision"] == "fp16" and row["gflops"] == 12.5 and row["xla"] is False
+    assert row["frozen"] is True  # the weights frozen into the timed graphs (--freeze)
     assert row["latency_s"] > 0 and row["throughput_ips"] > 0
     with pytest.raises(ValueError, match="int8"):
         benchmark.measure_speed("fcn", "resnet50", "jpu", precision="int8")

@@ -43,6 +43,9 @@ def add_arguments(parser):
     parser.add_argument("--xla", default="auto", choices=("auto", "off", "parts"),
                         help="time the inference graph without XLA and with XLA for every "
                              "part but the JPU and keep the faster (auto), or only one")
+    parser.add_argument("--freeze", action="store_true",
+                        help="time the graphs with the weights frozen into them, as "
+                             "predict / evaluate --freeze run them")
     parser.add_argument("--no-torch", action="store_true",
                         help="do not time the official PyTorch structure (the anchor column; "
                              "timed only where torch is installed)")
@@ -90,7 +93,7 @@ def run(args):
         heads, backbones, upsamplers, size=size, crop=crop, batch=args.batch,
         memory=not args.no_memory, min_seconds=min_seconds, done=done,
         precisions=precisions, throughput_batch=args.throughput_batch,
-        torch_anchor=not args.no_torch, cpu=cpu, xla=args.xla,
+        torch_anchor=not args.no_torch, cpu=cpu, xla=args.xla, freeze=args.freeze,
         on_result=lambda rows: benchmark.write_results(rows, args.output, machine, size, crop,
                                                        args.batch, cpu))
     for r in benchmark.ratios(results):
