@@ -16,8 +16,8 @@ version that has not been tested.
 - `freeze_function`: a traced `tf.function` with its variables as constants of its
   graph (TensorFlow's `convert_variables_to_constants_v2`, which its own TFLite
   converter and tf2onnx use; the public API can save a function, not freeze it).
-  Inference snapshots use it (`inference.Predictor(fold_batchnorm=True)`, the
-  benchmark); without it they fall back to the variables, with a warning.
+  `inference.trace(freeze=True)` uses it (`Predictor(freeze=True)`, `--freeze`, the
+  benchmark); without it the graphs read the variables, with a warning.
 """
 
 import functools

@@ -578,7 +578,9 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
                         "benchmarks/precision.py)")
     _xla_choices(xla)
     cpu = cpu_info() if cpu is None else cpu
-    previous = {_key(r): r for r in done if "error" not in r}
+    # Rows of a run with the other --freeze setting are measured again, not mixed in.
+    previous = {_key(r): r for r in done
+                if "error" not in r and bool(r.get("frozen")) == bool(freeze)}
     results = []
     for backbone in backbones:
         for head in heads:

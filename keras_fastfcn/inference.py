@@ -150,9 +150,10 @@ def _is_xla_part(layer):
         return False
     # XLA's CPU code for 16-bit types is slower than TensorFlow's kernels: its
     # convolutions miss oneDNN's AMX / AVX512-BF16 ones (bf16 EncNet R50 on an AMX
-    # Xeon: 0.28 s with XLA for the backbone and head, 0.17 s without) and even the bf16
-    # input normalization lost 20 ms as a cluster; the float32 logits resize gains
-    # (16 ms less), so under a mixed policy only float32 parts compile.
+    # Xeon: 0.28-0.30 s with XLA for the backbone and head, 0.15-0.17 s without) and
+    # even the bf16 input normalization lost 20 ms as a cluster; the float32 logits
+    # resize gains (64 -> 512 px, 59 classes: 3.0 ms against 16 ms), so under a mixed
+    # policy only float32 parts compile.
     from keras_fastfcn._keras_private import all_layers
 
     return not any(sub.compute_dtype in ("bfloat16", "float16")
@@ -186,9 +187,14 @@ def xla_parts(model):
     """
     import tensorflow as tf
 
-    parts = [layer for layer in getattr(model, "layers", ()) if _is_xla_part(layer)]
-    if not parts:
+    layers = getattr(model, "layers", ())
+    if not layers:
         raise ValueError(f"xla_parts needs a functional model with layers, got {model!r}.")
+    parts = [layer for layer in layers if _is_xla_part(layer)]
+    if not parts:
+        raise ValueError(f"xla_parts found nothing to compile in {model.name!r}: every "
+                         "top-level layer is a JPU or computes in 16 bits (use "
+                         "jit_compile=False or True).")
     saved = [(layer, layer.__dict__.get("call")) for layer in parts]
     try:
         for layer in parts:
@@ -430,10 +436,11 @@ def trace(fn, spec, model, jit_compile=False, freeze=False):
         freeze: the model's weights become constants of the graph, taken now: later
             weight changes are not seen. Faster on CPU: grappler folds the 16-bit
             casts of a mixed-precision model and oneDNN keeps each filter in its own
-            layout (EncNet R50 at 512 px, BN folded, static shape, AMX Xeon, paired:
-            bf16 0.145 -> 0.109 s, with `"parts"` 0.138 -> 0.096 s; fp32
-            0.54 -> 0.38 s). The graph holds its own copy of the weights (about
-            1.3 GB more resident memory for EncNet R50, oneDNN's filters included).
+            layout (`keras-fastfcn benchmark --freeze`, EncNet R50 at 512 px, BN
+            folded, AMX Xeon: fp32 0.518 -> 0.373 s, bf16 0.143 -> 0.107 s; two runs
+            one after the other). The graph holds its own copy of the weights (about
+            1.3 GB more resident memory for EncNet R50, oneDNN's filters included;
+            3 GB more at the peak, while freezing).
 
     Returns:
         A callable on tensors (or arrays) matching `spec`.
@@ -466,9 +473,11 @@ def trace(fn, spec, model, jit_compile=False, freeze=False):
                       stacklevel=2)
         return traced
     structure = concrete.structured_outputs
-    # A frozen concrete function binds tensors only (a tf.function also takes numpy).
-    return lambda images: tf.nest.pack_sequence_as(
-        structure, frozen(tf.convert_to_tensor(images, spec.dtype)))
+    # Wrapped again: the frozen function lost the outer jit_compile, and alone it
+    # binds neither numpy inputs nor checks their shape against `spec`.
+    return tf.function(lambda images: tf.nest.pack_sequence_as(structure, frozen(images)),
+                       input_signature=[spec], jit_compile=jit_compile is True,
+                       autograph=False)
 
 
 # How many input shapes a `Predictor` traces for exactly; every other shape runs
@@ -561,7 +570,8 @@ class Predictor:
             traced (`trace(freeze=True)`). Faster per image (bf16 EncNet R50, BN
             folded, XLA parts, 360x480, AMX Xeon: 115 -> 72 ms) after a one-off cost
             (about 8 s more tracing and 3 GB more peak resident memory for EncNet
-            R50): it pays from a few hundred images of one size on.
+            R50): it pays from a few hundred images of one size on. `__call__` and
+            `class_map` trace separate graphs, so using both freezes two copies.
 
     Example:
     >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)

@@ -182,6 +182,11 @@ def test_resume_keeps_finished_configurations(monkeypatch):
     assert [kind for kind, _ in calls] == ["measure_speed", "measure_train_memory"]
     assert calls[0][1]["upsampler"] == "os8" and rows[1]["latency_s"] == 1.0
     assert snapshots == [1, 2]
+    # A --freeze run does not keep rows timed without it (nor the other way round).
+    calls.clear()
+    benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu"], done=done, memory=False,
+                             log=lambda text: None, torch_anchor=False, freeze=True)
+    assert [kind for kind, _ in calls] == ["measure_speed"]
 
 
 def test_torch_anchor_rows(monkeypatch):

@@ -371,11 +371,12 @@ def test_xla_parts_under_a_16_bit_policy_compiles_only_float32_parts(tiny_backbo
     np.testing.assert_allclose(traced(x).numpy(), reference, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("jit_compile", [False, "parts"])
+@pytest.mark.parametrize("jit_compile", [False, True, "parts"])
 def test_trace_freeze_holds_the_weights_of_the_moment(tiny_backbone, jit_compile,
                                                        monkeypatch):
-    """`trace(freeze=True)` (what a folded Predictor and the benchmark run): the same
-    outputs as the variables' trace, taken at trace time, also with XLA parts; a
+    """`trace(freeze=True)` (what `Predictor(freeze=True)` and `benchmark --freeze`
+    run): the same outputs as the variables' trace, taken at trace time, with or
+    without XLA (kept for `True`), numpy accepted and other shapes refused; a
     TensorFlow without the private freezing hook falls back to the variables with a
     warning."""
     from keras_fastfcn import _keras_private
@@ -392,6 +393,11 @@ def test_trace_freeze_holds_the_weights_of_the_moment(tiny_backbone, jit_compile
     frozen = inference.trace(forward, spec, net, jit_compile, freeze=True)
     before = live(x).numpy()
     np.testing.assert_allclose(frozen(x).numpy(), before, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(frozen(x.numpy()).numpy(), before, rtol=1e-5, atol=1e-5)
+    if jit_compile is True:
+        assert frozen._jit_compile  # the frozen graph is still one XLA cluster
+    with pytest.raises((TypeError, ValueError)):
+        frozen(tf.zeros((1, 32, 80, 3)))
     classifier = model.head_layer.classifier
     kernel, bias = classifier.get_weights()
     classifier.set_weights([kernel, bias + 5.0])
@@ -481,6 +487,12 @@ def test_predictor_freezes_at_most_frozen_shapes_static_traces(rng, monkeypatch)
     # frozen_calls[0] is the reference `dynamic` above.
     assert frozen_calls[1:] == [((None, None, None, 3), False), ((1, 30, 40, 3), True),
                                 ((1, 33, 29, 3), False)]
+    # class_map traces its own graphs (the argmax inside): frozen the same way.
+    images = rng.uniform(0, 255, (1, 30, 40, 3)).astype("float32")
+    for _ in range(2):
+        classes = folded.class_map(images)
+        np.testing.assert_array_equal(classes, folded(images).numpy().argmax(-1))
+    assert frozen_calls[-1] == ((1, 30, 40, 3), True) and classes.dtype == np.int32
 
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])
