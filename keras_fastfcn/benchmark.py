@@ -316,9 +316,7 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     rng = np.random.RandomState(0)
     images = tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32)
     best, errors = None, []
-    def forward(x):  # logits cast to float32 as every inference path does
-        return tf.cast(model(x, training=False), tf.float32)
-
+    forward = _float32_logits(model)
     for jit in jits:
         start = time.perf_counter()
         try:
@@ -458,9 +456,15 @@ def frozen_forward(model, spec):
 
     from keras_fastfcn._keras_private import freeze_function
 
-    concrete = tf.function(
-        lambda x: tf.cast(model(x, training=False), tf.float32)).get_concrete_function(spec)
-    return freeze_function(concrete)
+    return freeze_function(tf.function(_float32_logits(model)).get_concrete_function(spec))
+
+
+def _float32_logits(model):
+    """`model`'s inference forward with its logits cast to float32, as every inference
+    path does (a mixed-precision model's are 16-bit)."""
+    from keras import ops
+
+    return lambda x: ops.cast(model(x, training=False), "float32")
 
 
 def _flops(model, spec):

@@ -113,15 +113,15 @@ def open_predictor(args):
 
     A `.keras` model runs through `predictor_from_args` (the inference flags apply); an
     `.onnx` / `.tflite` export through `serving.runtime.ExportPredictor`, as exported:
-    its scales, flip and precision were fixed by `keras-fastfcn export`, so a non-default
-    inference flag is refused rather than silently ignored. The export's `num_classes`
-    is None when it did not record it (a TFLite file without the probabilities output).
+    its scales, flip and precision were fixed by `keras-fastfcn export`. Callers run
+    `refuse_export_flags` first, before their slower checks, so a non-default inference
+    flag is refused rather than silently ignored. The export's `num_classes` is None
+    when it did not record it (a TFLite file without the probabilities output).
     """
     from keras_fastfcn import inference
     from keras_fastfcn.serving.runtime import ExportPredictor, is_export
 
     if is_export(args.model):
-        refuse_export_flags(args)
         predictor = ExportPredictor(args.model)
         return predictor, predictor.info()
     model = inference.load_model(args.model)
