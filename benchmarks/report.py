@@ -12,6 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_fastfcn.benchmark import RUNTIME_NAMES  # noqa: E402
 from keras_fastfcn.fileio import atomic_path  # noqa: E402
 
 
@@ -29,7 +30,9 @@ def write_report(payload, out_dir, title="CPU"):
     lines += [f"Inference: one {size}x{size} image, batch 1, logits-only model, folded BN, "
              "median of repeated runs after warm-up, faster of a plain `tf.function` and one with "
              "XLA for every part but the JPU (column XLA); bf16 / fp16: the model rebuilt under "
-             "Keras mixed precision. Throughput: images/s at the batch given. GFLOP/s: FLOPs / "
+             "Keras mixed precision; int8: the static int8 TFLite / ONNX exports, timed in "
+             "their runtime (column XLA / runtime: the faster, the other's latency in "
+             "brackets), class map out. Throughput: images/s at the batch given. GFLOP/s: FLOPs / "
              "batch-1 latency, and its share of the CPU's peak for the precision. Official "
              "PyTorch: the official module structure timed in the same run (same size, batch 1, "
              "same protocol; bf16 under `torch.autocast`). "
@@ -37,7 +40,7 @@ def write_report(payload, out_dir, title="CPU"):
              f"batch {batch} (main + aux + SE losses), and its growth during the step.", "",
              "| head | backbone | upsampler | precision | latency (s) | FPS | throughput (img/s) "
              "| GFLOPs | GFLOP/s (% peak) | official PyTorch (s) | params backbone / "
-             "upsampler / head (M) | train peak RSS (GB) | step growth (GB) | XLA |",
+             "upsampler / head (M) | train peak RSS (GB) | step growth (GB) | XLA / runtime |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         precision = r.get("precision", "fp32")
@@ -61,8 +64,7 @@ def write_report(payload, out_dir, title="CPU"):
             f"| {r['head']} | {r['backbone']} | {r['upsampler']} | {precision} | "
             f"{r['latency_s']:.3f} | {r['fps']:.2f} | {throughput} | {r['gflops']:.0f} | "
             f"{achieved} | {anchor} | {p['backbone'] / 1e6:.1f} / "
-            f"{p['upsampler'] / 1e6:.1f} / {p['head'] / 1e6:.1f} | {mem} | "
-            f"{'parts' if r.get('xla') else 'off'}{', frozen' if r.get('frozen') else ''} |")
+            f"{p['upsampler'] / 1e6:.1f} / {p['head'] / 1e6:.1f} | {mem} | {_graph_cell(r)} |")
     lines += ["", "Ratios against the dilated output-stride-8 model (DilatedFCN) of the same "
               "head, backbone and precision (official PyTorch: the same ratio of the official "
               "code):", "",
@@ -81,6 +83,17 @@ def write_report(payload, out_dir, title="CPU"):
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
     draw_chart(results, os.path.join(out_dir, "chart.png"))
+
+
+def _graph_cell(row):
+    """What ran the row: XLA off / parts (and frozen) for Keras rows; for int8 rows the
+    faster runtime, with the other one's latency."""
+    if "runtime" in row:
+        others = [f"{RUNTIME_NAMES.get(k, k)} {v:.3f} s"
+                  for k, v in row.get("runtime_latency_s", {}).items() if k != row["runtime"]]
+        return RUNTIME_NAMES.get(row["runtime"], row["runtime"]) + (
+            f" ({', '.join(others)})" if others else "")
+    return f"{'parts' if row.get('xla') else 'off'}{', frozen' if row.get('frozen') else ''}"
 
 
 def draw_chart(results, path):

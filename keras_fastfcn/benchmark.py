@@ -21,7 +21,15 @@ one model's memory and thread pools do not bias the next; all run on the same in
 - Precision (`precisions`): `fp32`, or the model rebuilt under Keras' mixed-precision
   policy (`bf16`: `mixed_bfloat16`, `fp16`: `mixed_float16`) with the same weights
   (`keras_fastfcn.precision.with_precision`), then folded and timed the same way.
-  int8 needs a calibrated export (TFLite / ONNX Runtime): `benchmarks/precision.py`.
+  `int8` (`measure_int8_speed`): TensorFlow has no int8 kernels for these graphs, so the
+  model is exported as `keras-fastfcn export --precision int8` writes it (static
+  post-training quantization, the exporters' default float set) to TFLite and to ONNX
+  and timed in TFLite's interpreter and ONNX Runtime through
+  `keras_fastfcn.serving.runtime.ExportPredictor`, the faster runtime kept
+  (`int8_runtime="auto"`). Calibration: a few random images, since the speed of a
+  quantized graph does not depend on its scales; int8 accuracy on real data is
+  `benchmarks/precision.py`'s job. The exports output the class map, so int8 rows also
+  time the argmax (about 1 ms at 512x512) that the logits-only Keras rows leave out.
 - Throughput: images/s of the same function at batch `throughput_batch` (8), median of
   repeated runs after a warm-up (0 turns it off).
 - FLOPs: TensorFlow's graph profiler on the frozen fp32 inference graph (a multiply-add
@@ -68,9 +76,18 @@ BACKBONES = ("resnet50", "resnet101")
 #   bf16: AMX-BF16 1024 (a 16x32 tile op per 16 cycles: 16*16*32*2/16);
 #         AVX512_BF16 128 (VDPBF16PS: 2 x 32 products x 2).
 #   fp16: AMX-FP16 1024; AVX512_FP16 128 (2 x 32 lanes x 2).
+#   int8 (integer multiply-adds, counted as FLOPs are): AMX-INT8 2048 (a 16x64 tile op
+#         per 16 cycles); AVX512_VNNI 256 (VPDPBUSD: 2 x 64 products x 2); AVX-VNNI 128;
+#         without VNNI twice the fp32 figure (VPMADDUBSW + VPMADDWD: an upper bound).
 _FP32_FLOPS = (("avx512f", 64), ("avx2", 32))
-_PEAK_16BIT = {"bf16": (("amx_bf16", 1024), ("avx512_bf16", 128)),
-               "fp16": (("amx_fp16", 1024), ("avx512_fp16", 128))}
+_PEAK_LOW = {"bf16": (("amx_bf16", 1024), ("avx512_bf16", 128)),
+             "fp16": (("amx_fp16", 1024), ("avx512_fp16", 128)),
+             "int8": (("amx_int8", 2048), ("avx512_vnni", 256), ("avx_vnni", 128))}
+PEAK_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+INT8_RUNTIMES = {"auto": ("tflite", "onnx"), "tflite": ("tflite",), "onnx": ("onnx",)}
+INT8_CALIBRATION_IMAGES = 8
+BENCHMARK_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+RUNTIME_NAMES = {"tflite": "TFLite", "onnx": "ONNX Runtime"}
 
 
 def flops_per_cycle(flags, precision="fp32"):
@@ -79,29 +96,31 @@ def flops_per_cycle(flags, precision="fp32"):
     fp32: AVX-512 (2 FMA units) 64, AVX2 with FMA 32, else 16. bf16: AMX-BF16 1024,
     AVX512_BF16 128, else the fp32 figure (TensorFlow then converts bf16 to fp32 and
     computes in fp32). fp16: AMX-FP16 1024, AVX512_FP16 128, else the fp32 figure.
+    int8 (integer operations): AMX-INT8 2048, AVX512_VNNI 256, AVX-VNNI 128, else twice
+    the fp32 figure.
 
     Args:
         flags: the CPU's flags as in `/proc/cpuinfo` (`avx2`, `fma`, `avx512f`,
             `amx_bf16`, ...), any iterable of strings.
-        precision: `"fp32"`, `"bf16"` or `"fp16"`.
+        precision: `"fp32"`, `"bf16"`, `"fp16"` or `"int8"`.
 
     Example:
     >>> flops_per_cycle({"avx2", "fma"}, "bf16")
     32
     """
     flags = {f.lower() for f in flags}
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"Unknown precision {precision!r}: expected 'fp32', 'bf16' or "
-                         "'fp16'.")
+    if precision not in PEAK_PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}: expected one of "
+                         f"{list(PEAK_PRECISIONS)}.")
     fp32 = 16
     for flag, value in _FP32_FLOPS:
         if flag in flags and (flag != "avx2" or "fma" in flags):
             fp32 = value
             break
-    for flag, value in _PEAK_16BIT.get(precision, ()):
+    for flag, value in _PEAK_LOW.get(precision, ()):
         if flag in flags:
             return value
-    return fp32
+    return 2 * fp32 if precision == "int8" else fp32
 
 
 def cpu_info():
@@ -151,7 +170,7 @@ def peak_gflops(precision, info=None):
     """This CPU's peak GFLOP/s in `precision`: cores x clock (GHz) x `flops_per_cycle`.
 
     Args:
-        precision: `"fp32"`, `"bf16"` or `"fp16"`.
+        precision: `"fp32"`, `"bf16"`, `"fp16"` or `"int8"`.
         info: `cpu_info()` (or a dict with `cores`, `mhz`, `all_flags`); None reads it.
 
     Returns:
@@ -289,29 +308,19 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     import numpy as np
     import tensorflow as tf
 
-    from keras_fastfcn.inference import logits_model, trace
+    from keras_fastfcn.inference import trace
     from keras_fastfcn.precision import KERAS_PRECISIONS, check_precision, with_precision
 
-    check_precision(precision, KERAS_PRECISIONS, "the benchmark")
+    check_precision(precision, KERAS_PRECISIONS, "the benchmark's Keras rows (int8: "
+                    "measure_int8_speed)")
     jits = _xla_choices(xla)
     seg = _build(head, backbone, upsampler, num_classes)
-    params = {"backbone": _count(seg.backbone.encoder),
-              "upsampler": _count(seg.backbone.upsampler) if seg.backbone.upsampler else 0,
-              "head": _count(seg.head_layer)}
-
-    def deployed(segmenter):
-        model = logits_model(segmenter)  # what is deployed: no aux head or SE branch
-        if fold:
-            from keras_fastfcn.serving.fold import fold_batchnorm
-
-            model = fold_batchnorm(model)
-        return model
-
+    params = _params(seg)
     spec = tf.TensorSpec((1, size, size, 3), tf.float32)
     if gflops is None:
         # Counted on the fp32 graph: a mixed-precision graph adds casts, not arithmetic.
-        gflops = _flops(deployed(seg), spec) / 1e9
-    model = deployed(seg if precision == "fp32" else with_precision(seg, precision))
+        gflops = _flops(_deployed(seg, fold), spec) / 1e9
+    model = _deployed(seg if precision == "fp32" else with_precision(seg, precision), fold)
     del seg
     rng = np.random.RandomState(0)
     images = tf.constant(rng.uniform(0, 255, (1, size, size, 3)), tf.float32)
@@ -351,6 +360,125 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     best["gflops"] = gflops
     best["params"] = params
     best["params_total"] = int(sum(params.values()))
+    return best
+
+
+def _params(seg):
+    """Parameters of the backbone, the upsampler (JPU / JPU_X) and the head, as the
+    official `test_fps_params.py` counts them."""
+    return {"backbone": _count(seg.backbone.encoder),
+            "upsampler": _count(seg.backbone.upsampler) if seg.backbone.upsampler else 0,
+            "head": _count(seg.head_layer)}
+
+
+def _deployed(segmenter, fold=True):
+    """What is deployed: the logits-only model (no auxiliary head or SE branch), with
+    BatchNorm folded into the convolutions (`fold`)."""
+    from keras_fastfcn.inference import logits_model
+
+    model = logits_model(segmenter)
+    if fold:
+        from keras_fastfcn.serving.fold import fold_batchnorm
+
+        model = fold_batchnorm(model)
+    return model
+
+
+def _int8_runtimes(runtime):
+    if runtime not in INT8_RUNTIMES:
+        raise ValueError(f"Unknown int8 runtime {runtime!r}: expected one of "
+                         f"{list(INT8_RUNTIMES)}.")
+    return INT8_RUNTIMES[runtime]
+
+
+def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
+                       min_runs=5, min_seconds=10.0, throughput_batch=8, runtime="auto",
+                       gflops=None, threads=None):
+    """Latency and throughput of one configuration's int8 exports (in this process).
+
+    The configuration's model (`_build`) is exported as `keras-fastfcn export
+    --precision int8` writes it: TFLite full-integer at `size` x `size` and ONNX QDQ
+    (per-channel weights, the exporters' default layers left in float), calibrated on
+    `INT8_CALIBRATION_IMAGES` random images (a quantized graph's speed does not depend
+    on its scales; `benchmarks/precision.py` measures int8 accuracy on real data). Each
+    export runs through `keras_fastfcn.serving.runtime.ExportPredictor`, as `predict` /
+    `evaluate --model FILE` run it, and the faster runtime is kept.
+
+    Args:
+        head, backbone, upsampler, size, num_classes, warmup, min_runs, min_seconds:
+            as `measure_speed`.
+        throughput_batch: batch of the throughput run (TFLite runs it one image at a
+            time, as its fixed-size export does); 0 skips it.
+        runtime: `"auto"` (both, the faster kept), `"tflite"` or `"onnx"`.
+        gflops: the configuration's GFLOPs if already counted; None counts them on the
+            fp32 graph (int8 does the same multiply-adds).
+        threads: CPU threads of each runtime (None: every core).
+
+    Returns:
+        A dict as `measure_speed`'s, with `runtime` (the faster), `runtime_latency_s`
+        and `export_s` per runtime tried, and `runtime_errors` where one failed.
+
+    Example:
+    >>> row = measure_int8_speed("encnet", "resnet50", "jpu", size=128, min_seconds=1)
+    >>> row["runtime"] in ("tflite", "onnx")
+    True
+    """
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_fastfcn import serving
+    from keras_fastfcn.serving.runtime import ExportPredictor
+
+    runtimes = _int8_runtimes(runtime)
+    seg = _build(head, backbone, upsampler, num_classes)
+    params = _params(seg)
+    if gflops is None:
+        gflops = _flops(_deployed(seg), tf.TensorSpec((1, size, size, 3), tf.float32)) / 1e9
+    rng = np.random.RandomState(0)
+    calibration = [rng.uniform(0, 255, (size, size, 3)).astype("uint8")
+                   for _ in range(INT8_CALIBRATION_IMAGES)]
+    image = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
+    work = tempfile.mkdtemp(prefix="kf-int8-")
+    best, latencies, export_s, errors = None, {}, {}, {}
+    try:
+        for name in runtimes:
+            start = time.perf_counter()
+            try:
+                path = serving.export(
+                    seg, os.path.join(work, f"model.{name}"), format=name, precision="int8",
+                    calibration=calibration, probabilities=False,
+                    **({"input_size": (size, size)} if name == "tflite" else {}))
+                predictor = ExportPredictor(path, threads=threads)
+            except Exception as err:  # e.g. onnxruntime / tf2onnx not installed
+                errors[name] = f"{type(err).__name__}: {str(err)[:160]}"
+                continue
+            export_s[name] = time.perf_counter() - start
+            median, fastest, runs = _time(lambda: predictor(image), warmup, min_runs,
+                                          min_seconds)
+            latencies[name] = median
+            if best is None or median < best["latency_s"]:
+                best = {"latency_s": median, "fps": 1.0 / median, "runtime": name,
+                        "runs": runs, "latency_min_s": fastest, "predictor": predictor}
+        if best is None:
+            raise RuntimeError("no int8 runtime ran: " + "; ".join(
+                f"{k}: {v}" for k, v in errors.items()))
+        predictor = best.pop("predictor")
+        if throughput_batch:
+            batch = rng.uniform(0, 255, (int(throughput_batch), size, size, 3)).astype(
+                "float32")
+            median, _, runs = _time(lambda: predictor(batch), 1, 3, min_seconds / 2)
+            best.update(throughput_batch=int(throughput_batch),
+                        throughput_ips=int(throughput_batch) / median, throughput_runs=runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best.update(precision="int8", int8_runtime=runtime, runtime_latency_s=latencies,
+                export_s=export_s, calibration_images=INT8_CALIBRATION_IMAGES,
+                gflops=gflops, params=params, params_total=int(sum(params.values())))
+    if errors:
+        best["runtime_errors"] = errors
     return best
 
 
@@ -549,7 +677,7 @@ def _key(row):
 def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, memory=True,
                    min_seconds=10.0, log=print, done=(), on_result=None,
                    precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None,
-                   xla="auto", freeze=False):
+                   xla="auto", freeze=False, int8_runtime="auto"):
     """Measures every configuration; returns a list of result dicts.
 
     Args:
@@ -563,28 +691,33 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
             there without an error are kept, not measured again.
         on_result: called with the results so far after each configuration, so that a
             long run killed midway keeps what it measured.
-        precisions: `"fp32"`, `"bf16"`, `"fp16"` (one row per configuration each).
+        precisions: `"fp32"`, `"bf16"`, `"fp16"` (Keras, `measure_speed`) and `"int8"`
+            (the int8 exports, `measure_int8_speed`): one row per configuration each.
         throughput_batch: batch of the throughput column (0: none).
         torch_anchor: also time the official PyTorch structure where torch is
             installed (fp32 and bf16 rows).
         cpu: `cpu_info()` (None reads it): the peak GFLOP/s per precision.
         xla: `measure_speed`'s `xla` (`"auto"`: both paths, the faster kept).
         freeze: `measure_speed`'s `freeze` (weights frozen into the timed graphs).
+        int8_runtime: `measure_int8_speed`'s `runtime` (`"auto"`: TFLite and ONNX
+            Runtime, the faster kept).
 
     Example:
     >>> rows = run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], size=128,
     ...                       memory=False, precisions=("fp32", "bf16"))
     """
-    from keras_fastfcn.precision import KERAS_PRECISIONS, check_precision
+    from keras_fastfcn.precision import check_precision
 
     for precision in precisions:
-        check_precision(precision, KERAS_PRECISIONS, "the benchmark (int8: "
-                        "benchmarks/precision.py)")
+        check_precision(precision, BENCHMARK_PRECISIONS, "the benchmark")
     _xla_choices(xla)
+    _int8_runtimes(int8_runtime)
     cpu = cpu_info() if cpu is None else cpu
-    # Rows of a run with the other --freeze setting are measured again, not mixed in.
-    previous = {_key(r): r for r in done
-                if "error" not in r and bool(r.get("frozen")) == bool(freeze)}
+    # Rows of a run with another --freeze (Keras rows) or --int8-runtime (int8 rows)
+    # setting are measured again, not mixed in.
+    previous = {_key(r): r for r in done if "error" not in r and (
+        r.get("int8_runtime") == int8_runtime if row_precision(r) == "int8"
+        else bool(r.get("frozen")) == bool(freeze))}
     results = []
     for backbone in backbones:
         for head in heads:
@@ -595,12 +728,14 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
                     row = previous.get((head, backbone, upsampler, precision))
                     if row is None:
                         row = dict(config, precision=precision)
-                        row.update(_child("measure_speed", config,
-                                          {"size": size, "min_seconds": min_seconds,
-                                           "precision": precision,
-                                           "throughput_batch": throughput_batch,
-                                           "xla": xla, "gflops": gflops,
-                                           "freeze": freeze}))
+                        options = {"size": size, "min_seconds": min_seconds,
+                                   "throughput_batch": throughput_batch, "gflops": gflops}
+                        if precision == "int8":
+                            row.update(_child("measure_int8_speed", config, dict(
+                                options, runtime=int8_runtime, threads=cpu.get("cores"))))
+                        else:
+                            row.update(_child("measure_speed", config, dict(
+                                options, precision=precision, xla=xla, freeze=freeze)))
                         if "error" not in row:
                             _add_peak(row, cpu)
                             if torch_anchor:
@@ -663,6 +798,9 @@ def _row_text(row):
         if "peak_fraction" in row:
             text += (f" ({100 * row['peak_fraction']:.1f}% of {row['peak_gflops_s']:.0f} "
                      "peak)")
+    if "runtime" in row:
+        text += "  " + ", ".join(f"{RUNTIME_NAMES[k]} {v:.3f} s"
+                                 for k, v in row["runtime_latency_s"].items())
     if "torch_latency_s" in row:
         text += (f"  official PyTorch {row['torch_latency_s']:.3f} s "
                  f"({row['speedup_vs_torch']:.2f}x)")
@@ -736,12 +874,13 @@ def write_results(results, out_dir, machine, size, crop, batch, cpu=None):
     if cpu is not None:
         payload["cpu"] = {key: cpu[key] for key in ("model", "flags", "cores", "mhz",
                                                     "mhz_source")}
-        payload["cpu"]["peak_gflops_s"] = {p: peak_gflops(p, cpu)
-                                           for p in ("fp32", "bf16", "fp16")}
+        payload["cpu"]["peak_gflops_s"] = {p: peak_gflops(p, cpu) for p in PEAK_PRECISIONS}
         payload["cpu"]["peak_formula"] = ("cores x clock x FLOP/cycle/core (fp32: AVX-512 64, "
                                           "AVX2+FMA 32, else 16; bf16: AMX-BF16 1024, "
                                           "AVX512_BF16 128; fp16: AMX-FP16 1024, "
-                                          "AVX512_FP16 128; else the fp32 figure)")
+                                          "AVX512_FP16 128; else the fp32 figure; int8 "
+                                          "(integer ops): AMX-INT8 2048, AVX512_VNNI 256, "
+                                          "AVX-VNNI 128, else twice the fp32 figure)")
     with atomic_path(os.path.join(out_dir, "results.json")) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)

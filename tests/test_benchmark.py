@@ -68,6 +68,10 @@ def test_ratios_per_precision_old_rows_are_fp32():
     ({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}, "fp16", 64),
     ({"avx2", "fma", "avx512f", "avx512_fp16"}, "fp16", 128),
     ({"avx2", "fma", "avx512f", "avx512_fp16", "amx_fp16"}, "fp16", 1024),
+    ({"avx2", "fma"}, "int8", 64),                # VPMADDUBSW: twice the fp32 figure
+    ({"avx2", "fma", "avx_vnni"}, "int8", 128),
+    ({"avx2", "fma", "avx512f", "avx512_vnni"}, "int8", 256),
+    ({"avx2", "fma", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16"}, "int8", 2048),
     (["AVX2", "FMA"], "fp32", 32),               # any iterable, any case
 ])
 def test_flops_per_cycle(flags, precision, expected):
@@ -80,8 +84,10 @@ def test_peak_gflops():
     assert benchmark.peak_gflops("fp32", spr) == pytest.approx(2 * 3.0 * 64)
     assert benchmark.peak_gflops("bf16", spr) == pytest.approx(2 * 3.0 * 1024)
     assert benchmark.peak_gflops("fp32", {"cores": 4, "mhz": None, "all_flags": []}) is None
-    with pytest.raises(ValueError, match="Unknown precision 'int8'"):
-        benchmark.flops_per_cycle({"avx2"}, "int8")
+    assert benchmark.peak_gflops("int8", dict(spr, all_flags=spr["all_flags"] + [
+        "avx512_vnni", "amx_int8"])) == pytest.approx(2 * 3.0 * 2048)
+    with pytest.raises(ValueError, match="Unknown precision 'fp64'"):
+        benchmark.flops_per_cycle({"avx2"}, "fp64")
     info = benchmark.cpu_info()
     assert info["cores"] >= 1 and isinstance(info["flags"], list)
 
@@ -91,7 +97,10 @@ def test_cli_rejects_unknown_names():
 
     assert cli.main(["benchmark", "--heads", "unet", "--output", "/tmp/kf_never"]) == 1
     assert cli.main(["benchmark", "--precision", "fp32,fp64", "--output", "/tmp/kf_never"]) == 1
-    assert cli.main(["benchmark", "--precision", "int8", "--output", "/tmp/kf_never"]) == 1
+    assert cli.main(["benchmark", "--precision", "int4", "--output", "/tmp/kf_never"]) == 1
+    with pytest.raises(ValueError, match="Unknown int8 runtime 'tensorrt'"):
+        benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu"], precisions=("int8",),
+                                 int8_runtime="tensorrt", log=lambda text: None)
 
 
 @pytest.mark.slow
@@ -256,3 +265,35 @@ def test_benchmark_models_have_trained_like_batchnorm():
     assert np.abs(bias).min() > 0
     again = benchmark._trained_like_normalization(keras.models.clone_model(model), seed=1)
     assert np.array_equal(again.get_layer("bn").get_weights()[1], beta)  # seeded
+
+
+def test_measure_int8_speed_times_both_runtimes(monkeypatch, tiny_backbone):
+    """int8 rows: the configuration exported to TFLite and ONNX static int8, each timed
+    through the runtime `predict --model FILE` uses, the faster kept; when no runtime
+    runs, the error names each one's reason."""
+    pytest.importorskip("onnxruntime")
+    build = benchmark._build
+    monkeypatch.setattr(benchmark, "_build", lambda head, backbone, up, n: build(
+        head, tiny_backbone, up, n))
+    row = benchmark.measure_int8_speed("fcn", "resnet50", "jpu", size=64, num_classes=5,
+                                       warmup=1, min_runs=1, min_seconds=0.01,
+                                       throughput_batch=2, gflops=1.5, threads=1)
+    assert row["precision"] == "int8" and row["int8_runtime"] == "auto"
+    assert set(row["runtime_latency_s"]) == set(row["export_s"]) == {"tflite", "onnx"}
+    assert row["latency_s"] == min(row["runtime_latency_s"].values())
+    assert row["runtime"] == min(row["runtime_latency_s"], key=row["runtime_latency_s"].get)
+    assert row["throughput_batch"] == 2 and row["throughput_ips"] > 0
+    assert row["gflops"] == 1.5 and row["params"]["upsampler"] > 0
+    assert "runtime_errors" not in row
+
+    from keras_fastfcn.serving import onnx
+
+    def no_onnx(quantize=False):
+        raise RuntimeError("ONNX export needs tf2onnx and onnxruntime")
+
+    monkeypatch.setattr(onnx, "require_onnx", no_onnx)
+    # (With "auto" the TFLite row would stand and name the ONNX error in
+    # `runtime_errors`; not run here: a third conversion is 25 s of CI.)
+    with pytest.raises(RuntimeError, match="no int8 runtime ran: onnx: RuntimeError"):
+        benchmark.measure_int8_speed("fcn", "resnet50", "jpu", size=64, num_classes=5,
+                                     gflops=1.5, runtime="onnx")

@@ -5,7 +5,8 @@ Writes `OUTPUT/results.json` after every configuration (a killed run keeps its r
 output-stride-8 model. `python benchmarks/report.py OUTPUT/results.json` renders
 `RESULTS.md` and `chart.png` from it.
 
-Columns besides latency: `--precision` (fp32 / bf16 / fp16 rows), throughput at
+Columns besides latency: `--precision` (fp32 / bf16 / fp16 rows of the Keras model; int8
+rows of its TFLite / ONNX Runtime int8 exports, `--int8-runtime`), throughput at
 `--throughput-batch`, achieved GFLOP/s against this CPU's peak for the precision
 (cores x clock x FLOP/cycle/core from the ISA flags: `keras_fastfcn.benchmark.peak_gflops`)
 and, where PyTorch is installed, the official code timed in the same run (`--no-torch`
@@ -16,7 +17,6 @@ import os
 
 from keras_fastfcn.cli.common import non_negative_int, positive_int
 
-BENCH_PRECISIONS = ("fp32", "bf16", "fp16")
 
 HEADS = ("encnet", "psp", "deeplab", "fcn")
 BACKBONES = ("resnet50", "resnet101")
@@ -35,9 +35,14 @@ def add_arguments(parser):
                         help="minimum timed seconds per configuration")
     parser.add_argument("--no-memory", action="store_true", help="skip the training-memory runs")
     parser.add_argument("--precision", default="fp32",
-                        help="comma list of fp32, bf16, fp16: one row each, the model rebuilt "
-                             "under Keras mixed precision (same weights). int8 needs a "
-                             "calibrated export: python benchmarks/precision.py")
+                        help="comma list of fp32, bf16, fp16, int8: one row each. bf16 / "
+                             "fp16: the model rebuilt under Keras mixed precision (same "
+                             "weights); int8: its static int8 TFLite and ONNX exports, "
+                             "calibrated on random images (speed only; int8 accuracy: "
+                             "python benchmarks/precision.py)")
+    parser.add_argument("--int8-runtime", default="auto", choices=("auto", "tflite", "onnx"),
+                        help="int8 rows: time the TFLite and the ONNX Runtime export and "
+                             "keep the faster (auto), or only one")
     parser.add_argument("--throughput-batch", type=non_negative_int, default=8,
                         help="batch of the throughput column (images/s); 0: no throughput run")
     parser.add_argument("--xla", default="auto", choices=("auto", "off", "parts"),
@@ -66,21 +71,18 @@ def _split(text, valid, what):
 
 
 def run(args):
+    from keras_fastfcn import benchmark
+
     heads = _split(args.heads, HEADS, "head(s)")
     backbones = _split(args.backbones, BACKBONES, "backbone(s)")
     upsamplers = _split(args.upsamplers, UPSAMPLERS, "upsampler(s)")
-    if "int8" in args.precision:
-        raise ValueError("--precision int8 is not a Keras model: time the calibrated TFLite / "
-                         "ONNX Runtime int8 exports with python benchmarks/precision.py.")
-    precisions = _split(args.precision, BENCH_PRECISIONS, "precision(s)")
+    precisions = _split(args.precision, benchmark.BENCHMARK_PRECISIONS, "precision(s)")
     size, crop, min_seconds = args.size, args.crop, args.min_seconds
     if not min_seconds > 0:
         raise ValueError(f"--min-seconds must be > 0, got {min_seconds}.")
     if args.quick:
         heads, backbones, upsamplers = ["encnet"], ["resnet50"], ["jpu", "os8"]
         size, crop, min_seconds = 128, 96, 1.0
-    from keras_fastfcn import benchmark
-
     machine = benchmark.machine_description()
     cpu = benchmark.cpu_info()
     print(f"Benchmarking on {machine}")
@@ -94,6 +96,7 @@ def run(args):
         memory=not args.no_memory, min_seconds=min_seconds, done=done,
         precisions=precisions, throughput_batch=args.throughput_batch,
         torch_anchor=not args.no_torch, cpu=cpu, xla=args.xla, freeze=args.freeze,
+        int8_runtime=args.int8_runtime,
         on_result=lambda rows: benchmark.write_results(rows, args.output, machine, size, crop,
                                                        args.batch, cpu))
     for r in benchmark.ratios(results):
