@@ -41,6 +41,23 @@ def test_ratios_and_report(tmp_path):
         assert chart.size[0] > 300 and chart.size[1] > 300
 
 
+def test_report_names_the_int8_runtime(tmp_path):
+    """An int8 row's last column names the runtime kept and the other one's latency;
+    int8 rows pair with int8 rows only."""
+    int8 = {"precision": "int8", "runtime": "tflite", "int8_runtime": "auto",
+            "runtime_latency_s": {"tflite": 0.1, "onnx": 0.176}}
+    results = [dict(_row("jpu", 0.1, 112.0, 3.0, 1.8), **int8),
+               dict(_row("os8", 0.156, 279.0, 4.0, 2.4), **int8),
+               _row("os8", 0.8, 279.0, 4.0, 2.4)]
+    (ratio,) = benchmark.ratios(results)
+    assert ratio["precision"] == "int8" and ratio["speedup"] == pytest.approx(1.56)
+    benchmark.write_results(results, str(tmp_path), "test machine", 512, 480, 2)
+    assert report.main([str(tmp_path / "results.json")]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| jpu | int8 | 0.100 |" in text and "| TFLite (ONNX Runtime 0.176 s) |" in text
+    assert "| os8 | fp32 | 0.800 |" in text and text.count("| off |") == 1
+
+
 def test_ratios_per_precision_old_rows_are_fp32():
     """Rows written before the precision axis (no "precision") pair with fp32 rows; bf16
     rows pair only with bf16 rows."""
@@ -130,7 +147,7 @@ def test_quick_benchmark_runs(tmp_path):
     assert {r["precision"] for r in payload["ratios"]} == {"fp32"}
     cpu = payload["cpu"]
     assert cpu["model"] and cpu["cores"] >= 1 and set(cpu["peak_gflops_s"]) == {
-        "fp32", "bf16", "fp16"}
+        "fp32", "bf16", "fp16", "int8"}
     assert "fp32 vs os8" in proc.stdout
     assert "img/s at batch 2" in proc.stdout and "GFLOP/s" in proc.stdout
     assert report.main([str(tmp_path / "results.json")]) == 0
