@@ -455,9 +455,66 @@ def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
     dilations = sorted(max(a.ints) for node in proto.graph.node if node.op_type == "Conv"
                        for a in node.attribute if a.name == "dilations" and max(a.ints) > 1)
     assert dilations == [2, 4, 8]
+    # ... with their "same" padding in the Conv, not in a Pad before it (which int8
+    # quantization would leave in float between a dequantize and a quantize).
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    for node in proto.graph.node:
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        if node.op_type == "Conv" and max(attrs.get("dilations", [1])) > 1:
+            rate = max(attrs["dilations"])
+            assert attrs["pads"] == [rate] * 4, attrs
+            assert producers[node.input[0]].op_type != "Pad"
     for batch in images:
         class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
         assert_agrees(probs, class_map, keras_probabilities(fcn_model, batch))
+
+
+def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
+    """A zero constant Pad of the spatial dims that feeds only a Conv becomes the conv's
+    pads; a Pad of another value, of the channels, or with another reader stays."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from keras_fastfcn.serving.onnx import _fuse_pad_into_conv
+
+    rng = np.random.RandomState(0)
+    w = numpy_helper.from_array(rng.randn(4, 1, 3, 3).astype(np.float32), "w")
+    inits = [w, numpy_helper.from_array(np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64), "sp"),
+             numpy_helper.from_array(np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64), "ch"),
+             numpy_helper.from_array(np.array(1.5, np.float32), "one")]
+
+    def conv(name, source, pads=(0, 0, 0, 0)):
+        return helper.make_node("Conv", [source, "w"], [name], group=4, dilations=[2, 2],
+                                kernel_shape=[3, 3], pads=list(pads))
+
+    nodes = [helper.make_node("Pad", ["x", "sp"], ["p1"]), conv("a", "p1"),  # fused
+             helper.make_node("Pad", ["x", "sp", "one"], ["p2"]), conv("b", "p2"),  # 1.5
+             helper.make_node("Pad", ["x", "sp"], ["p3"]), conv("c", "p3"),  # two readers
+             helper.make_node("Relu", ["p3"], ["d"]),
+             helper.make_node("Pad", ["x", "ch"], ["p4"]),  # pads the channels: stays
+             helper.make_node("ReduceSum", ["p4"], ["e"], keepdims=1)]
+    shapes = {"a": [1, 4, 8, 8], "b": [1, 4, 8, 8], "c": [1, 4, 8, 8], "d": [1, 4, 12, 12],
+              "e": [1, 1, 1, 1]}
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
+               for n, shape in shapes.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 4, 8, 8])], outputs, inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.randn(1, 4, 8, 8).astype(np.float32)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = run(proto)
+    assert _fuse_pad_into_conv(proto) == 1
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node].count("Pad") == 3
+    fused = next(n for n in proto.graph.node if n.output[0] == "a")
+    assert fused.input[0] == "x" and list(fused.attribute[-1].ints) == [2, 2, 2, 2]
+    for want, got in zip(before, run(proto)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_onnx_refuses_overwrite(fcn_model, onnx_path):
