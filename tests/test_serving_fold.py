@@ -1,5 +1,5 @@
 """BatchNorm folding (keras_fastfcn.serving.fold): same outputs, fewer BN layers, original
-untouched; and the export-only padded dilated depthwise convs."""
+untouched; and the export-only padded dilated depthwise convs and native logits resize."""
 
 import keras
 import numpy as np
@@ -7,9 +7,10 @@ import pytest
 
 import keras_fastfcn as kf
 from keras_fastfcn.inference import logits_model
-from keras_fastfcn.serving.fold import (PaddedDepthwiseConv2D, batchnorm_layers,
-                                        fold_batchnorm, inference_copy,
-                                        pad_dilated_depthwise)
+from keras_fastfcn.layers.resize import BilinearResize
+from keras_fastfcn.serving.fold import (NativeBilinearResize, PaddedDepthwiseConv2D,
+                                        batchnorm_layers, fold_batchnorm, inference_copy,
+                                        native_resizes, pad_dilated_depthwise)
 
 
 def randomize_batchnorms(model, seed=0):
@@ -134,3 +135,35 @@ def test_padded_dilated_depthwise_same_values_any_size(rng):
     assert clone.padding == "valid" and clone.dilation_rate == layer.dilation_rate
     channels = layer.kernel.shape[2]
     assert clone.compute_output_shape((1, 9, 11, channels)) == (1, 9, 11, channels)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 4, 4, 3), (15, 9)), ((1, 64, 64, 5), (512, 480)),
+                                         ((1, 9, 9, 2), (4, 3)), ((1, 1, 1, 2), (6, 5)),
+                                         ((1, 5, 7, 2), (1, 1)), ((1, 45, 60, 11), (360, 480))])
+def test_native_bilinear_resize_is_the_same_resize(rng, shape, size):
+    """TensorFlow's align_corners=True ResizeBilinear is PyTorch's align_corners=True:
+    up, down, to and from one pixel, at logits-sized scales (values like a trained
+    model's logits)."""
+    x = (rng.randn(*shape) * 100).astype("float32")
+    reference = np.zeros((shape[0],) + size + (1,), "float32")
+    want = _numpy(BilinearResize()([x, reference]))
+    got = _numpy(NativeBilinearResize()([x, reference]))
+    assert got.shape == want.shape == (shape[0],) + size + shape[3:]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_native_resizes_swaps_the_logits_resize_of_a_copy(rng):
+    model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=32)
+    net = logits_model(model)
+    native = native_resizes(net)
+    assert type(native.get_layer("logits")) is NativeBilinearResize
+    assert type(net.get_layer("logits")) is BilinearResize  # the caller's graph untouched
+    assert type(model.get_layer("logits")) is BilinearResize
+    assert native_resizes(native) is native  # nothing left to swap
+    config = native.get_layer("logits").get_config()
+    assert NativeBilinearResize.from_config(config).get_config() == config
+    image = rng.uniform(0, 255, (1, 67, 75, 3)).astype("float32")
+    np.testing.assert_allclose(_numpy(native(image)), _numpy(net(image)), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="align_corners=False"):
+        NativeBilinearResize(align_corners=False)

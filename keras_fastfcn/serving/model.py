@@ -10,7 +10,9 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False):
     precision (`keras_fastfcn.precision.with_precision`). With `pad_dilations` (the
     ONNX export) its dilated depthwise convs are written as explicit padding and a
     valid conv (`fold.pad_dilated_depthwise`), which tf2onnx turns into dilated
-    `Conv` nodes. The caller's model is never modified.
+    `Conv` nodes. The logits resize runs as TensorFlow's own bilinear resize op
+    (`fold.native_resizes`), which every format has a kernel for. The caller's model is
+    never modified.
 
     Any Keras model from 0-255 RGB images `(B, H, W, 3)` to logits `(B, H, W, C)` is
     served: a `FastFCNImageSegmenter` (its training-only outputs are left out), a 0.1
@@ -33,4 +35,6 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False):
         if not fold_bn:  # folding made a copy already
             net = inference_copy(net)
         pad_dilated_depthwise(net)
-    return net, info
+    from keras_fastfcn.serving.fold import native_resizes
+
+    return native_resizes(net), info
