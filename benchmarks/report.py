@@ -76,8 +76,14 @@ def write_report(payload, out_dir, title="CPU"):
                if "memory_ratio" in r else "- | -")
         tput = f"{r['throughput_speedup']:.2f}x" if "throughput_speedup" in r else "-"
         anchor = f"{r['torch_speedup']:.2f}x" if "torch_speedup" in r else "-"
+        speedup = f"{r['speedup']:.2f}x"
+        if "runtime" in r:  # int8: the ratio of one runtime, and the others' ratios
+            speedup += " (" + ", ".join(
+                [RUNTIME_NAMES.get(r["runtime"], r["runtime"])]
+                + [f"{RUNTIME_NAMES.get(k, k)} {v:.2f}x"
+                   for k, v in r.get("runtime_speedup", {}).items() if k != r["runtime"]]) + ")"
         lines.append(f"| {r['head']} | {r['backbone']} | {r['upsampler']} | "
-                     f"{r.get('precision', 'fp32')} | {r['speedup']:.2f}x | {tput} | {anchor} | "
+                     f"{r.get('precision', 'fp32')} | {speedup} | {tput} | {anchor} | "
                      f"{r['flops_ratio']:.2f} | {mem} |")
     with atomic_path(os.path.join(out_dir, "RESULTS.md")) as tmp:
         with open(tmp, "w") as f:
@@ -91,6 +97,8 @@ def _graph_cell(row):
     if "runtime" in row:
         others = [f"{RUNTIME_NAMES.get(k, k)} {v:.3f} s"
                   for k, v in row.get("runtime_latency_s", {}).items() if k != row["runtime"]]
+        others += [f"{RUNTIME_NAMES.get(k, k)} failed: {v[:60]}"
+                   for k, v in row.get("runtime_errors", {}).items()]
         return RUNTIME_NAMES.get(row["runtime"], row["runtime"]) + (
             f" ({', '.join(others)})" if others else "")
     return f"{'parts' if row.get('xla') else 'off'}{', frozen' if row.get('frozen') else ''}"

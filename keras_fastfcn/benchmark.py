@@ -83,10 +83,10 @@ _FP32_FLOPS = (("avx512f", 64), ("avx2", 32))
 _PEAK_LOW = {"bf16": (("amx_bf16", 1024), ("avx512_bf16", 128)),
              "fp16": (("amx_fp16", 1024), ("avx512_fp16", 128)),
              "int8": (("amx_int8", 2048), ("avx512_vnni", 256), ("avx_vnni", 128))}
-PEAK_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+# The precisions of the benchmark's rows, each with a peak (`flops_per_cycle`).
+BENCHMARK_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 INT8_RUNTIMES = {"auto": ("tflite", "onnx"), "tflite": ("tflite",), "onnx": ("onnx",)}
 INT8_CALIBRATION_IMAGES = 8
-BENCHMARK_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 RUNTIME_NAMES = {"tflite": "TFLite", "onnx": "ONNX Runtime"}
 
 
@@ -109,9 +109,9 @@ def flops_per_cycle(flags, precision="fp32"):
     32
     """
     flags = {f.lower() for f in flags}
-    if precision not in PEAK_PRECISIONS:
+    if precision not in BENCHMARK_PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}: expected one of "
-                         f"{list(PEAK_PRECISIONS)}.")
+                         f"{list(BENCHMARK_PRECISIONS)}.")
     fp32 = 16
     for flag, value in _FP32_FLOPS:
         if flag in flags and (flag != "avx2" or "fma" in flags):
@@ -446,18 +446,21 @@ def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warm
     try:
         for name in runtimes:
             start = time.perf_counter()
+            # Any failure of one runtime (onnxruntime / tf2onnx not installed, a
+            # conversion or kernel error) is recorded and shown with the row, which the
+            # other runtime still gives.
             try:
                 path = serving.export(
                     seg, os.path.join(work, f"model.{name}"), format=name, precision="int8",
                     calibration=calibration, probabilities=False,
                     **({"input_size": (size, size)} if name == "tflite" else {}))
                 predictor = ExportPredictor(path, threads=threads)
-            except Exception as err:  # e.g. onnxruntime / tf2onnx not installed
+                export_s[name] = time.perf_counter() - start
+                median, fastest, runs = _time(lambda: predictor(image), warmup, min_runs,
+                                              min_seconds)
+            except Exception as err:
                 errors[name] = f"{type(err).__name__}: {str(err)[:160]}"
                 continue
-            export_s[name] = time.perf_counter() - start
-            median, fastest, runs = _time(lambda: predictor(image), warmup, min_runs,
-                                          min_seconds)
             latencies[name] = median
             if best is None or median < best["latency_s"]:
                 best = {"latency_s": median, "fps": 1.0 / median, "runtime": name,
@@ -801,6 +804,8 @@ def _row_text(row):
     if "runtime" in row:
         text += "  " + ", ".join(f"{RUNTIME_NAMES[k]} {v:.3f} s"
                                  for k, v in row["runtime_latency_s"].items())
+        text += "".join(f"  {RUNTIME_NAMES[k]} failed: {v}"
+                        for k, v in row.get("runtime_errors", {}).items())
     if "torch_latency_s" in row:
         text += (f"  official PyTorch {row['torch_latency_s']:.3f} s "
                  f"({row['speedup_vs_torch']:.2f}x)")
@@ -820,7 +825,17 @@ def ratios(results, reference="os8"):
                 "precision": precision,
                 "speedup": ref["latency_s"] / row["latency_s"],
                 "flops_ratio": row["gflops"] / ref["gflops"]}
-        if "throughput_ips" in row and "throughput_ips" in ref:
+        same_runtime = row.get("runtime") == ref.get("runtime")
+        if "runtime_latency_s" in row and "runtime_latency_s" in ref:
+            # int8 rows keep each configuration's faster runtime: compare like with like.
+            mine, theirs = row["runtime_latency_s"], ref["runtime_latency_s"]
+            item["runtime_speedup"] = {k: theirs[k] / mine[k] for k in mine if k in theirs}
+            if row["runtime"] in item["runtime_speedup"]:
+                item["runtime"] = row["runtime"]
+                item["speedup"] = item["runtime_speedup"][row["runtime"]]
+            else:
+                item["runtime"] = f"{row['runtime']} vs {ref['runtime']}"
+        if "throughput_ips" in row and "throughput_ips" in ref and same_runtime:
             item["throughput_speedup"] = row["throughput_ips"] / ref["throughput_ips"]
         if "torch_latency_s" in row and "torch_latency_s" in ref:
             item["torch_speedup"] = ref["torch_latency_s"] / row["torch_latency_s"]
@@ -874,7 +889,7 @@ def write_results(results, out_dir, machine, size, crop, batch, cpu=None):
     if cpu is not None:
         payload["cpu"] = {key: cpu[key] for key in ("model", "flags", "cores", "mhz",
                                                     "mhz_source")}
-        payload["cpu"]["peak_gflops_s"] = {p: peak_gflops(p, cpu) for p in PEAK_PRECISIONS}
+        payload["cpu"]["peak_gflops_s"] = {p: peak_gflops(p, cpu) for p in BENCHMARK_PRECISIONS}
         payload["cpu"]["peak_formula"] = ("cores x clock x FLOP/cycle/core (fp32: AVX-512 64, "
                                           "AVX2+FMA 32, else 16; bf16: AMX-BF16 1024, "
                                           "AVX512_BF16 128; fp16: AMX-FP16 1024, "

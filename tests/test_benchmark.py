@@ -44,10 +44,12 @@ def test_ratios_and_report(tmp_path):
 def test_report_names_the_int8_runtime(tmp_path):
     """An int8 row's last column names the runtime kept and the other one's latency;
     int8 rows pair with int8 rows only."""
-    int8 = {"precision": "int8", "runtime": "tflite", "int8_runtime": "auto",
-            "runtime_latency_s": {"tflite": 0.1, "onnx": 0.176}}
-    results = [dict(_row("jpu", 0.1, 112.0, 3.0, 1.8), **int8),
-               dict(_row("os8", 0.156, 279.0, 4.0, 2.4), **int8),
+    int8 = {"precision": "int8", "runtime": "tflite", "int8_runtime": "auto"}
+    results = [dict(_row("jpu", 0.1, 112.0, 3.0, 1.8), **int8,
+                    runtime_latency_s={"tflite": 0.1, "onnx": 0.176}),
+               dict(_row("os8", 0.156, 279.0, 4.0, 2.4), **int8,
+                    runtime_latency_s={"tflite": 0.156},
+                    runtime_errors={"onnx": "RuntimeError: no onnxruntime"}),
                _row("os8", 0.8, 279.0, 4.0, 2.4)]
     (ratio,) = benchmark.ratios(results)
     assert ratio["precision"] == "int8" and ratio["speedup"] == pytest.approx(1.56)
@@ -55,7 +57,49 @@ def test_report_names_the_int8_runtime(tmp_path):
     assert report.main([str(tmp_path / "results.json")]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| jpu | int8 | 0.100 |" in text and "| TFLite (ONNX Runtime 0.176 s) |" in text
+    assert "| TFLite (ONNX Runtime failed: RuntimeError: no onnxruntime) |" in text
+    assert "| 1.56x (TFLite) |" in text
     assert "| os8 | fp32 | 0.800 |" in text and text.count("| off |") == 1
+
+
+def test_int8_rows_run_their_own_child_and_compare_like_with_like(monkeypatch):
+    """int8 rows come from `measure_int8_speed` (no training memory, no PyTorch
+    anchor), are kept on resume only with the same --int8-runtime, whatever --freeze;
+    the JPU/OS8 ratio of int8 rows divides latencies of one runtime."""
+    calls = []
+
+    def child(kind, config, options):
+        calls.append((kind, config["upsampler"], options))
+        fast = {"jpu": {"tflite": 0.08, "onnx": 0.15}, "os8": {"tflite": 0.20, "onnx": 0.18}}
+        lat = fast[config["upsampler"]]
+        best = min(lat, key=lat.get)
+        return {"latency_s": lat[best], "fps": 1 / lat[best], "runtime": best,
+                "runtime_latency_s": lat, "int8_runtime": options["runtime"],
+                "gflops": 1.0, "params": {}, "params_total": 0, "throughput_ips": 5.0,
+                "throughput_batch": 8}
+
+    monkeypatch.setattr(benchmark, "_child", child)
+    cpu = {"cores": 2, "mhz": 2000.0, "all_flags": ["avx2", "fma", "avx512f", "avx512_vnni"]}
+    rows = benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"],
+                                    precisions=("int8",), cpu=cpu, log=lambda text: None)
+    assert [(kind, up) for kind, up, _ in calls] == [("measure_int8_speed", "jpu"),
+                                                    ("measure_int8_speed", "os8")]
+    assert calls[0][2]["runtime"] == "auto" and calls[0][2]["threads"] == 2
+    assert "freeze" not in calls[0][2] and "xla" not in calls[0][2]
+    assert "torch_skipped" in rows[0] and "train_peak_rss_gb" not in rows[0]
+    assert rows[0]["peak_gflops_s"] == pytest.approx(2 * 2.0 * 256)
+    (ratio,) = benchmark.ratios(rows)
+    # JPU kept TFLite (0.08 s), OS8 ONNX Runtime (0.18 s): the ratio is TFLite's 0.20/0.08.
+    assert ratio["runtime"] == "tflite" and ratio["speedup"] == pytest.approx(2.5)
+    assert ratio["runtime_speedup"]["onnx"] == pytest.approx(1.2)
+    assert "throughput_speedup" not in ratio  # measured on two different runtimes
+    calls.clear()
+    benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], precisions=("int8",),
+                             cpu=cpu, done=rows, freeze=True, log=lambda text: None)
+    assert calls == []  # --freeze does not concern exports: the int8 rows are kept
+    benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu"], precisions=("int8",),
+                             cpu=cpu, done=rows, int8_runtime="onnx", log=lambda text: None)
+    assert [(up, options["runtime"]) for _, up, options in calls] == [("jpu", "onnx")]
 
 
 def test_ratios_per_precision_old_rows_are_fp32():

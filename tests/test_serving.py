@@ -474,8 +474,9 @@ def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
 
 
 def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
-    """A zero constant Pad of the spatial dims that feeds only a Conv becomes the conv's
-    pads; a Pad of another value, of the channels, or with another reader stays."""
+    """A zero constant Pad of the spatial dims that feeds only a Conv becomes (part of)
+    the conv's pads; a Pad of another value or mode, of the channels, or with another
+    reader stays."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
@@ -492,14 +493,15 @@ def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
         return helper.make_node("Conv", [source, "w"], [name], group=4, dilations=[2, 2],
                                 kernel_shape=[3, 3], pads=list(pads))
 
-    nodes = [helper.make_node("Pad", ["x", "sp"], ["p1"]), conv("a", "p1"),  # fused
+    nodes = [helper.make_node("Pad", ["x", "sp"], ["p1"]), conv("a", "p1", (1, 1, 1, 1)),
              helper.make_node("Pad", ["x", "sp", "one"], ["p2"]), conv("b", "p2"),  # 1.5
              helper.make_node("Pad", ["x", "sp"], ["p3"]), conv("c", "p3"),  # two readers
              helper.make_node("Relu", ["p3"], ["d"]),
              helper.make_node("Pad", ["x", "ch"], ["p4"]),  # pads the channels: stays
-             helper.make_node("ReduceSum", ["p4"], ["e"], keepdims=1)]
-    shapes = {"a": [1, 4, 8, 8], "b": [1, 4, 8, 8], "c": [1, 4, 8, 8], "d": [1, 4, 12, 12],
-              "e": [1, 1, 1, 1]}
+             helper.make_node("ReduceSum", ["p4"], ["e"], keepdims=1),
+             helper.make_node("Pad", ["x", "sp"], ["p5"], mode="reflect"), conv("f", "p5")]
+    shapes = {"a": [1, 4, 10, 10], "b": [1, 4, 8, 8], "c": [1, 4, 8, 8],
+              "d": [1, 4, 12, 12], "e": [1, 1, 1, 1], "f": [1, 4, 8, 8]}
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
                for n, shape in shapes.items()]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
@@ -514,9 +516,10 @@ def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
     before = run(proto)
     assert _fuse_pad_into_conv(proto) == 1
     onnx.checker.check_model(proto)
-    assert [n.op_type for n in proto.graph.node].count("Pad") == 3
+    assert [n.op_type for n in proto.graph.node].count("Pad") == 4
     fused = next(n for n in proto.graph.node if n.output[0] == "a")
-    assert fused.input[0] == "x" and list(fused.attribute[-1].ints) == [2, 2, 2, 2]
+    # The conv's own padding (1) plus the Pad's (2), per side.
+    assert fused.input[0] == "x" and list(fused.attribute[-1].ints) == [3, 3, 3, 3]
     for want, got in zip(before, run(proto)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 

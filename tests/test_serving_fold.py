@@ -167,3 +167,29 @@ def test_native_resizes_swaps_the_logits_resize_of_a_copy(rng):
                                atol=1e-5)
     with pytest.raises(ValueError, match="align_corners=False"):
         NativeBilinearResize(align_corners=False)
+
+
+def test_native_resizes_under_mixed_precision_and_subclassed_models(rng):
+    """A bf16 export's logits resize (the layer's policy rewritten to mixed_bfloat16)
+    gives the portable layer's values; a subclassed model is exported as it is."""
+    from keras_fastfcn.precision import with_precision
+
+    net = logits_model(with_precision(kf.FastFCN(num_classes=3, head="fcn", jpu_width=32),
+                                      "bf16"))
+    native = native_resizes(net)
+    assert native.get_layer("logits").compute_dtype == net.get_layer("logits").compute_dtype
+    image = rng.uniform(0, 255, (1, 64, 72, 3)).astype("float32")
+    want = _numpy(keras.ops.cast(net(image), "float32"))
+    got = _numpy(keras.ops.cast(native(image), "float32"))
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * np.abs(want).max())
+
+    class Own(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.up = BilinearResize()
+
+        def call(self, x):
+            return self.up([x, x])
+
+    own = Own()
+    assert native_resizes(own) is own

@@ -15,6 +15,7 @@ skips it).
 
 import os
 
+from keras_fastfcn.benchmark import INT8_RUNTIMES  # no TensorFlow import: the CLI stays quick
 from keras_fastfcn.cli.common import non_negative_int, positive_int
 
 
@@ -40,7 +41,7 @@ def add_arguments(parser):
                              "weights); int8: its static int8 TFLite and ONNX exports, "
                              "calibrated on random images (speed only; int8 accuracy: "
                              "python benchmarks/precision.py)")
-    parser.add_argument("--int8-runtime", default="auto", choices=("auto", "tflite", "onnx"),
+    parser.add_argument("--int8-runtime", default="auto", choices=tuple(INT8_RUNTIMES),
                         help="int8 rows: time the TFLite and the ONNX Runtime export and "
                              "keep the faster (auto), or only one")
     parser.add_argument("--throughput-batch", type=non_negative_int, default=8,
@@ -103,7 +104,8 @@ def run(args):
         mem = f", train memory x{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
         torch = (f", official PyTorch x{r['torch_speedup']:.2f}" if "torch_speedup" in r
                  else "")
-        print(f"{r['head']} {r['backbone']} {r['upsampler']} {r['precision']} vs os8: "
+        runtime = f" ({r['runtime']})" if "runtime" in r else ""
+        print(f"{r['head']} {r['backbone']} {r['upsampler']} {r['precision']}{runtime} vs os8: "
               f"{r['speedup']:.2f}x faster{mem}{torch}")
     path = os.path.join(args.output, "results.json")
     print(f"Wrote {path}; render RESULTS.md and chart.png with: "

@@ -391,7 +391,8 @@ class NativeBilinearResize(BilinearResize):
     Xeon: TensorFlow 30 -> 17 ms, ONNX Runtime 34 -> 20 ms (an ONNX `Resize` with
     `align_corners`), TFLite 41 -> 14 ms (`RESIZE_BILINEAR`), with the same argmax.
     Export-only (`native_resizes`): it is TensorFlow code, and Keras inference keeps
-    the portable layer (where XLA fuses its gathers).
+    the portable layer (where XLA fuses its gathers). `method` is accepted (the
+    config of the layer it replaces) and unused: there is one native form.
 
     Example:
     >>> up = NativeBilinearResize()
@@ -418,7 +419,8 @@ class NativeBilinearResize(BilinearResize):
 def native_resizes(model):
     """`model` with each `BilinearResize(align_corners=True)` layer of its top-level
     functional graph (the logits resize of a FastFCN) replaced by a
-    `NativeBilinearResize` of the same name; `model` itself when there is none.
+    `NativeBilinearResize` of the same name; `model` itself when there is none, or when
+    `model` is not functional (a subclassed model of your own is exported as it is).
 
     The caller's model is not modified (the new graph shares every other layer).
 
@@ -436,7 +438,8 @@ def native_resizes(model):
     def native(layer):
         return type(layer) is BilinearResize and layer.align_corners
 
-    if not any(native(layer) for layer in model.layers):
+    if (not hasattr(model, "_run_through_graph")
+            or not any(native(layer) for layer in model.layers)):
         return model
     return keras.models.clone_model(
         model, clone_function=lambda layer: (
