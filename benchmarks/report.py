@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_fastfcn.benchmark import RUNTIME_NAMES  # noqa: E402
+from keras_fastfcn.benchmark import RUNTIME_NAMES, runtime_notes  # noqa: E402
 from keras_fastfcn.fileio import atomic_path  # noqa: E402
 
 
@@ -95,10 +95,7 @@ def _graph_cell(row):
     """What ran the row: XLA off / parts (and frozen) for Keras rows; for int8 rows the
     faster runtime, with the other one's latency."""
     if "runtime" in row:
-        others = [f"{RUNTIME_NAMES.get(k, k)} {v:.3f} s"
-                  for k, v in row.get("runtime_latency_s", {}).items() if k != row["runtime"]]
-        others += [f"{RUNTIME_NAMES.get(k, k)} failed: {v[:60]}"
-                   for k, v in row.get("runtime_errors", {}).items()]
+        others = runtime_notes(row, leave_out=(row["runtime"],), error_chars=60)
         return RUNTIME_NAMES.get(row["runtime"], row["runtime"]) + (
             f" ({', '.join(others)})" if others else "")
     return f"{'parts' if row.get('xla') else 'off'}{', frozen' if row.get('frozen') else ''}"

@@ -351,16 +351,21 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
                             tf.float32)
         bfn = trace(forward, tf.TensorSpec(batch.shape, tf.float32), model, best["xla"],
                     freeze=freeze)
-        # One warm-up (the trace), then as many runs as the batch-1 protocol's time.
-        median, _, runs = _time(lambda: bfn(batch).numpy(), 1, 3, min_seconds / 2)
-        best.update(throughput_batch=int(throughput_batch),
-                    throughput_ips=int(throughput_batch) / median, throughput_runs=runs)
+        best.update(_throughput(lambda: bfn(batch).numpy(), throughput_batch, min_seconds))
     best["precision"] = precision
     best["frozen"] = bool(freeze)
     best["gflops"] = gflops
     best["params"] = params
     best["params_total"] = int(sum(params.values()))
     return best
+
+
+def _throughput(run, batch, min_seconds):
+    """The throughput columns of `run()`, which processes `batch` images: one warm-up
+    (the trace), then as many runs as half the batch-1 protocol's time allows."""
+    median, _, runs = _time(run, 1, 3, min_seconds / 2)
+    return {"throughput_batch": int(batch), "throughput_ips": int(batch) / median,
+            "throughput_runs": runs}
 
 
 def _params(seg):
@@ -423,7 +428,6 @@ def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warm
     >>> row["runtime"] in ("tflite", "onnx")
     True
     """
-    import shutil
     import tempfile
 
     import numpy as np
@@ -441,9 +445,8 @@ def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warm
     calibration = [rng.uniform(0, 255, (size, size, 3)).astype("uint8")
                    for _ in range(INT8_CALIBRATION_IMAGES)]
     image = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
-    work = tempfile.mkdtemp(prefix="kf-int8-")
     best, latencies, export_s, errors = None, {}, {}, {}
-    try:
+    with tempfile.TemporaryDirectory(prefix="kf-int8-") as work:
         for name in runtimes:
             start = time.perf_counter()
             # Any failure of one runtime (onnxruntime / tf2onnx not installed, a
@@ -472,11 +475,7 @@ def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warm
         if throughput_batch:
             batch = rng.uniform(0, 255, (int(throughput_batch), size, size, 3)).astype(
                 "float32")
-            median, _, runs = _time(lambda: predictor(batch), 1, 3, min_seconds / 2)
-            best.update(throughput_batch=int(throughput_batch),
-                        throughput_ips=int(throughput_batch) / median, throughput_runs=runs)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            best.update(_throughput(lambda: predictor(batch), throughput_batch, min_seconds))
     best.update(precision="int8", int8_runtime=runtime, runtime_latency_s=latencies,
                 export_s=export_s, calibration_images=INT8_CALIBRATION_IMAGES,
                 gflops=gflops, params=params, params_total=int(sum(params.values())))
@@ -787,6 +786,16 @@ def _add_torch(row, config, size, min_seconds, cpu):
     row["speedup_vs_torch"] = anchor["latency_s"] / row["latency_s"]
 
 
+def runtime_notes(row, leave_out=(), error_chars=None):
+    """An int8 row's runtimes as text: `"TFLite 0.080 s"` for each one timed and
+    `"ONNX Runtime failed: ..."` for each one that failed (its error cut to
+    `error_chars`), those in `leave_out` left out."""
+    notes = [f"{RUNTIME_NAMES.get(k, k)} {v:.3f} s"
+             for k, v in row.get("runtime_latency_s", {}).items() if k not in leave_out]
+    return notes + [f"{RUNTIME_NAMES.get(k, k)} failed: {v[:error_chars]}"
+                    for k, v in row.get("runtime_errors", {}).items()]
+
+
 def _row_text(row):
     name = f"{row['head']:>8} {row['backbone']:>9} {row['upsampler']:>6} {row_precision(row):>4}"
     if "error" in row:
@@ -802,10 +811,7 @@ def _row_text(row):
             text += (f" ({100 * row['peak_fraction']:.1f}% of {row['peak_gflops_s']:.0f} "
                      "peak)")
     if "runtime" in row:
-        text += "  " + ", ".join(f"{RUNTIME_NAMES[k]} {v:.3f} s"
-                                 for k, v in row["runtime_latency_s"].items())
-        text += "".join(f"  {RUNTIME_NAMES[k]} failed: {v}"
-                        for k, v in row.get("runtime_errors", {}).items())
+        text += "  " + ", ".join(runtime_notes(row))
     if "torch_latency_s" in row:
         text += (f"  official PyTorch {row['torch_latency_s']:.3f} s "
                  f"({row['speedup_vs_torch']:.2f}x)")

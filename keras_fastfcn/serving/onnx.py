@@ -338,7 +338,7 @@ def _fuse_pad_into_conv(proto):
         pads = numpy_helper.to_array(inits[pad.input[1]]).astype(np.int64).reshape(2, -1)
         attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
         if (pads[:, :2].any() or (pads < 0).any()
-                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+                or attrs.get("auto_pad", b"NOTSET") != b"NOTSET"):
             continue
         spatial = pads[:, 2:]  # (begin, end) x spatial dims -> ONNX Conv's pads order
         merged = np.asarray(attrs.get("pads", [0] * spatial.size)) + spatial.reshape(-1)
