@@ -464,10 +464,13 @@ def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
             rate = max(attrs["dilations"])
             assert attrs["pads"] == [rate] * 4, attrs
             assert producers[node.input[0]].op_type != "Pad"
-    # The logits resize is one ONNX Resize (fold.native_resizes), not gathers.
+    # Each resize (the JPU's two upsamplings, the logits) is one ONNX Resize
+    # (fold.native_resizes), not gathers.
     resizes = [{a.name: a.s for a in node.attribute} for node in proto.graph.node
                if node.op_type == "Resize"]
-    assert [r["coordinate_transformation_mode"] for r in resizes] == [b"align_corners"]
+    assert [r["coordinate_transformation_mode"] for r in resizes] == [b"align_corners"] * 3
+    assert {producers[node.input[0]].op_type for node in proto.graph.node
+            if node.op_type == "Gather"} <= {"Shape"}  # sizes only, no pixel gathers
     for batch in images:
         class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
         assert_agrees(probs, class_map, keras_probabilities(fcn_model, batch))

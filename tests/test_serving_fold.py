@@ -152,13 +152,23 @@ def test_native_bilinear_resize_is_the_same_resize(rng, shape, size):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_native_resizes_swaps_the_logits_resize_of_a_copy(rng):
-    model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=32)
+@pytest.mark.parametrize("head", ["fcn", "psp"])
+def test_native_resizes_swaps_every_resize_of_a_copy(rng, head):
+    """The logits resize (top-level graph) and the layers' own upsampling (JPU,
+    pyramid pooling) of the copy become native; the caller's model keeps its own."""
+    model = kf.FastFCN(num_classes=3, head=head, jpu_width=32)
     net = logits_model(model)
-    native = native_resizes(net)
+    copy = inference_copy(net)
+    native = native_resizes(copy)
     assert type(native.get_layer("logits")) is NativeBilinearResize
-    assert type(net.get_layer("logits")) is BilinearResize  # the caller's graph untouched
-    assert type(model.get_layer("logits")) is BilinearResize
+    assert type(native.get_layer("jpu").upsample) is NativeBilinearResize
+    if head == "psp":
+        pooling = [layer for layer in native._flatten_layers(recursive=True)
+                   if type(layer).__name__ == "PyramidPooling"]
+        assert pooling and type(pooling[0].upsample) is NativeBilinearResize
+    for graph in (net, model):  # the caller's graph untouched
+        assert type(graph.get_layer("logits")) is BilinearResize
+        assert type(graph.get_layer("jpu").upsample) is BilinearResize
     assert native_resizes(native) is native  # nothing left to swap
     config = native.get_layer("logits").get_config()
     assert NativeBilinearResize.from_config(config).get_config() == config
@@ -176,7 +186,7 @@ def test_native_resizes_under_mixed_precision_and_subclassed_models(rng):
 
     net = logits_model(with_precision(kf.FastFCN(num_classes=3, head="fcn", jpu_width=32),
                                       "bf16"))
-    native = native_resizes(net)
+    native = native_resizes(inference_copy(net))
     assert native.get_layer("logits").compute_dtype == net.get_layer("logits").compute_dtype
     image = rng.uniform(0, 255, (1, 64, 72, 3)).astype("float32")
     want = _numpy(keras.ops.cast(net(image), "float32"))

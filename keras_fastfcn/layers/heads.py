@@ -12,7 +12,7 @@ from keras import ops
 
 from keras_fastfcn.layers.conv import ConvBNReLU
 from keras_fastfcn.layers.encoding import EncModule
-from keras_fastfcn.layers.resize import layer_resize_method, resize_bilinear
+from keras_fastfcn.layers.resize import BilinearResize
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
@@ -152,6 +152,8 @@ class PyramidPooling(keras.layers.Layer):
         super().__init__(**kwargs)
         self.bins = tuple(int(b) for b in bins)
         self.align_corners = bool(align_corners)
+        self.upsample = BilinearResize(self.align_corners, name="upsample",
+                                       dtype=self.dtype_policy)
         self.convs = []
 
     def build(self, input_shape):
@@ -165,12 +167,10 @@ class PyramidPooling(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        size = ops.shape(inputs)[1:3]
         feats = [inputs]
         for bins, conv in zip(self.bins, self.convs):
             pooled = conv(adaptive_avg_pool2d(inputs, bins), training=training)
-            feats.append(resize_bilinear(pooled, size, self.align_corners,
-                                         layer_resize_method(training)))
+            feats.append(self.upsample([pooled, inputs], training=training))
         return ops.concatenate(feats, axis=-1)
 
     def compute_output_shape(self, input_shape):

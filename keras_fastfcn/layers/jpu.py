@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN, make_norm
-from keras_fastfcn.layers.resize import layer_resize_method, resize_bilinear
+from keras_fastfcn.layers.resize import BilinearResize
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
@@ -197,6 +197,7 @@ class JPU(_BranchRemat, keras.layers.Layer):
         self.conv5 = ConvBNReLU(self.width, 3, name="conv5", **kw)
         self.conv4 = ConvBNReLU(self.width, 3, name="conv4", **kw)
         self.conv3 = ConvBNReLU(self.width, 3, name="conv3", **kw)
+        self.upsample = BilinearResize(self.align_corners, name="upsample", **kw)
         self.dilation_branches = [
             DilatedBranch(self.width, d, remat=remat, name=f"dilation{i + 1}", **kw)
             for i, d in enumerate(self.dilations)
@@ -216,12 +217,8 @@ class JPU(_BranchRemat, keras.layers.Layer):
     def call(self, inputs, training=None):
         c3, c4, c5 = _as_feature_list(inputs, "JPU")
         f3 = self.conv3(c3, training=training)
-        size = ops.shape(f3)[1:3]
-        method = layer_resize_method(training)
-        f4 = resize_bilinear(self.conv4(c4, training=training), size, self.align_corners,
-                             method)
-        f5 = resize_bilinear(self.conv5(c5, training=training), size, self.align_corners,
-                             method)
+        f4 = self.upsample([self.conv4(c4, training=training), f3], training=training)
+        f5 = self.upsample([self.conv5(c5, training=training), f3], training=training)
         # Official order: [conv5, conv4, conv3].
         feat = ops.concatenate([f5, f4, f3], axis=-1)
         return _branches_output(self.dilation_branches, feat, training)
@@ -272,6 +269,7 @@ class JUM(_BranchRemat, keras.layers.Layer):
         kw = dict(dtype=self.dtype_policy)
         self.conv_l = ConvBNReLU(self.width, 3, name="conv_l", **kw)
         self.conv_h = ConvBNReLU(self.width, 3, name="conv_h", **kw)
+        self.upsample = BilinearResize(self.align_corners, name="upsample", **kw)
         self.dilation_branches = [
             DilatedBranch(self.width, self.dilation * m, norm="group", remat=remat,
                           name=f"dilation{i + 1}", **kw)
@@ -291,8 +289,7 @@ class JUM(_BranchRemat, keras.layers.Layer):
     def call(self, inputs, training=None):
         x_l, x_h = inputs
         f_h = self.conv_h(x_h, training=training)
-        f_l = resize_bilinear(self.conv_l(x_l, training=training), ops.shape(f_h)[1:3],
-                              self.align_corners, layer_resize_method(training))
+        f_l = self.upsample([self.conv_l(x_l, training=training), f_h], training=training)
         feat = ops.concatenate([f_l, f_h], axis=-1)
         return _branches_output(self.dilation_branches, feat, training, leading=[f_l])
 

@@ -28,8 +28,8 @@ match the layer configs any more, so do not train it or save it as `.keras`
 Two more export-only rewrites live here for the same reason (they swap layers of a
 copy): `pad_dilated_depthwise`, which the ONNX export applies so that the JPU's
 dilated depthwise convolutions become single dilated ONNX `Conv` nodes, and
-`native_resizes`, which every export applies so that the logits resize runs as the
-runtime's own bilinear resize op.
+`native_resizes`, which every export applies so that each align_corners resize (the
+JPU's upsampling, the logits resize) runs as the runtime's own bilinear resize op.
 """
 
 import numpy as np
@@ -417,27 +417,36 @@ class NativeBilinearResize(BilinearResize):
 
 
 def native_resizes(model):
-    """`model` with each `BilinearResize(align_corners=True)` layer of its top-level
-    functional graph (the logits resize of a FastFCN) replaced by a
-    `NativeBilinearResize` of the same name; `model` itself when there is none, or when
-    `model` is not functional (a subclassed model of your own is exported as it is).
+    """Runs every align_corners resize of `model` as `NativeBilinearResize`: the
+    `BilinearResize` sublayers of its layers (the `upsample` of the JPU, JUM and
+    pyramid pooling) are replaced in place, and those of its top-level functional graph
+    (the logits resize) in a new graph that shares every other layer.
 
-    The caller's model is not modified (the new graph shares every other layer).
+    Mutates the layers of `model`: call it on an `inference_copy` (every export does,
+    after BatchNorm folding). A subclassed model's top-level graph is left as it is.
 
     Args:
-        model: a functional `keras.Model`.
+        model: a built Keras model.
+
+    Returns:
+        The model with the top-level resizes swapped; `model` itself when it has
+        none or is not functional.
 
     Example:
     >>> import keras_fastfcn as kf
     >>> from keras_fastfcn.inference import logits_model
-    >>> net = native_resizes(logits_model(kf.FastFCN(num_classes=3, head="fcn",
-    ...                                              jpu_width=64)))
-    >>> type(net.get_layer("logits")).__name__
-    'NativeBilinearResize'
+    >>> net = native_resizes(inference_copy(logits_model(
+    ...     kf.FastFCN(num_classes=3, head="fcn", jpu_width=64))))
+    >>> type(net.get_layer("logits")).__name__, type(net.get_layer("jpu").upsample).__name__
+    ('NativeBilinearResize', 'NativeBilinearResize')
     """
     def native(layer):
         return type(layer) is BilinearResize and layer.align_corners
 
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for attr, value in list(vars(layer).items()):
+            if not attr.startswith("_") and native(value):
+                _swap(layer, attr, NativeBilinearResize.from_config(value.get_config()))
     if (not hasattr(model, "_run_through_graph")
             or not any(native(layer) for layer in model.layers)):
         return model

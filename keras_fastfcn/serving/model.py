@@ -10,9 +10,10 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False):
     precision (`keras_fastfcn.precision.with_precision`). With `pad_dilations` (the
     ONNX export) its dilated depthwise convs are written as explicit padding and a
     valid conv (`fold.pad_dilated_depthwise`), which tf2onnx turns into dilated
-    `Conv` nodes. The logits resize runs as TensorFlow's own bilinear resize op
-    (`fold.native_resizes`), which every format has a kernel for. The caller's model is
-    never modified.
+    `Conv` nodes. Every align_corners resize (the JPU's upsampling, the logits resize)
+    runs as TensorFlow's own bilinear resize op (`fold.native_resizes`), which every
+    format has a kernel for. The caller's model is never modified; a subclassed model
+    with `fold_bn=False` is served as it is, without these rewrites.
 
     Any Keras model from 0-255 RGB images `(B, H, W, 3)` to logits `(B, H, W, C)` is
     served: a `FastFCNImageSegmenter` (its training-only outputs are left out), a 0.1
@@ -22,19 +23,16 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False):
         ValueError: `model` is not such a model.
     """
     from keras_fastfcn.precision import with_precision
+    from keras_fastfcn.serving import fold
 
     info = inference.model_info(model)
     net = inference.logits_model(with_precision(model, precision))
     if fold_bn:
-        from keras_fastfcn.serving.fold import fold_batchnorm
-
-        net = fold_batchnorm(net)
+        net = fold.fold_batchnorm(net)  # a copy
+    elif hasattr(net, "_run_through_graph"):
+        net = fold.inference_copy(net)  # the rewrites below swap layers of a copy
+    else:  # a subclassed model of your own (it cannot be copied): exported as it is
+        return net, info
     if pad_dilations:
-        from keras_fastfcn.serving.fold import inference_copy, pad_dilated_depthwise
-
-        if not fold_bn:  # folding made a copy already
-            net = inference_copy(net)
-        pad_dilated_depthwise(net)
-    from keras_fastfcn.serving.fold import native_resizes
-
-    return native_resizes(net), info
+        fold.pad_dilated_depthwise(net)
+    return fold.native_resizes(net), info
