@@ -157,10 +157,12 @@ class JPU(_BranchRemat, keras.layers.Layer):
     (width 512) and about 4% more time per ResNet-50 training step on CPU. Set
     `remat=False` for the plain computation. In training the branches' ReLU is
     applied once, after their concatenation (same values, one saved copy less); at
-    inference per branch, where it fuses with the pointwise conv. In training, the
-    upsampling uses the interpolation-matrix form of `resize_bilinear`, whose
-    gradient needs no full-size temporaries; inference uses the gather form.
-    Inference is the same computation with either setting.
+    inference per branch, where it fuses with the pointwise conv. The upsampling is
+    the layer's `upsample` (a weightless `BilinearResize`): in training the
+    interpolation-matrix form of `resize_bilinear`, whose gradient needs no full-size
+    temporaries, at inference the gather form; the exports swap it for the runtime's
+    own bilinear op (`keras_fastfcn.serving.fold.native_resizes`). Inference is the
+    same computation with either setting.
 
     Args:
         width: int, channels of each projection and of each dilated branch.

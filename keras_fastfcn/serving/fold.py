@@ -396,7 +396,7 @@ class NativeBilinearResize(BilinearResize):
 
     Example:
     >>> up = NativeBilinearResize()
-    >>> up([keras.ops.ones((1, 4, 4, 2)), keras.ops.ones((1, 15, 9, 3))]).shape
+    >>> tuple(up([keras.ops.ones((1, 4, 4, 2)), keras.ops.ones((1, 15, 9, 3))]).shape)
     (1, 15, 9, 2)
     """
 
