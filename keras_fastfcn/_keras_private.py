@@ -1,9 +1,9 @@
 """Every use of a private Keras (or TensorFlow) API in keras_fastfcn, in one place.
 
-Keras and TensorFlow have no public equivalent for these; each is small, stable across Keras 3.x so
-far, and checked by `tests/test_package.py::test_keras_private_hooks_still_exist`, which fails loudly (naming the hook)
-when a Keras release changes one. `setup.py` pins `keras` below the next minor
-version that has not been tested.
+Keras and TensorFlow have no public equivalent for these; each is small, stable across
+Keras 3.x so far, and checked by `tests/test_package.py::test_keras_private_hooks_still_exist`,
+which fails loudly (naming the hook) when a Keras release changes one. `setup.py` pins
+`keras` below the next minor version that has not been tested.
 
 - `optimizer_variable_index`: a custom optimizer's `update_step` needs the index of
   its variable in the optimizer's slot lists (`momentums`); Keras' own optimizers
@@ -11,6 +11,10 @@ version that has not been tested.
 - `all_layers`: every layer nested in a model, sublayers of custom layers included
   (`Model.layers` stops at the first level of a custom layer such as the JPU); used to
   switch BatchNorm synchronization on for training and off for saving.
+- `replace_sublayer`: swaps a built layer's sublayer for another, in Keras's layer
+  tracking too (built layers refuse new sublayers); the export rewrites of
+  `keras_fastfcn.serving.fold` (BatchNorm folding, padded dilated convs, native
+  resizes) use it on an inference copy.
 - `patch_multiworker_fit`: works around keras-team/keras#20585, Keras 3's `fit`
   under `tf.distribute.MultiWorkerMirroredStrategy` (TensorFlow backend only).
 - `freeze_function`: a traced `tf.function` with its variables as constants of its
@@ -35,6 +39,13 @@ def optimizer_variable_index(optimizer, variable):
 def all_layers(model):
     """Every layer inside `model` (nested models and custom layers' sublayers), once."""
     return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def replace_sublayer(parent, attr, new):
+    """Replaces the sublayer `parent.<attr>` by `new`, in Keras's tracking too, so the
+    weight order is kept and no orphaned (unused, but saved) variables are left."""
+    parent._tracker.replace_tracked_value("layers", getattr(parent, attr), new)
+    setattr(parent, attr, new)
 
 
 def patch_multiworker_fit(model, sample_batch):
@@ -110,6 +121,9 @@ def check():
         missing.append("keras.optimizers.Optimizer._get_variable_index")
     if not hasattr(keras.layers.Layer, "_flatten_layers"):
         missing.append("keras.layers.Layer._flatten_layers")
+    tracker = getattr(keras.layers.Dense(1), "_tracker", None)
+    if not hasattr(tracker, "replace_tracked_value"):
+        missing.append("keras.layers.Layer._tracker.replace_tracked_value")
     for name in ("_symbolic_build", "_maybe_symbolic_build"):
         if not hasattr(keras.Model, name):
             missing.append(f"keras.Model.{name}")

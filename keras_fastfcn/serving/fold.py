@@ -35,6 +35,7 @@ JPU's upsampling, the logits resize) runs as the runtime's own bilinear resize o
 import numpy as np
 import keras
 
+from keras_fastfcn._keras_private import all_layers, replace_sublayer
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN
 from keras_fastfcn.layers.jpu import DilatedBranch
 from keras_fastfcn.layers.resize import BilinearResize
@@ -96,7 +97,7 @@ def batchnorm_layers(model):
     >>> len(batchnorm_layers(kf.FastFCN(num_classes=3, head="fcn", jpu_width=64))) > 50
     True
     """
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in all_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
@@ -179,28 +180,23 @@ def _identity_like(layer):
 
 
 def _swap(parent, attr, new):
-    """Replaces the sublayer `parent.<attr>` by `new`, in Keras's tracking too.
-
-    Built layers refuse new sublayers; replacing a tracked one in place keeps the
-    weight order and leaves no orphaned (unused, but saved) variables behind.
-    """
-    old = getattr(parent, attr)
+    """Replaces the sublayer `parent.<attr>` by `new` (`_keras_private.replace_sublayer`),
+    with a clear error if this Keras' layer tracking no longer allows it."""
     try:
-        parent._tracker.replace_tracked_value("layers", old, new)
+        replace_sublayer(parent, attr, new)
     except (AttributeError, ValueError) as err:  # Keras internals moved
         raise RuntimeError(
-            f"Could not replace {parent.name}.{attr} while folding BatchNorm ({err}); "
-            "this Keras version is not supported by fold_batchnorm. Export with "
-            "--no-fold-bn (fold_bn=False)."
+            f"Could not replace {parent.name}.{attr} in the export's copy of the model "
+            f"({err}); this Keras version ({keras.__version__}) is not supported by "
+            "keras_fastfcn.serving.fold (see keras_fastfcn/_keras_private.py)."
         ) from err
-    setattr(parent, attr, new)
 
 
 # --- keras_fastfcn's composite layers -------------------------------------------
 
 
 def _fold_custom_layers(model):
-    layers = model._flatten_layers(include_self=False, recursive=True)
+    layers = all_layers(model)
     handled = set()
     for layer in layers:
         if (isinstance(layer, DilatedBranch) and _is_foldable_bn(layer.bn)
@@ -363,7 +359,7 @@ def pad_dilated_depthwise(model):
     3
     """
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model):
         for attr, value in list(vars(layer).items()):
             if attr.startswith("_") or not _needs_padding(value):
                 continue
@@ -443,7 +439,7 @@ def native_resizes(model):
     def native(layer):
         return type(layer) is BilinearResize and layer.align_corners
 
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model):
         for attr, value in list(vars(layer).items()):
             if not attr.startswith("_") and native(value):
                 _swap(layer, attr, NativeBilinearResize.from_config(value.get_config()))

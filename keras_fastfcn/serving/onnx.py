@@ -25,6 +25,7 @@ import os
 import re
 import tempfile
 
+from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.serving.graph import fixed_function
 from keras_fastfcn.serving.model import prepare
@@ -143,7 +144,7 @@ DEFAULT_KEEP_FLOAT = ("classifier", "logits")
 def default_keep_float(net, defaults=DEFAULT_KEEP_FLOAT):
     """The names of `defaults` that are layers of `net` (a model of the user's may have
     none of them: then nothing is kept in float)."""
-    names = {layer.name for layer in net._flatten_layers(include_self=False, recursive=True)}
+    names = {layer.name for layer in all_layers(net)}
     return tuple(name for name in defaults if name in names)
 
 
