@@ -11,6 +11,8 @@ which fails loudly (naming the hook) when a Keras release changes one. `setup.py
 - `all_layers`: every layer nested in a model, sublayers of custom layers included
   (`Model.layers` stops at the first level of a custom layer such as the JPU); used to
   switch BatchNorm synchronization on for training and off for saving.
+- `is_functional`: whether a model is a functional graph (which `clone_model` can
+  rebuild layer by layer) rather than a subclassed one; Keras has no public test.
 - `replace_sublayer`: swaps a built layer's sublayer for another, in Keras's layer
   tracking too (built layers refuse new sublayers); the export rewrites of
   `keras_fastfcn.serving.fold` (BatchNorm folding, padded dilated convs, native
@@ -39,6 +41,11 @@ def optimizer_variable_index(optimizer, variable):
 def all_layers(model):
     """Every layer inside `model` (nested models and custom layers' sublayers), once."""
     return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def is_functional(model):
+    """Whether `model` is a functional Keras model (a graph of layers)."""
+    return isinstance(model, keras.Model) and hasattr(model, "_run_through_graph")
 
 
 def replace_sublayer(parent, attr, new):
@@ -121,6 +128,9 @@ def check():
         missing.append("keras.optimizers.Optimizer._get_variable_index")
     if not hasattr(keras.layers.Layer, "_flatten_layers"):
         missing.append("keras.layers.Layer._flatten_layers")
+    probe = keras.Input((1,))
+    if not is_functional(keras.Model(probe, keras.layers.Dense(1)(probe))):
+        missing.append("keras.Model._run_through_graph (functional models)")
     tracker = getattr(keras.layers.Dense(1), "_tracker", None)
     if not hasattr(tracker, "replace_tracked_value"):
         missing.append("keras.layers.Layer._tracker.replace_tracked_value")

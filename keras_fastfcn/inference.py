@@ -64,6 +64,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_fastfcn._keras_private import is_functional
 from keras_fastfcn.layers.resize import log_add_exp, log_resize_bilinear, resize_bilinear
 
 MODES = ("whole", "slide")
@@ -600,8 +601,7 @@ class Predictor:
             if base_size < 1:
                 raise ValueError(f"base_size must be a positive int or None, got {base_size}.")
         self.model = logits_model(model)
-        self.fold_batchnorm = bool(fold_batchnorm) and hasattr(self.model,
-                                                                "_run_through_graph")
+        self.fold_batchnorm = bool(fold_batchnorm) and is_functional(self.model)
         if self.fold_batchnorm:
             from keras_fastfcn.serving.fold import fold_batchnorm as fold
 

@@ -35,7 +35,7 @@ JPU's upsampling, the logits resize) runs as the runtime's own bilinear resize o
 import numpy as np
 import keras
 
-from keras_fastfcn._keras_private import all_layers, replace_sublayer
+from keras_fastfcn._keras_private import all_layers, is_functional, replace_sublayer
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN
 from keras_fastfcn.layers.jpu import DilatedBranch
 from keras_fastfcn.layers.resize import BilinearResize
@@ -66,7 +66,7 @@ def fold_batchnorm(model):
     >>> len(batchnorm_layers(folded)) < len(batchnorm_layers(model))
     True
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+    if not is_functional(model):
         raise ValueError(
             "fold_batchnorm expects a functional keras.Model (such as a FastFCN segmenter), "
             f"got {type(model).__name__}."
@@ -252,7 +252,7 @@ def _fold_functional(model):
     replacements = {}
     dropped = set()
     for layer in model.layers:
-        if isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph"):
+        if is_functional(layer):
             replacements[id(layer)] = _fold_functional(layer)
     for bn in model.layers:
         if not _is_foldable_bn(bn):
@@ -314,7 +314,10 @@ class PaddedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
     def compute_output_shape(self, input_shape):
         top, bottom, left, right = self.pad
-        grow = lambda size, extra: None if size is None else size + extra
+
+        def grow(size, extra):
+            return None if size is None else size + extra
+
         padded = (input_shape[0], grow(input_shape[1], top + bottom),
                   grow(input_shape[2], left + right), input_shape[3])
         return super().compute_output_shape(padded)
@@ -443,7 +446,7 @@ def native_resizes(model):
         for attr, value in list(vars(layer).items()):
             if not attr.startswith("_") and native(value):
                 _swap(layer, attr, NativeBilinearResize.from_config(value.get_config()))
-    if (not hasattr(model, "_run_through_graph")
+    if (not is_functional(model)
             or not any(native(layer) for layer in model.layers)):
         return model
     return keras.models.clone_model(

@@ -22,6 +22,7 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False):
     Raises:
         ValueError: `model` is not such a model.
     """
+    from keras_fastfcn._keras_private import is_functional
     from keras_fastfcn.precision import with_precision
     from keras_fastfcn.serving import fold
 
@@ -29,7 +30,7 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False):
     net = inference.logits_model(with_precision(model, precision))
     if fold_bn:
         net = fold.fold_batchnorm(net)  # a copy
-    elif hasattr(net, "_run_through_graph"):
+    elif is_functional(net):
         net = fold.inference_copy(net)  # the rewrites below swap layers of a copy
     else:  # a subclassed model of your own (it cannot be copied): exported as it is
         return net, info
