@@ -59,18 +59,23 @@ def _apply_options(model, remat, resize):
         jpu.remat = remat
         applied["remat"] = remat
     if resize == "gather":
-        # The JPU module's resize policy (`_resize_method` in older checkouts).
+        # Older checkouts: the JPU module's own resize policy (`_resize_method` before).
         for policy in ("layer_resize_method", "_resize_method"):
             if hasattr(jpu_module, policy):
                 setattr(jpu_module, policy, lambda training: "gather")
-        for name in ("logits", "aux_logits"):
-            try:
-                layer = model.get_layer(name)
-            except ValueError:
-                continue
-            if hasattr(layer, "method"):
-                layer.method = "gather"
+        # Every BilinearResize (the logits, the JPU's `upsample`, pyramid pooling).
+        try:
+            from keras_fastfcn._keras_private import all_layers
+        except ImportError:
+            def all_layers(m):
+                return m._flatten_layers(include_self=False, recursive=True)
+        from keras_fastfcn.layers.resize import BilinearResize
+
+        resizes = [layer for layer in all_layers(model) if isinstance(layer, BilinearResize)]
+        for layer in resizes:
+            layer.method = "gather"
         applied["resize"] = "gather"
+        applied["resize_layers"] = len(resizes)
     return applied
 
 

@@ -116,6 +116,31 @@ def freeze_function(concrete):
     return convert_variables_to_constants_v2(concrete)
 
 
+class _Holder(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.inner(x)
+
+
+def _replace_sublayer_works():
+    """Swaps the sublayer of a built layer: the new one is tracked (its weights are
+    the parent's) and the old one is gone."""
+    holder = _Holder()
+    holder(keras.ops.ones((1, 3)))
+    new = keras.layers.Dense(2)
+    new.build((1, 3))
+    try:
+        replace_sublayer(holder, "inner", new)
+    except (AttributeError, ValueError):
+        return False
+    tracked = all_layers(holder)
+    return (new in tracked and not any(layer is not new for layer in tracked)
+            and len(holder.weights) == len(new.weights))
+
+
 def check():
     """Raises `RuntimeError` naming every private hook this Keras (or TensorFlow) no
     longer has.
@@ -131,8 +156,7 @@ def check():
     probe = keras.Input((1,))
     if not is_functional(keras.Model(probe, keras.layers.Dense(1)(probe))):
         missing.append("keras.Model._run_through_graph (functional models)")
-    tracker = getattr(keras.layers.Dense(1), "_tracker", None)
-    if not hasattr(tracker, "replace_tracked_value"):
+    if not _replace_sublayer_works():
         missing.append("keras.layers.Layer._tracker.replace_tracked_value")
     for name in ("_symbolic_build", "_maybe_symbolic_build"):
         if not hasattr(keras.Model, name):

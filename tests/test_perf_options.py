@@ -15,7 +15,9 @@ import tensorflow as tf
 import keras
 
 from keras_fastfcn import layers as L
+from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.layers import resize as kops
+from keras_fastfcn.layers.resize import BilinearResize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -253,3 +255,21 @@ def test_remat_keeps_less_for_the_backward_pass():
     # the 3 * width channel depthwise output, its normalization and the padded
     # space-to-batch copy.
     assert totals[True] < 0.5 * totals[False], totals
+
+
+def test_profile_memory_gather_option_reaches_every_resize():
+    """`profile_memory.py --resize gather` sets the gather form on every BilinearResize
+    (logits, the JPU's upsample, pyramid pooling), so its A/B measures what it says."""
+    import keras_fastfcn as kf
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import profile_memory
+    finally:
+        sys.path.pop(0)
+    model = kf.FastFCN(num_classes=3, head="psp", jpu_width=32)
+    applied = profile_memory._apply_options(model, remat=None, resize="gather")
+    resizes = [layer for layer in all_layers(model) if isinstance(layer, BilinearResize)]
+    assert len(resizes) == applied["resize_layers"] >= 3
+    assert {layer.method for layer in resizes} == {"gather"}
+    assert model.get_layer("jpu").upsample.method == "gather"

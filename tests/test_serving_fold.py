@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import keras_fastfcn as kf
+from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.inference import logits_model
 from keras_fastfcn.layers.resize import BilinearResize
 from keras_fastfcn.serving.fold import (NativeBilinearResize, PaddedDepthwiseConv2D,
@@ -163,7 +164,7 @@ def test_native_resizes_swaps_every_resize_of_a_copy(rng, head):
     assert type(native.get_layer("logits")) is NativeBilinearResize
     assert type(native.get_layer("jpu").upsample) is NativeBilinearResize
     if head == "psp":
-        pooling = [layer for layer in native._flatten_layers(recursive=True)
+        pooling = [layer for layer in all_layers(native)
                    if type(layer).__name__ == "PyramidPooling"]
         assert pooling and type(pooling[0].upsample) is NativeBilinearResize
     for graph in (net, model):  # the caller's graph untouched
@@ -203,3 +204,37 @@ def test_native_resizes_under_mixed_precision_and_subclassed_models(rng):
 
     own = Own()
     assert native_resizes(own) is own
+
+
+class _Apply(keras.layers.Layer):
+    """A user's layer whose config cannot round-trip (it holds a Python function)."""
+
+    def __init__(self, fn, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+
+    def call(self, x):
+        return self.fn(x)
+
+
+def test_prepare_without_folding_copies_what_it_can(rng):
+    """`fold_bn=False`: a Sequential model is copied and rewritten (the caller's is
+    not); a functional model that cannot be cloned from its configs is exported as it
+    is, with a warning that says why, instead of failing."""
+    from keras_fastfcn.serving.model import prepare
+
+    model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=32)
+    image = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    seq = keras.Sequential([keras.Input((None, None, 3)), logits_model(model)])
+    net, _ = prepare(seq, fold_bn=False, pad_dilations=True)
+    kinds = {type(layer).__name__ for layer in all_layers(net)}
+    assert {"NativeBilinearResize", "PaddedDepthwiseConv2D"} <= kinds
+    assert type(model.get_layer("jpu").upsample) is BilinearResize
+    np.testing.assert_allclose(_numpy(net(image)), _numpy(seq(image)), rtol=1e-5, atol=1e-4)
+
+    inputs = keras.Input((None, None, 3))
+    own = keras.Model(inputs, _Apply(lambda x: 2.0 * x)(logits_model(model)(inputs)))
+    with pytest.warns(UserWarning, match="Could not copy the model"):
+        net, _ = prepare(own, fold_bn=False)
+    assert net is own
+    assert type(model.get_layer("jpu").upsample) is BilinearResize

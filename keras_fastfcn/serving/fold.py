@@ -29,7 +29,8 @@ Two more export-only rewrites live here for the same reason (they swap layers of
 copy): `pad_dilated_depthwise`, which the ONNX export applies so that the JPU's
 dilated depthwise convolutions become single dilated ONNX `Conv` nodes, and
 `native_resizes`, which every export applies so that each align_corners resize (the
-JPU's upsampling, the logits resize) runs as the runtime's own bilinear resize op.
+logits; the upsampling of the JPU, JUM and pyramid pooling) runs as the runtime's own
+bilinear resize op.
 """
 
 import numpy as np
@@ -82,8 +83,8 @@ def fold_batchnorm(model):
 
 
 def inference_copy(model):
-    """An independent copy of a functional model (same weights), so that the swaps of
-    this module mutate layers of the copy, never the caller's."""
+    """An independent copy of a functional or Sequential model (same weights), so that
+    the swaps of this module mutate layers of the copy, never the caller's."""
     copy = keras.models.clone_model(model, recursive=True)
     copy.set_weights(model.get_weights())
     return copy
@@ -415,17 +416,20 @@ class NativeBilinearResize(BilinearResize):
         return keras.ops.cast(out, self.compute_dtype)
 
 
-def native_resizes(model):
-    """Runs every align_corners resize of `model` as `NativeBilinearResize`: the
-    `BilinearResize` sublayers of its layers (the `upsample` of the JPU, JUM and
-    pyramid pooling) are replaced in place, and those of its top-level functional graph
-    (the logits resize) in a new graph that shares every other layer.
+def native_resizes(model, sublayers=True):
+    """Runs the align_corners resizes of `model` as `NativeBilinearResize`: the
+    `BilinearResize` sublayers held by its layers (the `upsample` of the JPU, JUM and
+    pyramid pooling) are replaced in place, and the `BilinearResize` nodes of its
+    top-level functional graph (the logits resize) in a new graph that shares every
+    other layer. Resize nodes inside a nested functional model are left as they are.
 
     Mutates the layers of `model`: call it on an `inference_copy` (every export does,
-    after BatchNorm folding). A subclassed model's top-level graph is left as it is.
+    after BatchNorm folding), or with `sublayers=False`.
 
     Args:
         model: a built Keras model.
+        sublayers: bool, also swap the sublayers of its layers (in place); False
+            swaps only the top-level graph's resizes and leaves `model` untouched.
 
     Returns:
         The model with the top-level resizes swapped; `model` itself when it has
@@ -442,7 +446,7 @@ def native_resizes(model):
     def native(layer):
         return type(layer) is BilinearResize and layer.align_corners
 
-    for layer in all_layers(model):
+    for layer in all_layers(model) if sublayers else ():
         for attr, value in list(vars(layer).items()):
             if not attr.startswith("_") and native(value):
                 _swap(layer, attr, NativeBilinearResize.from_config(value.get_config()))
