@@ -163,6 +163,30 @@ def test_heads_and_upsamplers_build(head, upsampler):
     assert tuple(out.shape) == (1, 64, 80, 3)
 
 
+def test_frozen_backbone_stays_frozen_through_save_and_load(tmp_path, rng):
+    """A model saved after `fit` with its backbone frozen loads with the same trainable
+    variables and its optimizer state (Keras' functional init would otherwise leave
+    the rebuilt backbone's layers trainable: the resumed run would fine-tune it)."""
+    import warnings
+
+    seg = tiny_segmenter(num_classes=4, head="fcn")
+    seg.compile()
+    seg.backbone.trainable = False
+    images, masks = toy_data(rng, n=2)
+    seg.fit(images, masks, epochs=1, batch_size=2, verbose=0)
+    path = tmp_path / "frozen.keras"
+    seg.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Skipping variable loading for optimizer"
+        restored = keras.models.load_model(path)
+    assert restored.backbone.trainable is False
+    assert ([v.path for v in restored.trainable_variables]
+            == [v.path for v in seg.trainable_variables])
+    assert len(restored.optimizer.variables) == len(seg.optimizer.variables)
+    assert kf.models.FastFCNBackbone.from_config(
+        seg.backbone.get_config()).trainable_variables == []
+
+
 def test_save_load_round_trip(tmp_path, rng):
     backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler="jpu_x", width=64,
                                          remat=False)

@@ -30,6 +30,18 @@ def check_positive_int(value, what):
     return int(value)
 
 
+def freeze_after_init(model, trainable):
+    """Applies a `trainable=False` constructor argument once `model` tracks its layers.
+
+    Keras' functional init sets the flag before it tracks the graph's layers, so the
+    layers stay trainable: a backbone saved frozen would come back from its config
+    with every variable trainable (and a segmenter built on it would fine-tune it).
+    `True` is left alone, so that layers frozen one by one stay frozen.
+    """
+    if not trainable:
+        model.trainable = False
+
+
 @keras.saving.register_keras_serializable(package="keras_fastfcn")
 class FastFCNBackbone(ImageInputsMixin, keras.Model):
     """FastFCN backbone (Wu et al., 2019): a ResNet encoder and a Joint Pyramid Upsampler.
@@ -112,8 +124,10 @@ class FastFCNBackbone(ImageInputsMixin, keras.Model):
         images = keras.Input(shape=input_shape, name="images")
         c2, c3, c4, c5 = encoder_model(normalize(images))
         features = upsample([c3, c4, c5]) if upsample is not None else c5
+        trainable = kwargs.pop("trainable", True)
         super().__init__(inputs=images, outputs=features, name=name or "fastfcn_backbone",
                          **kwargs)
+        freeze_after_init(self, trainable)
 
         # === Config ===
         self.pyramid_outputs = {"P2": c2, "P3": c3, "P4": c4, "P5": c5}

@@ -16,6 +16,7 @@ from keras_fastfcn.models.fastfcn.fastfcn_backbone import (
     FastFCNBackbone,
     ImageInputsMixin,
     check_positive_int,
+    freeze_after_init,
 )
 
 IGNORE_LABEL = losses_lib.IGNORE_LABEL
@@ -126,8 +127,10 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             if se_loss:
                 outputs["se_logits"] = keras.layers.Activation(
                     "linear", dtype="float32", name="se_logits")(se_logits)
+        trainable = kwargs.pop("trainable", True)
         super().__init__(inputs=images, outputs=outputs,
                          name=name or "fastfcn_image_segmenter", **kwargs)
+        freeze_after_init(self, trainable)
 
         # === Config ===
         self.backbone = backbone
