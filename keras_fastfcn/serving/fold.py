@@ -193,6 +193,19 @@ def _swap(parent, attr, new):
         ) from err
 
 
+def _swap_sublayers(model, replacement):
+    """Swaps, in place, each sublayer `value` held (as a public attribute) by a layer of
+    `model` for `replacement(value)` where that is not None; returns how many."""
+    count = 0
+    for layer in all_layers(model):
+        for attr, value in list(vars(layer).items()):
+            new = None if attr.startswith("_") else replacement(value)
+            if new is not None:
+                _swap(layer, attr, new)
+                count += 1
+    return count
+
+
 # --- keras_fastfcn's composite layers -------------------------------------------
 
 
@@ -362,17 +375,14 @@ def pad_dilated_depthwise(model):
     >>> pad_dilated_depthwise(net)  # the three dilated JPU branches
     3
     """
-    count = 0
-    for layer in all_layers(model):
-        for attr, value in list(vars(layer).items()):
-            if attr.startswith("_") or not _needs_padding(value):
-                continue
-            weights = value.get_weights()
-            _swap(layer, attr, _new_conv(value, weights[0], weights[1] if value.use_bias
-                                         else None, PaddedDepthwiseConv2D,
-                                         pad=_same_padding(value)))
-            count += 1
-    return count
+    def padded(conv):
+        if not _needs_padding(conv):
+            return None
+        weights = conv.get_weights()
+        return _new_conv(conv, weights[0], weights[1] if conv.use_bias else None,
+                         PaddedDepthwiseConv2D, pad=_same_padding(conv))
+
+    return _swap_sublayers(model, padded)
 
 
 # --- the logits resize, for every export ----------------------------------------
@@ -443,16 +453,15 @@ def native_resizes(model, sublayers=True):
     >>> type(net.get_layer("logits")).__name__, type(net.get_layer("jpu").upsample).__name__
     ('NativeBilinearResize', 'NativeBilinearResize')
     """
-    def native(layer):
+    def swappable(layer):
         return type(layer) is BilinearResize and layer.align_corners
 
-    for layer in all_layers(model) if sublayers else ():
-        for attr, value in list(vars(layer).items()):
-            if not attr.startswith("_") and native(value):
-                _swap(layer, attr, NativeBilinearResize.from_config(value.get_config()))
-    if (not is_functional(model)
-            or not any(native(layer) for layer in model.layers)):
+    def native(layer):
+        return NativeBilinearResize.from_config(layer.get_config()) if swappable(layer) else None
+
+    if sublayers:
+        _swap_sublayers(model, native)
+    if not is_functional(model) or not any(swappable(layer) for layer in model.layers):
         return model
     return keras.models.clone_model(
-        model, clone_function=lambda layer: (
-            NativeBilinearResize.from_config(layer.get_config()) if native(layer) else layer))
+        model, clone_function=lambda layer: native(layer) if swappable(layer) else layer)
