@@ -53,3 +53,24 @@ def pytest_xdist_auto_num_workers(config):
     end-to-end tests spend much of their time in single-threaded phases (interpreter
     and TensorFlow start-up, XLA compilation) that a spare worker fills."""
     return min(4, (os.cpu_count() or 1) + 1)
+
+
+
+def _cpu_line():
+    from keras_fastfcn.benchmark import cpu_info
+
+    info = cpu_info()
+    return (f"cpu: {info['model']}, {info['cores']} cores; "
+            f"flags: {' '.join(info['flags']) or 'none of the SIMD ones'}")
+
+
+def pytest_report_header(config):
+    """The CPU in the run's header: float rounding (and so a test near its tolerance)
+    depends on the kernels oneDNN picks for it, so a red run must say which CPU it was."""
+    return _cpu_line()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The same line at the end, where `-q` (which hides the header) still shows it."""
+    if not hasattr(config, "workerinput"):
+        terminalreporter.write_line(_cpu_line())

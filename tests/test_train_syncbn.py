@@ -36,20 +36,35 @@ def build():
             layer.rate = 0.0
     return model
 
-keras.utils.set_random_seed(0)
-reference = build()
-initial = reference.get_weights()
-reference.compile(optimizer=keras.optimizers.SGD(0.05))
-reference.fit(data, epochs=1, verbose=0)
-
 def batchnorm_stats(model):
     from keras_fastfcn._keras_private import all_layers
     return [w for layer in all_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)
             for w in (layer.moving_mean.numpy(), layer.moving_variance.numpy())]
 
-def max_difference(a, b):
-    return max(float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-3)) for x, y in zip(a, b))
+def update_difference(after, reference, before):
+    # How far one step's update differs from the reference step's update: the whole
+    # model's difference relative to the reference update's norm, and the worst
+    # tensor's relative to its own update's norm, floored at 1% of the largest tensor
+    # update (a tensor whose update is tiny, e.g. a BatchNorm beta, is judged on the
+    # model's scale: float rounding alone moves it by a sizeable part of its update,
+    # and by how much depends on the CPU's kernels).
+    before = [np.asarray(b, "float64") for b in before]
+    deltas = [(np.asarray(a, "float64") - b, np.asarray(r, "float64") - b)
+              for a, r, b in zip(after, reference, before)]
+    norms = [float(np.linalg.norm(r)) for _, r in deltas]
+    floor = 1e-2 * max(norms)
+    whole = float(np.sqrt(sum(np.sum((d - r) ** 2) for d, r in deltas))
+                  / np.sqrt(sum(n * n for n in norms)))
+    worst = max(float(np.linalg.norm(d - r)) / max(n, floor) for (d, r), n in zip(deltas, norms))
+    return whole, worst
+
+keras.utils.set_random_seed(0)
+reference = build()
+initial = reference.get_weights()
+initial_stats = batchnorm_stats(reference)
+reference.compile(optimizer=keras.optimizers.SGD(0.05))
+reference.fit(data, epochs=1, verbose=0)
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 for sync in (True, False):
@@ -59,8 +74,9 @@ for sync in (True, False):
         count = kf.train.synchronize_batchnorm(model, strategy) if sync else 0
         model.compile(optimizer=keras.optimizers.SGD(0.05), sync_batchnorm=sync)
     model.fit(data, epochs=1, verbose=0)
-    print("RESULT", sync, count, max_difference(batchnorm_stats(model), batchnorm_stats(reference)),
-          max_difference(model.get_weights(), reference.get_weights()))
+    print("RESULT", sync, count,
+          *update_difference(batchnorm_stats(model), batchnorm_stats(reference), initial_stats),
+          *update_difference(model.get_weights(), reference.get_weights(), initial))
 # Saved files carry no synchronized=True (Keras refuses it on JAX/PyTorch).
 kf.fileio.save_model(model, os.path.join(sys.argv[2], "m.keras"))
 import json, zipfile
@@ -78,7 +94,13 @@ def test_two_replicas_with_half_batches_match_one_replica(tmp_path):
     results = {line.split()[1]: [float(v) for v in line.split()[2:]]
                for line in proc.stdout.splitlines() if line.startswith("RESULT")}
     synced, local = results["True"], results["False"]
+    # Each value: (whole-model, worst-tensor) difference of the step's update from the
+    # one-replica step's, relative to the update (see update_difference). Measured on
+    # an AVX-512 EPYC: synchronized 1.6e-6 / 1.3e-5 (moving stats), 1.6e-4 / 3.0e-3
+    # (weights); per-replica 0.37 / 7.2 and 0.38 / 7.2. Rounding differs by CPU, a
+    # missing synchronization by orders of magnitude more.
     assert synced[0] > 10  # every BatchNorm of encoder, JPU and heads
-    assert synced[1] < 1e-4 and synced[2] < 1e-4, synced   # moving stats, weights
-    assert local[1] > 1e-2, local  # per-replica statistics differ: the test can tell
+    assert synced[1] < 1e-3 and synced[2] < 1e-2, synced  # moving statistics
+    assert synced[3] < 2e-3 and synced[4] < 3e-2, synced  # weights
+    assert local[1] > 0.1 and local[3] > 0.1, local  # per-replica statistics: the test can tell
     assert "SAVED_SYNC False" in proc.stdout
