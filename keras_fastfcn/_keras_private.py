@@ -8,6 +8,11 @@ which fails loudly (naming the hook) when a Keras release changes one. `setup.py
 - `optimizer_variable_index`: a custom optimizer's `update_step` needs the index of
   its variable in the optimizer's slot lists (`momentums`); Keras' own optimizers
   use the same private `_get_variable_index`.
+- `optimizer_built_variables`: the variables an optimizer was built for. A JAX step
+  needs its slots 1:1 with the model's trainable variables (and no backend updates a
+  variable it was not built for), so `FastFCNImageSegmenter.fit` rebuilds the
+  optimizer when a layer was frozen or unfrozen since (Keras' own fix is "compile
+  again", which loses the optimizer's state).
 - `all_layers`: every layer nested in a model, sublayers of custom layers included
   (`Model.layers` stops at the first level of a custom layer such as the JPU); used to
   switch BatchNorm synchronization on for training and off for saving.
@@ -36,6 +41,11 @@ TESTED_KERAS = "3.15"
 def optimizer_variable_index(optimizer, variable):
     """The index of `variable` in `optimizer`'s per-variable slot lists."""
     return optimizer._get_variable_index(variable)
+
+
+def optimizer_built_variables(optimizer):
+    """The trainable variables `optimizer` was built for ([] before it is built)."""
+    return list(optimizer._trainable_variables) if optimizer.built else []
 
 
 def all_layers(model):
@@ -151,6 +161,10 @@ def check():
     missing = []
     if not hasattr(keras.optimizers.Optimizer, "_get_variable_index"):
         missing.append("keras.optimizers.Optimizer._get_variable_index")
+    probe_optimizer = keras.optimizers.SGD()
+    probe_optimizer.build([keras.Variable(1.0)])
+    if len(getattr(probe_optimizer, "_trainable_variables", ())) != 1:
+        missing.append("keras.optimizers.Optimizer._trainable_variables")
     if not hasattr(keras.layers.Layer, "_flatten_layers"):
         missing.append("keras.layers.Layer._flatten_layers")
     probe = keras.Input((1,))

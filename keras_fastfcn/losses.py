@@ -69,3 +69,31 @@ def class_presence(labels, num_classes):
                              num_segments=batch * (num_classes + 1))
     counts = ops.reshape(counts, (batch, num_classes + 1))
     return ops.cast(counts[:, :num_classes] > 0, "float32")
+
+
+def invalid_labels(labels, num_classes, ignore_label=IGNORE_LABEL):
+    """The label values that are neither a class id `0..C-1` nor `ignore_label`.
+
+    Args:
+        labels: int tensor `(B, H, W)` (or `(B, H, W, 1)`).
+        num_classes: int.
+        ignore_label: int.
+
+    Returns:
+        `(invalid, stats)`: a bool mask of `labels`' shape, and a float32 vector
+        `[count, smallest, largest]` of the invalid values (count 0: none; the
+        extremes are then meaningless).
+
+    Example:
+    >>> _, stats = invalid_labels(np.array([[[0, 7], [255, -1]]]), 3)
+    >>> keras.ops.convert_to_numpy(stats).tolist()
+    [2.0, -1.0, 7.0]
+    """
+    labels = ops.cast(labels, "int32")
+    invalid = ops.logical_and(ops.logical_or(labels < 0, labels >= num_classes),
+                              ops.not_equal(labels, ignore_label))
+    values = ops.cast(labels, "float32")
+    count = ops.sum(ops.cast(invalid, "float32"))
+    smallest = ops.min(ops.where(invalid, values, 3.0e38))
+    largest = ops.max(ops.where(invalid, values, -3.0e38))
+    return invalid, ops.stack([count, smallest, largest])

@@ -19,18 +19,26 @@ from keras_fastfcn import _keras_private
 class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
     """The official poly schedule `lr * (1 - step / decay_steps) ** power`.
 
-    `decay_steps=None` means "the whole run, known when training starts":
-    `FastFCNImageSegmenter.fit` fills it in from `epochs * steps_per_epoch` the first
-    time it trains (until then the rate is constant).
+    With `decay_steps` set, `step` is the optimizer's step count (the training
+    command's schedule: the whole run, resumed where a checkpoint stopped). With
+    `decay_steps=None` the schedule is **per fit**: each `FastFCNImageSegmenter.fit`
+    call runs its own decay from `initial_learning_rate` to 0 over its own steps
+    (`start_fit`), so a second `fit` (a frozen backbone, a loaded model) trains
+    again; outside a `fit` the rate is `initial_learning_rate`.
 
     Args:
         initial_learning_rate: float.
-        decay_steps: int >= 1 or None (set by the first `fit`).
+        decay_steps: int >= 1, or None for the per-fit decay.
         power: float (0.9 officially).
 
     Example:
     >>> schedule = PolyDecay(0.01, decay_steps=100)
     >>> round(float(schedule(50)), 5)
+    0.00536
+    >>> per_fit = PolyDecay(0.01)
+    >>> per_fit.start_fit(first_step=100, steps=100)
+    True
+    >>> round(float(per_fit(150)), 5)
     0.00536
     """
 
@@ -38,13 +46,33 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.initial_learning_rate = float(initial_learning_rate)
         self.decay_steps = None if decay_steps is None else max(int(decay_steps), 1)
         self.power = float(power)
+        # The current fit's (first step, steps) for the per-fit decay; not saved.
+        self.fit_window = None
+
+    @property
+    def per_fit(self):
+        return self.decay_steps is None
+
+    def start_fit(self, first_step, steps):
+        """Arms the per-fit decay for a `fit` that starts at optimizer step `first_step`
+        and runs `steps` steps. Returns whether the window changed (a traced training
+        function holds the old one as constants and must be traced again)."""
+        window = (int(first_step), max(int(steps), 1))
+        changed = window != self.fit_window
+        self.fit_window = window
+        return changed
 
     def __call__(self, step):
         lr = keras.ops.convert_to_tensor(self.initial_learning_rate, "float32")
-        if self.decay_steps is None:
+        if self.decay_steps is not None:
+            first, steps = 0, self.decay_steps
+        elif self.fit_window is not None:
+            first, steps = self.fit_window
+        else:
             return lr
-        step = keras.ops.minimum(keras.ops.cast(step, "float32"), float(self.decay_steps))
-        return lr * keras.ops.power(1.0 - step / float(self.decay_steps), self.power)
+        step = keras.ops.cast(step, "float32") - float(first)
+        step = keras.ops.clip(step, 0.0, float(steps))
+        return lr * keras.ops.power(1.0 - step / float(steps), self.power)
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,

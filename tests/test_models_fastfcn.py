@@ -84,8 +84,9 @@ def test_fit_on_images_and_masks_with_auto_compile(rng):
     history = seg.fit(images, masks, batch_size=2, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert {"pixel_accuracy", "mean_iou"} <= set(history.history)
-    # compile()'s poly schedule decays over the whole first fit: 2 epochs x 2 steps.
-    assert seg.optimizer.schedule.decay_steps == 4
+    # compile()'s poly schedule decays over each fit: 2 epochs x 2 steps from step 0.
+    assert seg.optimizer.schedule.per_fit and seg.optimizer.schedule.fit_window == (0, 4)
+    assert float(seg.optimizer.learning_rate) == 0.0  # the end of this fit's decay
     assert set(seg.optimizer.lr_multipliers) == {"jpu", "head", "auxlayer"}
 
 

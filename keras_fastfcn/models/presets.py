@@ -12,9 +12,13 @@ released model (`list_presets()`), which is resolved like this:
    confirmation step; a progress bar; written to a temporary file and renamed),
    verified (SHA-256 where one is known) and converted (PyTorch needed for this
    step only); only a model that converted cleanly is cached. Any failure leaves
-   nothing in the cache and says what to do; if Google Drive refuses the download
-   (quota, sign-in), download the file in a browser and pass it:
-   `from_preset(NAME, checkpoint="path/to/file.pth.tar")`.
+   nothing in the cache and says what to do: without internet, or where Google
+   Drive refuses the download (quota, sign-in), download the file in a browser
+   (`list_presets()[name]["url"]`) and pass it:
+   `from_preset(name, checkpoint="path/to/file.pth.tar")`.
+
+`from_preset(name, load_weights=False)` builds the released model's architecture
+with random weights and never touches the network (nor PyTorch).
 
 Example:
 >>> seg = FastFCNImageSegmenter.from_preset("fastfcn_encnet_jpu_resnet50_pcontext")
@@ -34,13 +38,12 @@ import urllib.request
 import keras
 
 from keras_fastfcn.fileio import atomic_path
-from keras_fastfcn.models.fastfcn.fastfcn_presets import PRESETS
+from keras_fastfcn.models.fastfcn.fastfcn_presets import PRESETS, describe, download_page, file_name
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 DRIVE_URL = "https://drive.google.com/uc"
-DRIVE_PAGE = "https://drive.google.com/open?id={}"
 
 
 class PresetError(ValueError):
@@ -48,13 +51,22 @@ class PresetError(ValueError):
 
 
 def list_presets():
-    """The names of the released models, with what they are (a dict per name).
+    """The released models: name -> what it is (`description`, `head`, `encoder`,
+    `num_classes`, `dataset`, reported `metrics`, `source`, `license`, the checkpoint's
+    `file` name and download `url`). Also `FastFCNImageSegmenter.presets`.
 
     Example:
     >>> sorted(list_presets())[0]
     'fastfcn_deeplab_jpu_resnet50_pcontext'
     """
-    return {name: dict(entry) for name, entry in PRESETS.items()}
+    return {name: describe(name, entry) for name, entry in PRESETS.items()}
+
+
+class ClassPresets:
+    """`cls.presets` (keras-hub's class attribute): `list_presets()` on access."""
+
+    def __get__(self, instance, owner):
+        return list_presets()
 
 
 def register_preset(name, entry):
@@ -105,12 +117,18 @@ def _is_preset_dir(path):
 def load_segmenter(cls, preset, load_weights=True, checkpoint=None, **overrides):
     """`cls.from_preset(preset, ...)`: see the module docstring."""
     preset = os.fspath(preset)
+    if checkpoint is not None and preset not in PRESETS:
+        raise PresetError(f"checkpoint= is for a released model ({', '.join(sorted(PRESETS))}), "
+                          f"not {preset!r}.")
     if os.path.isdir(preset):
         if not _is_preset_dir(preset):
             raise PresetError(f"{preset} is not a preset folder: it needs {CONFIG_FILE}, "
                               f"{WEIGHTS_FILE} and {METADATA_FILE} (written by save_to_preset).")
         folder = preset
     elif preset in PRESETS:
+        cached = _cached_folder(preset)
+        if not load_weights and not _is_preset_dir(cached):
+            return _check_class(_architecture(preset, **overrides), cls, preset)
         folder = materialize(preset, checkpoint=checkpoint)
     else:
         raise PresetError(
@@ -120,17 +138,43 @@ def load_segmenter(cls, preset, load_weights=True, checkpoint=None, **overrides)
         config = json.load(f)
     if overrides:
         config = dict(config, config=dict(config["config"], **overrides))
-    model = keras.saving.deserialize_keras_object(config)
-    if not isinstance(model, cls):
-        raise PresetError(f"{preset} holds a {type(model).__name__}, not a {cls.__name__}.")
+    model = _check_class(keras.saving.deserialize_keras_object(config), cls, preset)
     if load_weights:
         model.load_weights(os.path.join(folder, WEIGHTS_FILE))
     return model
 
 
-def load_backbone(cls, preset, load_weights=True):
+def _check_class(model, cls, preset):
+    if not isinstance(model, cls):
+        raise PresetError(f"{preset} holds a {type(model).__name__}, not a {cls.__name__}.")
+    return model
+
+
+def _architecture(name, **overrides):
+    """Released model `name` with random weights, built from its entry alone (no
+    download, no PyTorch): the structure `materialize` converts the checkpoint into.
+    The authors trained every released model with the auxiliary head (`--aux`) and
+    EncNet with its SE loss (`--se-loss`)."""
+    from keras_fastfcn.data import palettes
+    from keras_fastfcn.models.fastfcn.fastfcn_compat import FastFCN
+
+    entry = PRESETS[name]
+    dataset = entry.get("dataset")
+    names = palettes.class_names(dataset) if dataset else None
+    if names is not None and len(names) != entry["num_classes"]:
+        names = None
+    arguments = dict(head=entry["head"], backbone=entry["encoder"],
+                     upsampler=entry.get("upsampler", "jpu"), aux=True,
+                     se_loss=entry["head"] == "encnet", preprocessing="torch",
+                     align_corners=True, class_names=names, dataset=dataset)
+    arguments.update(overrides)
+    return FastFCN(entry["num_classes"], **arguments)
+
+
+def load_backbone(cls, preset, load_weights=True, checkpoint=None):
     """`cls.from_preset(preset)` of a backbone: the backbone of the preset's segmenter."""
-    model = load_segmenter(keras.Model, preset, load_weights=load_weights)
+    model = load_segmenter(keras.Model, preset, load_weights=load_weights,
+                           checkpoint=checkpoint)
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, cls):
         raise PresetError(f"{preset} holds no {cls.__name__}.")
@@ -147,7 +191,7 @@ def materialize(name, checkpoint=None):
     place where `models` calls up into `keras_fastfcn.convert`, imported on first use.
     """
     entry = PRESETS[name]
-    folder = os.path.join(cache_dir(), "presets", name)
+    folder = _cached_folder(name)
     if _is_preset_dir(folder):
         return folder
     try:
@@ -159,9 +203,9 @@ def materialize(name, checkpoint=None):
             "model is cached and PyTorch is not needed).") from err
     downloaded = False
     if checkpoint is None:
-        checkpoint = os.path.join(cache_dir(), "downloads", f"{name}.pth.tar")
+        checkpoint = os.path.join(cache_dir(), "downloads", file_name(name, entry))
         if not os.path.isfile(checkpoint):
-            download(entry, checkpoint)
+            download(entry, checkpoint, name=name)
             downloaded = True
     elif not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"Checkpoint not found: {checkpoint}")
@@ -177,10 +221,24 @@ def materialize(name, checkpoint=None):
     except Exception as err:
         if downloaded:  # a bad download must not stay in the cache
             os.remove(checkpoint)
-        raise PresetError(f"Preset {name!r}: the checkpoint {checkpoint} is not the expected "
-                          f"model ({_first_line(err)}). Nothing was cached.") from err
+        where = (f"downloaded from {download_page(entry)} " if downloaded else "")
+        raise PresetError(f"Preset {name!r}: the checkpoint {checkpoint} {where}is not the "
+                          f"expected model ({_first_line(err)}). Nothing was cached. "
+                          + manual_step(name, entry)) from err
     save_segmenter(model, folder)
     return folder
+
+
+def _cached_folder(name):
+    return os.path.join(cache_dir(), "presets", name)
+
+
+def manual_step(name, entry=None):
+    """What to do when the download fails: the page and the `checkpoint=` call."""
+    entry = entry or PRESETS[name]
+    return (f"Download {file_name(name, entry)} in a browser from {download_page(entry)} and "
+            f"pass the file: FastFCNImageSegmenter.from_preset({name!r}, "
+            f"checkpoint='path/to/{file_name(name, entry)}').")
 
 
 def verify_sha256(path, expected):
@@ -194,32 +252,42 @@ def verify_sha256(path, expected):
                           "the download is corrupt or not the released file.")
 
 
-def download(entry, target, timeout=60):
-    """Downloads a preset's checkpoint to `target` (atomic; progress bar on stdout)."""
+def download(entry, target, timeout=60, name=None):
+    """Downloads a preset's checkpoint to `target` (atomic; progress bar on stdout).
+
+    Every failure is a `PresetError` naming the URL and, for preset `name`, the
+    manual step (the file's page and the `checkpoint=` argument)."""
+    manual = manual_step(name, entry) if name else ""
     if "url" in entry:
-        response = _open(entry["url"], timeout)
+        response = _open(entry["url"], timeout, manual)
     else:
-        response = _open_drive(entry["drive_id"], timeout)
+        response = _open_drive(entry["drive_id"], timeout, manual)
     with atomic_path(target) as tmp, response:
         total = int(response.headers.get("Content-Length") or 0) or None
         progbar = keras.utils.Progbar(total, unit_name="byte")
         done = 0
-        with open(tmp, "wb") as f:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                f.write(block)
-                done += len(block)
-                progbar.update(done)
+        url = response.geturl()
+        try:
+            with open(tmp, "wb") as f:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    f.write(block)
+                    done += len(block)
+                    progbar.update(done)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+            raise PresetError(f"Download of {url} broke off after {done} bytes ({err}). "
+                              f"{manual}".rstrip()) from err
         if total is not None and done != total:
-            raise PresetError(f"Download of {target} stopped at {done} of {total} bytes.")
+            raise PresetError(f"Download of {url} stopped at {done} of {total} bytes. "
+                              f"{manual}".rstrip())
     return target
 
 
-def _open(url, timeout):
+def _open(url, timeout, manual=""):
     try:
         return urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, OSError) as err:
         raise PresetError(f"Could not download {url}: {getattr(err, 'reason', err)}. "
-                          "Is there internet access?") from err
+                          f"Is there internet access? {manual}".rstrip()) from err
 
 
 class _FormParser(html.parser.HTMLParser):
@@ -245,12 +313,10 @@ def _is_html(response):
     return "text/html" in (response.headers.get("Content-Type") or "")
 
 
-def _open_drive(drive_id, timeout):
+def _open_drive(drive_id, timeout, manual):
     """Google Drive's download flow: the file, or its confirmation form, then the file."""
-    manual = (f"Download it in a browser from {DRIVE_PAGE.format(drive_id)} and pass the file: "
-              "FastFCNImageSegmenter.from_preset(NAME, checkpoint='path/to/file.pth.tar').")
     query = urllib.parse.urlencode({"export": "download", "id": drive_id})
-    response = _open(f"{DRIVE_URL}?{query}", timeout)
+    response = _open(f"{DRIVE_URL}?{query}", timeout, manual)
     if not _is_html(response):
         return response
     parser = _FormParser()
@@ -260,7 +326,7 @@ def _open_drive(drive_id, timeout):
         raise PresetError("Google Drive did not serve the file (a quota or sign-in page). "
                           + manual)
     url = urllib.parse.urljoin(DRIVE_URL, parser.action)
-    response = _open(f"{url}?{urllib.parse.urlencode(parser.fields)}", timeout)
+    response = _open(f"{url}?{urllib.parse.urlencode(parser.fields)}", timeout, manual)
     if _is_html(response):
         response.close()
         raise PresetError("Google Drive did not serve the file after its confirmation step. "
@@ -278,6 +344,6 @@ def clear_cache(name=None):
     names = [name] if name else list(PRESETS)
     for n in names:
         shutil.rmtree(os.path.join(cache_dir(), "presets", n), ignore_errors=True)
-        path = os.path.join(cache_dir(), "downloads", f"{n}.pth.tar")
+        path = os.path.join(cache_dir(), "downloads", file_name(n, PRESETS[n]))
         if os.path.exists(path):
             os.remove(path)

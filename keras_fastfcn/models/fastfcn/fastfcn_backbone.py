@@ -1,11 +1,13 @@
 """`FastFCNBackbone`: encoder (a ResNet) + upsampler (JPU), images -> stride-8 features."""
 
+import contextlib
 import numbers
 from typing import Optional, Sequence
 
 import keras
 
 from keras_fastfcn.layers.preprocessing import ImageNormalization, check_image_batch
+from keras_fastfcn.models import presets as presets_lib
 from keras_fastfcn.models import registry
 
 
@@ -40,6 +42,32 @@ def freeze_after_init(model, trainable):
     """
     if not trainable:
         model.trainable = False
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(dtype):
+    """Builds layers under `dtype` (a policy name, dict or `DTypePolicy`; None: the
+    global policy as it is), restoring the global policy afterwards.
+
+    Keras layers keep their policy in their own configs; our models rebuild their
+    layers from arguments, so the models take `dtype` and save it: without it a
+    `mixed_bfloat16` model would reload under the global policy."""
+    if dtype is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    policy = (keras.dtype_policies.deserialize(dtype) if isinstance(dtype, dict)
+              else keras.dtype_policies.get(dtype))
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def dtype_config(model):
+    """The `dtype` entry of `model`'s config: its policy, serialized."""
+    return keras.dtype_policies.serialize(model.dtype_policy)
 
 
 @keras.saving.register_keras_serializable(package="keras_fastfcn")
@@ -81,6 +109,8 @@ class FastFCNBackbone(ImageInputsMixin, keras.Model):
             backward pass instead of storing them (same results, less memory).
         input_shape: `(H, W, 3)`; H and W may be None.
         name: model name.
+        dtype: dtype policy of the layers (e.g. `"mixed_bfloat16"`; default: the
+            global policy); saved with the model.
         **kwargs: standard `keras.Model` arguments (`trainable`).
 
     Example:
@@ -96,51 +126,52 @@ class FastFCNBackbone(ImageInputsMixin, keras.Model):
                  encoder_weights: Optional[str] = None, preprocessing: str = "auto",
                  align_corners: bool = True, remat: bool = True,
                  input_shape: Sequence[Optional[int]] = (None, None, 3),
-                 name: Optional[str] = None, **kwargs):
-        spec = registry.encoder(encoder)
-        upsampler = registry.upsampler_name(upsampler)
-        width = check_positive_int(width, "width")
-        if upsampler is not None:
-            if output_stride not in (None, 32):
-                raise ValueError(
-                    f"upsampler={upsampler!r} works on a stride-32 encoder; got "
-                    f"output_stride={output_stride}. Use upsampler=None for a dilated encoder.")
-            output_stride = 32
-        elif output_stride is None:
-            output_stride = 8
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 3 or input_shape[-1] != 3:
-            raise ValueError(f"input_shape must be (H, W, 3), got {input_shape}.")
-        if preprocessing == "auto":
-            preprocessing = spec.preprocessing
+                 name: Optional[str] = None, dtype=None, **kwargs):
+        with dtype_policy_scope(dtype):
+            spec = registry.encoder(encoder)
+            upsampler = registry.upsampler_name(upsampler)
+            width = check_positive_int(width, "width")
+            if upsampler is not None:
+                if output_stride not in (None, 32):
+                    raise ValueError(
+                        f"upsampler={upsampler!r} works on a stride-32 encoder; got "
+                        f"output_stride={output_stride}. Use upsampler=None for a dilated encoder.")
+                output_stride = 32
+            elif output_stride is None:
+                output_stride = 8
+            input_shape = tuple(input_shape)
+            if len(input_shape) != 3 or input_shape[-1] != 3:
+                raise ValueError(f"input_shape must be (H, W, 3), got {input_shape}.")
+            if preprocessing == "auto":
+                preprocessing = spec.preprocessing
 
-        # === Layers ===
-        normalize = ImageNormalization(preprocessing, name="preprocessing")
-        encoder_model = registry.build_encoder(spec.name, output_stride, encoder_weights)
-        upsample = (registry.UPSAMPLERS[upsampler](width, align_corners, remat, "jpu")
-                    if upsampler is not None else None)
+            # === Layers ===
+            normalize = ImageNormalization(preprocessing, name="preprocessing")
+            encoder_model = registry.build_encoder(spec.name, output_stride, encoder_weights)
+            upsample = (registry.UPSAMPLERS[upsampler](width, align_corners, remat, "jpu")
+                        if upsampler is not None else None)
 
-        # === Functional graph ===
-        images = keras.Input(shape=input_shape, name="images")
-        c2, c3, c4, c5 = encoder_model(normalize(images))
-        features = upsample([c3, c4, c5]) if upsample is not None else c5
-        trainable = kwargs.pop("trainable", True)
-        super().__init__(inputs=images, outputs=features, name=name or "fastfcn_backbone",
-                         **kwargs)
-        freeze_after_init(self, trainable)
+            # === Functional graph ===
+            images = keras.Input(shape=input_shape, name="images")
+            c2, c3, c4, c5 = encoder_model(normalize(images))
+            features = upsample([c3, c4, c5]) if upsample is not None else c5
+            trainable = kwargs.pop("trainable", True)
+            super().__init__(inputs=images, outputs=features, name=name or "fastfcn_backbone",
+                             **kwargs)
+            freeze_after_init(self, trainable)
 
-        # === Config ===
-        self.pyramid_outputs = {"P2": c2, "P3": c3, "P4": c4, "P5": c5}
-        self.encoder = encoder_model
-        self.upsampler = upsample
-        self.encoder_name = spec.name
-        self.upsampler_name = upsampler
-        self.width = width
-        self.output_stride = output_stride
-        self.preprocessing = preprocessing
-        self.align_corners = bool(align_corners)
-        self.remat = bool(remat)
-        self.image_shape = input_shape
+            # === Config ===
+            self.pyramid_outputs = {"P2": c2, "P3": c3, "P4": c4, "P5": c5}
+            self.encoder = encoder_model
+            self.upsampler = upsample
+            self.encoder_name = spec.name
+            self.upsampler_name = upsampler
+            self.width = width
+            self.output_stride = output_stride
+            self.preprocessing = preprocessing
+            self.align_corners = bool(align_corners)
+            self.remat = bool(remat)
+            self.image_shape = input_shape
 
     def get_config(self):
         # The encoder weights travel with the saved file: rebuilding must not
@@ -156,19 +187,33 @@ class FastFCNBackbone(ImageInputsMixin, keras.Model):
             "input_shape": list(self.image_shape),
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": dtype_config(self),
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
+    presets = presets_lib.ClassPresets()
+
     @classmethod
-    def from_preset(cls, preset: str, load_weights: bool = True) -> "FastFCNBackbone":
-        """The backbone of a preset (see `FastFCNImageSegmenter.from_preset`).
+    def from_preset(cls, preset: str, load_weights: bool = True,
+                    checkpoint: Optional[str] = None) -> "FastFCNBackbone":
+        """The backbone (encoder + upsampler) of a preset.
+
+        Args:
+            preset: a released model's name (`FastFCNBackbone.presets`) or a folder
+                written by `FastFCNImageSegmenter.save_to_preset`.
+            load_weights: False builds the architecture with random weights, with no
+                download (and no network access at all).
+            checkpoint: the released model's checkpoint file downloaded by hand (see
+                `FastFCNImageSegmenter.from_preset`).
 
         Example:
-        >>> backbone = FastFCNBackbone.from_preset("fastfcn_encnet_jpu_resnet50_pcontext")
+        >>> backbone = FastFCNBackbone.from_preset(
+        ...     "fastfcn_encnet_jpu_resnet50_pcontext", load_weights=False)
+        >>> backbone.upsampler.name
+        'jpu'
         """
-        from keras_fastfcn.models import presets
-
-        return presets.load_backbone(cls, preset, load_weights=load_weights)
+        return presets_lib.load_backbone(cls, preset, load_weights=load_weights,
+                                         checkpoint=checkpoint)

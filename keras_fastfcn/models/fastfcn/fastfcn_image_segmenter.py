@@ -6,18 +6,23 @@ from typing import Optional, Sequence, Union
 
 import keras
 
+from keras_fastfcn import _keras_private
 from keras_fastfcn import losses as losses_lib
 from keras_fastfcn import metrics as metrics_lib
 from keras_fastfcn import optimizers
 from keras_fastfcn.layers.heads import FCNHead
 from keras_fastfcn.layers.resize import BilinearResize
+from keras_fastfcn.models import presets as presets_lib
 from keras_fastfcn.models import registry
 from keras_fastfcn.models.fastfcn.fastfcn_backbone import (
     FastFCNBackbone,
     ImageInputsMixin,
     check_positive_int,
+    dtype_config,
+    dtype_policy_scope,
     freeze_after_init,
 )
+from keras_fastfcn.models.fastfcn.label_check import LabelCheck
 
 IGNORE_LABEL = losses_lib.IGNORE_LABEL
 # The official recipe: JPU, head and auxiliary head train at 10x the backbone's rate.
@@ -39,7 +44,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
     `compile()` with its `"auto"` defaults is the official recipe: cross-entropy
     ignoring 255 + `aux_weight` x auxiliary + `se_weight` x SE loss; SGD (momentum
     0.9, coupled weight decay 1e-4) with the JPU, head and auxiliary head at 10x
-    the backbone's learning rate, poly decay over the whole `fit`; pixel accuracy
+    the backbone's learning rate, poly decay over each `fit` call; pixel accuracy
     and the official mIoU (all classes) as metrics.
 
     The graph is built on the backbone's own (so `model.backbone.trainable = False`
@@ -64,6 +69,8 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         preprocessor: optional `FastFCNImageSegmenterPreprocessor` (resizing of
             images and masks for batching; not applied automatically).
         name: model name.
+        dtype: dtype policy of the head's layers (e.g. `"mixed_bfloat16"`; default:
+            the global policy); saved with the model, like the backbone's.
         **kwargs: standard `keras.Model` arguments (`trainable`).
 
     Example:
@@ -82,73 +89,74 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                  aux: bool = True, se_loss: Optional[bool] = None, aux_weight: float = 0.2,
                  se_weight: float = 0.2, class_names: Optional[Sequence[str]] = None,
                  dataset: Optional[str] = None, preprocessor=None, name: Optional[str] = None,
-                 **kwargs):
-        if not isinstance(backbone, FastFCNBackbone):
-            raise ValueError(
-                f"backbone must be a keras_fastfcn FastFCNBackbone, got {type(backbone).__name__}.")
-        num_classes = check_positive_int(num_classes, "num_classes")
-        spec = registry.head(head)
-        se_loss = spec.se_loss if se_loss is None else bool(se_loss)
-        if se_loss and not spec.se_loss:
-            raise ValueError(f"se_loss=True needs a head with an SE branch (encnet), got "
-                             f"head={head!r}.")
-        for what, value in (("aux_weight", aux_weight), ("se_weight", se_weight)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{what} must be a number >= 0, got {value!r}.")
-        if class_names is not None:
-            class_names = [str(n) for n in class_names]
-            if len(class_names) != num_classes:
-                raise ValueError(f"class_names has {len(class_names)} names but num_classes "
-                                 f"is {num_classes}.")
-        align_corners = backbone.align_corners
+                 dtype=None, **kwargs):
+        with dtype_policy_scope(dtype):
+            if not isinstance(backbone, FastFCNBackbone):
+                raise ValueError(
+                    f"backbone must be a keras_fastfcn FastFCNBackbone, got {type(backbone).__name__}.")
+            num_classes = check_positive_int(num_classes, "num_classes")
+            spec = registry.head(head)
+            se_loss = spec.se_loss if se_loss is None else bool(se_loss)
+            if se_loss and not spec.se_loss:
+                raise ValueError(f"se_loss=True needs a head with an SE branch (encnet), got "
+                                 f"head={head!r}.")
+            for what, value in (("aux_weight", aux_weight), ("se_weight", se_weight)):
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                    raise ValueError(f"{what} must be a number >= 0, got {value!r}.")
+            if class_names is not None:
+                class_names = [str(n) for n in class_names]
+                if len(class_names) != num_classes:
+                    raise ValueError(f"class_names has {len(class_names)} names but num_classes "
+                                     f"is {num_classes}.")
+            align_corners = backbone.align_corners
 
-        # === Layers ===
-        head_layer = spec.builder(num_classes, se_loss=se_loss,
-                                  upsampled=backbone.upsampler is not None,
-                                  align_corners=align_corners, name="head")
-        aux_layer = FCNHead(num_classes, name="auxlayer") if aux else None
+            # === Layers ===
+            head_layer = spec.builder(num_classes, se_loss=se_loss,
+                                      upsampled=backbone.upsampler is not None,
+                                      align_corners=align_corners, name="head")
+            aux_layer = FCNHead(num_classes, name="auxlayer") if aux else None
 
-        # === Functional graph (on the backbone's tensors, see the class docstring) ===
-        images = backbone.input
-        head_out = head_layer(backbone.output)
-        se_logits = None
-        if se_loss:
-            head_out, se_logits = head_out
-        # float32 outputs keep losses stable under mixed precision.
-        logits = BilinearResize(align_corners, dtype="float32", name="logits")(
-            [head_out, images])
-        outputs = logits
-        if aux or se_loss:
-            outputs = {"logits": logits}
-            if aux:
-                outputs["aux_logits"] = BilinearResize(
-                    align_corners, dtype="float32", name="aux_logits")(
-                    [aux_layer(backbone.pyramid_outputs["P4"]), images])
+            # === Functional graph (on the backbone's tensors, see the class docstring) ===
+            images = backbone.input
+            head_out = head_layer(backbone.output)
+            se_logits = None
             if se_loss:
-                outputs["se_logits"] = keras.layers.Activation(
-                    "linear", dtype="float32", name="se_logits")(se_logits)
-        trainable = kwargs.pop("trainable", True)
-        super().__init__(inputs=images, outputs=outputs,
-                         name=name or "fastfcn_image_segmenter", **kwargs)
-        freeze_after_init(self, trainable)
+                head_out, se_logits = head_out
+            # float32 outputs keep losses stable under mixed precision.
+            logits = BilinearResize(align_corners, dtype="float32", name="logits")(
+                [head_out, images])
+            outputs = logits
+            if aux or se_loss:
+                outputs = {"logits": logits}
+                if aux:
+                    outputs["aux_logits"] = BilinearResize(
+                        align_corners, dtype="float32", name="aux_logits")(
+                        [aux_layer(backbone.pyramid_outputs["P4"]), images])
+                if se_loss:
+                    outputs["se_logits"] = keras.layers.Activation(
+                        "linear", dtype="float32", name="se_logits")(se_logits)
+            trainable = kwargs.pop("trainable", True)
+            super().__init__(inputs=images, outputs=outputs,
+                             name=name or "fastfcn_image_segmenter", **kwargs)
+            freeze_after_init(self, trainable)
 
-        # === Config ===
-        self.backbone = backbone
-        self.head_layer = head_layer
-        self.aux_layer = aux_layer
-        self.head_name = spec.name
-        self.num_classes = num_classes
-        self.aux = bool(aux)
-        self.se_loss = se_loss
-        self.aux_weight = float(aux_weight)
-        self.se_weight = float(se_weight)
-        self.class_names = class_names
-        self.dataset = dataset
-        self.preprocessor = preprocessor
-        self._segmentation_loss = None
-        self._poly_schedule = None
+            # === Config ===
+            self.backbone = backbone
+            self.head_layer = head_layer
+            self.aux_layer = aux_layer
+            self.head_name = spec.name
+            self.num_classes = num_classes
+            self.aux = bool(aux)
+            self.se_loss = se_loss
+            self.aux_weight = float(aux_weight)
+            self.se_weight = float(se_weight)
+            self.class_names = class_names
+            self.dataset = dataset
+            self.preprocessor = preprocessor
+            self._segmentation_loss = None
+            self._poly_schedule = None
 
-    # ------------------------------------------------------------------ outputs
+        # ------------------------------------------------------------------ outputs
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         outputs = super().call(inputs, training=training, mask=mask, **kwargs)
@@ -194,8 +202,9 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
 
         Args:
             optimizer: `"auto"`: `SegmentationSGD` (momentum, coupled weight decay,
-                10x learning rate for JPU, head and aux head) with `PolyDecay` over
-                the whole first `fit`; or any Keras optimizer.
+                10x learning rate for JPU, head and aux head) with a per-fit
+                `PolyDecay` (each `fit` decays from `learning_rate` to 0 over its own
+                steps); or any Keras optimizer.
             loss: `"auto"`: cross-entropy ignoring 255; or any Keras loss for the
                 logits (the auxiliary head gets the same loss). The aux and SE terms
                 are added by `compute_loss` (weights `aux_weight`, `se_weight`).
@@ -253,7 +262,16 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def _checked_labels(self, y):
+        """`y` with invalid values (not a class id, not 255) set to 255, and their
+        `[count, smallest, largest]`: the loss and metrics never see them (TensorFlow's
+        cross-entropy would fail with a bare graph error, JAX's count them), and
+        `LabelCheck` raises a clear error at the end of the step."""
+        invalid, stats = losses_lib.invalid_labels(y, self.num_classes, IGNORE_LABEL)
+        return keras.ops.where(invalid, IGNORE_LABEL, keras.ops.cast(y, "int32")), stats
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        y, _ = self._checked_labels(y)
         extra = y_pred if isinstance(y_pred, dict) else {}
         logits = _logits(y_pred)
         total = super().compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight,
@@ -267,24 +285,86 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        return super().compute_metrics(x, y, _logits(y_pred), sample_weight)
+        y, stats = self._checked_labels(y)
+        logs = dict(super().compute_metrics(x, y, _logits(y_pred), sample_weight))
+        logs[LabelCheck.KEY] = stats
+        return logs
 
-    def fit(self, x=None, y=None, epochs=1, steps_per_epoch=None, **kwargs):
-        """`keras.Model.fit`; with `compile()`'s poly schedule, its length is set here.
+    def evaluate(self, x=None, y=None, *args, callbacks=None, return_dict=False, **kwargs):
+        """`keras.Model.evaluate`; labels other than `0..C-1` and 255 raise `ValueError`."""
+        logs = super().evaluate(x, y, *args, callbacks=LabelCheck.added_to(callbacks, self),
+                                return_dict=True, **kwargs)
+        return self._checked_logs(logs, return_dict)
 
-        The official poly decay runs over the whole training, so the first `fit`
-        after `compile()` sets `PolyDecay.decay_steps = epochs * steps_per_epoch`
-        (`steps_per_epoch` from the argument or the dataset's known size).
+    def train_on_batch(self, *args, return_dict=False, **kwargs):
+        return self._checked_logs(super().train_on_batch(*args, return_dict=True, **kwargs),
+                                  return_dict)
+
+    def test_on_batch(self, *args, return_dict=False, **kwargs):
+        return self._checked_logs(super().test_on_batch(*args, return_dict=True, **kwargs),
+                                  return_dict)
+
+    def _checked_logs(self, logs, return_dict):
+        """`logs` after `LabelCheck`, as a dict or in Keras' list order (the model's
+        metrics, then any other logs by name; one value alone as a scalar)."""
+        logs = dict(logs)
+        LabelCheck.check(logs, self.num_classes)
+        if return_dict:
+            return logs
+        names = [m.name for m in self.metrics if m.name in logs]
+        values = [logs[n] for n in names] + [logs[k] for k in sorted(logs) if k not in names]
+        return values[0] if len(values) == 1 else values
+
+    def fit(self, x=None, y=None, epochs=1, steps_per_epoch=None, initial_epoch=0, **kwargs):
+        """`keras.Model.fit`; with `compile()`'s poly schedule, each call decays anew.
+
+        `compile()`'s `PolyDecay` is per fit: every `fit` call runs the official poly
+        decay from the compiled learning rate to 0 over its own
+        `(epochs - initial_epoch) * steps_per_epoch` steps (`steps_per_epoch` from the
+        argument or the dataset's known size). So a second `fit` (after freezing the
+        backbone, or on a model from `keras.models.load_model`) trains again. A fixed
+        schedule that has run out (`PolyDecay(decay_steps=N)` past step N, as
+        `.keras` files of keras_fastfcn 0.2 hold) is warned about: it trains nothing.
         """
-        if self._poly_schedule is not None and self._poly_schedule.decay_steps is None:
+        self._rebuild_optimizer_if_trainables_changed()
+        schedule = self._poly_schedule
+        if schedule is not None and schedule.per_fit:
             steps = steps_per_epoch or _num_batches(x, kwargs.get("batch_size"))
             if not steps:
                 raise ValueError(
                     "compile()'s poly learning-rate decay needs the length of the run: pass "
                     "steps_per_epoch to fit (the dataset's size is unknown), or compile with "
                     "an optimizer of your own.")
-            self._poly_schedule.decay_steps = int(epochs) * int(steps)
-        return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
+            first = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+            if schedule.start_fit(first, max(int(epochs) - int(initial_epoch), 1) * int(steps)):
+                # The traced step holds the schedule's window as constants.
+                self.train_function = None
+        _warn_if_learning_rate_is_zero(self.optimizer)
+        kwargs["callbacks"] = LabelCheck.added_to(kwargs.get("callbacks"), self)
+        return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                           initial_epoch=initial_epoch, **kwargs)
+
+    def _rebuild_optimizer_if_trainables_changed(self):
+        """A new optimizer (same config, same state where a variable kept it) when
+        layers were frozen or unfrozen since it was built.
+
+        JAX steps need the optimizer's slots 1:1 with the trainable variables, and
+        no backend updates a variable it was not built for: Keras asks for another
+        `compile()`, which would also drop the momentum of the layers still trained.
+        """
+        optimizer = self.optimizer
+        if optimizer is None or not optimizer.built:
+            return
+        built = _keras_private.optimizer_built_variables(optimizer)
+        if [id(v) for v in built] == [id(v) for v in self.trainable_variables]:
+            return
+        state = {v.name: v for v in optimizer.variables}
+        self.compile(**keras.saving.deserialize_keras_object(self.get_compile_config()))
+        self.optimizer.build(self.trainable_variables)
+        for variable in self.optimizer.variables:
+            old = state.get(variable.name)
+            if old is not None and tuple(old.shape) == tuple(variable.shape):
+                variable.assign(old)
 
     # ------------------------------------------------------------------- config
 
@@ -304,6 +384,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                              if self.preprocessor is not None else None),
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": dtype_config(self),
         }
 
     @classmethod
@@ -316,26 +397,34 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
 
     # ------------------------------------------------------------------ presets
 
+    presets = presets_lib.ClassPresets()
+
     @classmethod
     def from_preset(cls, preset: str, load_weights: bool = True,
-                    **kwargs) -> "FastFCNImageSegmenter":
+                    checkpoint: Optional[str] = None, **kwargs) -> "FastFCNImageSegmenter":
         """A segmenter from a preset: a released model's name or a preset folder.
 
         Args:
-            preset: a name from `keras_fastfcn.models.presets.list_presets()`
-                (the authors' released models: downloaded once into the Keras cache,
-                verified, converted and cached), or the path of a folder written by
-                `save_to_preset`.
-            load_weights: False builds the architecture with random weights.
+            preset: a name from `FastFCNImageSegmenter.presets` (the authors'
+                released models: downloaded once into the Keras cache, verified,
+                converted and cached; PyTorch is needed for that one conversion), or
+                the path of a folder written by `save_to_preset`.
+            load_weights: False builds the architecture with random weights, with no
+                download (and no network access at all).
+            checkpoint: path of the released model's checkpoint file downloaded by
+                hand (offline machines, a refused download): converted and cached
+                instead of downloading. Only for a released model's name.
             **kwargs: constructor arguments that override the preset's (e.g.
                 `class_names`).
 
         Example:
-        >>> seg = FastFCNImageSegmenter.from_preset("fastfcn_encnet_jpu_resnet50_pcontext")
+        >>> seg = FastFCNImageSegmenter.from_preset(
+        ...     "fastfcn_encnet_jpu_resnet50_pcontext", load_weights=False)
+        >>> seg.num_classes
+        59
         """
-        from keras_fastfcn.models import presets
-
-        return presets.load_segmenter(cls, preset, load_weights=load_weights, **kwargs)
+        return presets_lib.load_segmenter(cls, preset, load_weights=load_weights,
+                                          checkpoint=checkpoint, **kwargs)
 
     def save_to_preset(self, preset_dir: str) -> None:
         """Writes this model as a preset folder (`from_preset(preset_dir)` loads it).
@@ -343,13 +432,28 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         Example:
         >>> seg.save_to_preset("my_preset")
         """
-        from keras_fastfcn.models import presets
-
-        return presets.save_segmenter(self, preset_dir)
+        return presets_lib.save_segmenter(self, preset_dir)
 
 
 def _logits(outputs):
     return outputs["logits"] if isinstance(outputs, dict) else outputs
+
+
+def _warn_if_learning_rate_is_zero(optimizer):
+    """Warns when `fit` would run at learning rate 0 (a fixed schedule that has ended)."""
+    if optimizer is None:
+        return
+    try:
+        lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except (TypeError, ValueError):  # a learning rate Keras cannot evaluate here
+        return
+    if lr <= 0.0:
+        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        warnings.warn(
+            f"The learning rate is {lr} at optimizer step {step}: this fit will not change "
+            f"the weights (a schedule that has run out, e.g. PolyDecay(decay_steps=N) past "
+            f"step N). Call compile() again for a new schedule; compile()'s own decays "
+            f"anew in every fit.", stacklevel=3)
 
 
 def _num_batches(x, batch_size):

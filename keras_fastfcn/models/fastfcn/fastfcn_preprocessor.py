@@ -12,12 +12,26 @@ Example:
 >>> ds = ds.map(pre)            # (image, mask) -> resized (image, mask)   # doctest: +SKIP
 """
 
+import sys
+
 import keras
 from keras import ops
 
 from keras_fastfcn.layers.resize import resize_bilinear
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
+
+
+def _tf_data_tensor(x):
+    """Whether `x` is a TensorFlow tensor met on another Keras backend (in `tf.data`).
+
+    Keras' own preprocessing layers switch to TensorFlow ops there (a private
+    `DataLayer`), as keras-hub's preprocessors do: JAX and PyTorch ops cannot take a
+    symbolic `tf.Tensor`. The two layers below do the same in `__call__`.
+    """
+    tf = sys.modules.get("tensorflow")
+    return (tf is not None and keras.config.backend() != "tensorflow"
+            and isinstance(x, tf.Tensor))
 
 
 def _check_size(image_size):
@@ -48,6 +62,11 @@ class FastFCNImageConverter(keras.layers.Layer):
         self.image_size = _check_size(image_size)
         self.align_corners = bool(align_corners)
 
+    def __call__(self, images, **kwargs):
+        if _tf_data_tensor(images):
+            return self._tf_call(images)
+        return super().__call__(images, **kwargs)
+
     def call(self, images):
         images = ops.cast(images, "float32")
         single = len(images.shape) == 3
@@ -55,6 +74,20 @@ class FastFCNImageConverter(keras.layers.Layer):
             images = images[None]
         if self.image_size is not None:
             images = resize_bilinear(images, self.image_size, self.align_corners)
+        return images[0] if single else images
+
+    def _tf_call(self, images):
+        """`call` in TensorFlow ops (in `tf.data` on another backend): the same
+        PyTorch-style bilinear resize, TensorFlow's `ResizeBilinear` kernel."""
+        tf = sys.modules["tensorflow"]
+        images = tf.cast(images, tf.float32)
+        single = images.shape.rank == 3
+        if single:
+            images = images[None]
+        if self.image_size is not None:
+            images = tf.raw_ops.ResizeBilinear(
+                images=images, size=self.image_size, align_corners=self.align_corners,
+                half_pixel_centers=not self.align_corners)
         return images[0] if single else images
 
     def compute_output_shape(self, input_shape):
@@ -93,20 +126,35 @@ class FastFCNImageSegmenterPreprocessor(keras.layers.Layer):
         self.image_converter = image_converter or FastFCNImageConverter()
         self.resize_output_mask = bool(resize_output_mask)
 
+    def __call__(self, x, y=None, sample_weight=None, **kwargs):
+        if _tf_data_tensor(x):  # no Keras conversion of the inputs (see _tf_data_tensor)
+            return self.call(x, y, sample_weight)
+        return super().__call__(x, y, sample_weight, **kwargs)
+
     def call(self, x, y=None, sample_weight=None):
         x = self.image_converter(x)
         if y is not None:
-            y = ops.cast(y, "int32")
-            if len(y.shape) == len(x.shape):  # (B, H, W, 1)
-                y = y[..., 0]
-            size = self.image_converter.image_size
-            if self.resize_output_mask and size is not None:
-                single = len(y.shape) == 2
-                masks = ops.cast((y[None] if single else y)[..., None], "float32")
-                masks = ops.image.resize(masks, size, interpolation="nearest")
-                y = ops.cast(masks[..., 0], "int32")
-                y = y[0] if single else y
+            y = self._resize_masks(y, len(x.shape))
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+    def _resize_masks(self, y, image_rank):
+        tf = sys.modules["tensorflow"] if _tf_data_tensor(y) else None
+        y = tf.cast(y, tf.int32) if tf else ops.cast(y, "int32")
+        if len(y.shape) == image_rank:  # (B, H, W, 1)
+            y = y[..., 0]
+        size = self.image_converter.image_size
+        if self.resize_output_mask and size is not None:
+            single = len(y.shape) == 2
+            masks = (y[None] if single else y)[..., None]
+            if tf:  # nearest neighbour as Keras' TensorFlow backend does it
+                masks = tf.image.resize(tf.cast(masks, tf.float32), size, method="nearest")
+                y = tf.cast(masks[..., 0], tf.int32)
+            else:
+                masks = ops.image.resize(ops.cast(masks, "float32"), size,
+                                         interpolation="nearest")
+                y = ops.cast(masks[..., 0], "int32")
+            y = y[0] if single else y
+        return y
 
     def get_config(self):
         config = super().get_config()

@@ -48,3 +48,39 @@ PRESETS = {
         "paper_miou": 44.34, "protocol": "ADE20K val, multi-scale + flip",
     },
 }
+
+SOURCE = "wuhuikai/FastFCN (the authors' release)"
+LICENSE = "MIT (wuhuikai/FastFCN)"
+
+
+def describe(name, entry):
+    """The public description of preset `name` (what `list_presets()` and the classes'
+    `.presets` show): what it is, its data, reported metrics and where it comes from."""
+    head, encoder = entry["head"], entry["encoder"]
+    upsampler = entry.get("upsampler", "jpu")
+    dataset = entry.get("dataset")
+    return {
+        "description": (f"{head} head on {encoder} with {upsampler or 'a dilated encoder'}, "
+                        f"{entry['num_classes']} classes"
+                        + (f", trained on {dataset}" if dataset else "")),
+        "head": head, "encoder": encoder, "upsampler": upsampler,
+        "num_classes": entry["num_classes"], "dataset": dataset,
+        "metrics": {"mIoU": entry.get("paper_miou"), "protocol": entry.get("protocol")},
+        "paper_miou": entry.get("paper_miou"),
+        "source": entry.get("source", SOURCE),
+        "license": entry.get("license", LICENSE),
+        "file": file_name(name, entry),
+        "url": download_page(entry),
+    }
+
+
+def file_name(name, entry):
+    """The checkpoint's file name in the download cache (and for the manual step)."""
+    return entry.get("file_name") or f"{name}.pth.tar"
+
+
+def download_page(entry):
+    """Where a person downloads the checkpoint by hand."""
+    if "url" in entry:
+        return entry["url"]
+    return f"https://drive.google.com/open?id={entry['drive_id']}"
