@@ -20,6 +20,8 @@ whole dataset, never averaged per image:
 `FastFCNImageSegmenter.compile()` uses, with the same definitions.
 """
 
+import warnings
+
 import numpy as np
 
 import keras
@@ -199,6 +201,14 @@ class MeanIoU(keras.metrics.MeanIoU):
         super().__init__(num_classes=num_classes, ignore_class=ignore_class,
                          sparse_y_true=True, sparse_y_pred=False, name=name, dtype=dtype)
         self.over = over
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        # Keras' IoU asks for int64 internally; JAX without x64 gives int32 (what the
+        # counts are anyway) and warns at every trace. The warning says nothing to a
+        # user of this metric.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Explicitly requested dtype int64")
+            return super().update_state(y_true, y_pred, sample_weight)
 
     def result(self):
         if self.over == "present":

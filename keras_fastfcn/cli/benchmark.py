@@ -25,12 +25,17 @@ UPSAMPLERS = ("jpu", "jpu_x", "os8", "os16", "os32")
 
 
 def add_arguments(parser):
-    parser.add_argument("--heads", default=",".join(HEADS))
-    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--heads", default=",".join(HEADS), metavar="H1,H2,...",
+                        help=f"heads to time, comma-separated (default: {','.join(HEADS)})")
+    parser.add_argument("--backbones", default=",".join(BACKBONES), metavar="E1,E2,...",
+                        help="encoders to time, comma-separated (default: "
+                             f"{','.join(BACKBONES)})")
     parser.add_argument("--upsamplers", default=",".join(UPSAMPLERS),
                         help="jpu, jpu_x, os8, os16, os32 (dilated baselines)")
     parser.add_argument("--size", type=positive_int, default=512, help="inference image size")
-    parser.add_argument("--crop", type=positive_int, default=480, help="training-step crop")
+    parser.add_argument("--crop", type=positive_int, default=480, metavar="N",
+                        help="crop size (N x N) of the training-step and training-memory "
+                             "runs (default: 480, the official crop)")
     parser.add_argument("--batch", type=positive_int, default=2, help="training-step batch")
     parser.add_argument("--min-seconds", type=float, default=10.0,
                         help="minimum timed seconds per configuration")

@@ -24,6 +24,7 @@ import os
 from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
                                       check_output_file, open_predictor, positive_int,
                                       refuse_export_flags)
+from keras_fastfcn.data.sources import SPECS  # no TensorFlow import: the CLI stays quick
 
 METRIC_DEFINITIONS = {
     "pixAcc": "correct / labeled pixels (label 255 ignored), over the split",
@@ -38,7 +39,7 @@ def add_arguments(parser):
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
                              "from images to logits), or an .onnx / .tflite export")
     parser.add_argument("--data", required=True, metavar="SPEC",
-                        help="data source: demo, camvid, camvid:PATH, folder:PATH, tfds:NAME")
+                        help=f"data source: {', '.join(SPECS)}")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="evaluate only the first N images")

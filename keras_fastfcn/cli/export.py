@@ -21,7 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--model", required=True,
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
                              "from images to logits)")
-    parser.add_argument("--format", default="saved_model", choices=FORMATS)
+    parser.add_argument("--format", default="saved_model", choices=FORMATS,
+                        help="export format (default: saved_model)")
     parser.add_argument("--output", required=True,
                         help="saved_model: BASE (next version) or BASE/VERSION; "
                              "onnx/tflite: a .onnx / .tflite file")

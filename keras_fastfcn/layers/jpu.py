@@ -68,6 +68,20 @@ def _check_feature_shapes(shapes, name):
             raise ValueError(f"{name}: feature {i} must be 4-D (B, H, W, C), got shape {shape}.")
         if shape[-1] is None:
             raise ValueError(f"{name}: feature {i} needs a known channel count, got shape {shape}.")
+    _check_stride_order(shapes, name)
+
+
+def _check_stride_order(shapes, name):
+    """Refuses taps given finest last (e.g. `[C5, C4, C3]`): each feature map must be
+    at most as large as the one before it. Checked wherever the sizes are known
+    (fixed-size inputs, eager calls, JAX tracing)."""
+    for axis in (1, 2):
+        sizes = [shape[axis] for shape in shapes]
+        for before, after in zip(sizes, sizes[1:]):
+            if before is not None and after is not None and after > before:
+                raise ValueError(
+                    f"{name} takes its feature maps finest first ([C3, C4, C5]: strides 8, "
+                    f"16, 32), got spatial sizes {[tuple(s[1:3]) for s in shapes]}: reversed?")
 
 
 class _BranchRemat:
@@ -218,6 +232,7 @@ class JPU(_BranchRemat, keras.layers.Layer):
 
     def call(self, inputs, training=None):
         c3, c4, c5 = _as_feature_list(inputs, "JPU")
+        _check_stride_order([tuple(c.shape) for c in (c3, c4, c5)], "JPU")
         f3 = self.conv3(c3, training=training)
         f4 = self.upsample([self.conv4(c4, training=training), f3], training=training)
         f5 = self.upsample([self.conv5(c5, training=training), f3], training=training)

@@ -24,6 +24,27 @@ class ImageInputsMixin:
             check_image_batch(images)
         return super().__call__(*args, **kwargs)
 
+    # `fit`, `evaluate` and `predict` slice arrays into batches before calling the
+    # model: check the whole array first, so the message shows the user's shape
+    # (an H x W x 3 image), not the slice Keras made of it.
+    def fit(self, x=None, *args, **kwargs):
+        _check_array(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        _check_array(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        _check_array(x)
+        return super().predict(x, *args, **kwargs)
+
+
+def _check_array(x):
+    """`check_image_batch` for an array or tensor given to fit/evaluate/predict."""
+    if x is not None and hasattr(x, "shape") and hasattr(x, "dtype"):
+        check_image_batch(x)
+
 
 def check_positive_int(value, what):
     """`value` as an int if it is an integer >= 1 (numpy integers too); else ValueError."""

@@ -243,6 +243,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         if loss == "auto":
             loss = losses_lib.segmentation_loss(IGNORE_LABEL)
         self._segmentation_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+        _warn_about_loss(self._segmentation_loss)
         if metrics == "auto":
             metrics = metrics_lib.segmentation_metrics(self.num_classes)
         if sync_batchnorm and keras.config.backend() == "tensorflow":
@@ -437,6 +438,27 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
 
 def _logits(outputs):
     return outputs["logits"] if isinstance(outputs, dict) else outputs
+
+
+def _warn_about_loss(loss):
+    """Warns about a cross-entropy that reads the logits as probabilities or that
+    counts the ignore label (255) as a class: Keras' defaults, wrong for this model."""
+    sparse_ce = keras.losses.sparse_categorical_crossentropy
+    if loss is sparse_ce or getattr(loss, "fn", None) is sparse_ce:
+        config = getattr(loss, "_fn_kwargs", None) or {}
+        from_logits = config.get("from_logits", getattr(loss, "from_logits", False))
+        ignore_class = config.get("ignore_class", getattr(loss, "ignore_class", None))
+        problems = []
+        if not from_logits:
+            problems.append("reads the model's logits as probabilities (from_logits=False)")
+        if ignore_class != IGNORE_LABEL:
+            problems.append(f"counts the ignore label {IGNORE_LABEL} as a class "
+                            f"(ignore_class={ignore_class})")
+        if problems:
+            warnings.warn(
+                f"The loss {' and '.join(problems)}. Use compile(loss='auto') or "
+                f"keras.losses.SparseCategoricalCrossentropy(from_logits=True, "
+                f"ignore_class={IGNORE_LABEL}).", stacklevel=3)
 
 
 def _warn_if_learning_rate_is_zero(optimizer):

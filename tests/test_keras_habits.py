@@ -1,0 +1,228 @@
+"""A Keras user's script, run as written on TensorFlow and JAX: every `fit` trains (a
+frozen backbone, a loaded model), bad labels fail clearly, the preprocessor works in
+tf.data, presets build offline, the dtype policy survives saving, and misuses that
+Keras itself accepts (a loss that reads logits as probabilities, reversed JPU taps, a
+single image given as a batch) are answered."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import keras
+import keras_fastfcn as kf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Run in a child process per backend (Keras picks its backend once per process).
+SCRIPT = r"""
+import json, os, sys, tempfile
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+import numpy as np, keras, tensorflow as tf
+import keras_fastfcn as kf
+import tiny_encoder
+tiny_encoder.register()
+
+results = {}
+rng = np.random.RandomState(0)
+x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+y = rng.randint(0, 3, (4, 64, 64)).astype("int32")
+y[0, :4, :4] = 255
+
+def weights(layers):
+    return [w.copy() for layer in layers for w in layer.get_weights()]
+
+def change(before, after):
+    return max(float(np.abs(a - b).max()) for a, b in zip(before, after))
+
+keras.utils.set_random_seed(0)
+seg = kf.models.FastFCNImageSegmenter(
+    kf.models.FastFCNBackbone(encoder="tiny_resnet", width=16), num_classes=3, head="fcn")
+seg.compile()
+seg.fit(x, y, batch_size=2, epochs=1, verbose=0)
+results["lr_after_first_fit"] = float(seg.optimizer.learning_rate)
+head, encoder = weights([seg.head_layer]), weights([seg.backbone.encoder])
+seg.backbone.trainable = False  # the README's "fine-tune the head only"
+seg.fit(x, y, batch_size=2, epochs=1, verbose=0)
+results["second_fit_head"] = change(head, weights([seg.head_layer]))
+results["second_fit_encoder"] = change(encoder, weights([seg.backbone.encoder]))
+
+path = os.path.join(tempfile.mkdtemp(), "m.keras")
+seg.save(path)
+loaded = keras.models.load_model(path)
+before = [w.copy() for w in loaded.get_weights()]
+loaded.fit(x, y, batch_size=2, epochs=1, verbose=0)
+results["loaded_fit"] = max(float(np.abs(a - b).max())
+                            for a, b in zip(before, loaded.get_weights()))
+
+history = seg.fit(x, y, batch_size=2, epochs=1, verbose=0, validation_data=(x, y))
+results["history_keys"] = sorted(history.history)
+results["evaluate"] = [float(v) for v in seg.evaluate(x, y, verbose=0)]
+results["label_errors"] = {}
+for value in (7, -1, 254):
+    bad = y.copy()
+    bad[1, 5, 5] = value
+    for call in ("fit", "evaluate"):
+        try:
+            getattr(seg, call)(x, bad, batch_size=2, verbose=0)
+            message = None
+        except ValueError as err:
+            message = str(err)
+        results["label_errors"][f"{call} {value}"] = message
+# The model still works after an error inside fit (JAX holds its state outside).
+results["after_errors"] = [float(v) for v in seg.evaluate(x, y, verbose=0)]
+
+pre = kf.models.FastFCNImageSegmenterPreprocessor(kf.models.FastFCNImageConverter((32, 48)))
+ds = tf.data.Dataset.from_tensor_slices((x.astype("uint8"), y)).map(pre).batch(2)
+xb, yb = next(iter(ds))
+eager_x, eager_y = pre(x[:2].astype("uint8"), y[:2])
+results["preprocessor"] = [list(xb.shape), list(yb.shape), str(yb.dtype.name),
+                           float(np.abs(np.asarray(xb) - np.asarray(eager_x)).max()),
+                           float(np.mean(np.asarray(yb) != np.asarray(eager_y)))]
+print("RESULTS " + json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_keras_users_script(backend):
+    if backend == "jax" and importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[test]' installs jax[cpu])")
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, REPO], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")][-1]
+    r = json.loads(line[len("RESULTS "):])
+    # Each fit decays from the compiled rate to 0 over its own steps ...
+    assert r["lr_after_first_fit"] == 0.0
+    # ... so the second one trains: the head moves, the frozen encoder does not.
+    assert r["second_fit_head"] > 1e-3, r
+    assert r["second_fit_encoder"] == 0.0, r
+    assert r["loaded_fit"] > 1e-3, r
+    assert r["history_keys"] == ["loss", "mean_iou", "pixel_accuracy", "val_loss",
+                                 "val_mean_iou", "val_pixel_accuracy"]
+    assert len(r["evaluate"]) == 3 and len(r["after_errors"]) == 3
+    assert np.isfinite(r["after_errors"]).all()
+    for case, message in r["label_errors"].items():
+        value = case.split()[1]
+        assert message is not None, f"{case}: no error"
+        assert f"values {value}," in message and "num_classes=3" in message, (case, message)
+    shape_x, shape_y, dtype_y, x_diff, y_diff = r["preprocessor"]
+    assert shape_x == [2, 32, 48, 3] and shape_y == [2, 32, 48] and dtype_y == "int32"
+    # The tf.data path resizes with TensorFlow's kernel, the eager one with keras.ops:
+    # the same bilinear formula, float rounding apart (0-255 values).
+    assert x_diff <= 255 * 1e-5 and y_diff == 0.0
+
+
+def test_from_preset_without_weights_never_touches_the_network(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    name = "fastfcn_psp_jpu_resnet50_pcontext"
+    seg = kf.models.FastFCNImageSegmenter.from_preset(name, load_weights=False)
+    assert (seg.num_classes, seg.head_name, seg.backbone.encoder_name) == (59, "psp", "resnet50s")
+    assert seg.class_names[0] == "aeroplane"
+    backbone = kf.models.FastFCNBackbone.from_preset(name, load_weights=False)
+    assert backbone.upsampler is not None
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded or cached
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    # With weights, offline: one error naming the URL and the manual step.
+    monkeypatch.setattr(socket, "create_connection", offline)
+    with pytest.raises(kf.models.presets.PresetError) as err:
+        kf.models.FastFCNImageSegmenter.from_preset(name)
+    text = str(err.value)
+    assert "https://drive.google.com/uc?export=download" in text
+    assert f"from_preset({name!r}, checkpoint='path/to/{name}.pth.tar')" in text
+    assert "NAME" not in text
+
+
+def test_presets_are_described_on_the_classes():
+    listed = kf.models.FastFCNImageSegmenter.presets
+    assert listed == kf.models.FastFCNBackbone.presets == kf.models.list_presets()
+    entry = listed["fastfcn_encnet_jpu_resnet50_pcontext"]
+    assert entry["metrics"]["mIoU"] == 51.05 and entry["dataset"] == "pascal_context"
+    assert entry["source"].startswith("wuhuikai/FastFCN") and entry["license"]
+    assert "drive_id" not in entry and entry["url"].startswith("https://")
+
+
+def test_mixed_bfloat16_model_reloads_as_mixed_bfloat16(tmp_path, tiny_backbone):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        seg = kf.models.FastFCNImageSegmenter(
+            kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3,
+            head="encnet")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    x = np.random.RandomState(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    expected = seg.predict(x, verbose=0)
+    seg.save(tmp_path / "m.keras")
+    assert keras.config.dtype_policy().name == "float32"
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.dtype_policy.name == "mixed_bfloat16"
+    policies = {layer.dtype_policy.name for layer in loaded.backbone.encoder.layers
+                if layer.weights} | {loaded.head_layer.dtype_policy.name}
+    assert policies == {"mixed_bfloat16"}
+    assert keras.config.dtype_policy().name == "float32"  # the global one is restored
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+
+
+def test_reversed_jpu_taps_are_refused():
+    c3, c4, c5 = (np.zeros((1, 16 // 2 ** i, 16 // 2 ** i, 8 * 2 ** i), "float32")
+                  for i in range(3))
+    assert tuple(kf.layers.JPU(width=8)([c3, c4, c5]).shape) == (1, 16, 16, 32)
+    with pytest.raises(ValueError, match=r"finest first .*reversed"):
+        kf.layers.JPU(width=8)([c5, c4, c3])
+    with pytest.raises(ValueError, match=r"finest first .*reversed"):
+        kf.layers.JPU(width=8)([keras.Input(c.shape[1:]) for c in (c5, c4, c3)])
+
+
+def test_compile_warns_about_a_loss_that_reads_logits_as_probabilities(tiny_backbone):
+    seg = kf.models.FastFCNImageSegmenter(
+        kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn")
+    cases = {
+        "sparse_categorical_crossentropy": ("from_logits=False", "ignore_class=None"),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True): ("ignore_class=None",),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255): (),
+        "auto": (),
+    }
+    for loss, expected in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            seg.compile("adam", loss)
+        text = " ".join(str(w.message) for w in caught)
+        for part in expected:
+            assert part in text, (loss, text)
+        if not expected:
+            assert "from_logits" not in text, (loss, text)
+
+
+def test_a_schedule_that_has_run_out_is_warned_about(tiny_backbone, rng):
+    seg = kf.models.FastFCNImageSegmenter(
+        kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn")
+    seg.compile(optimizer=kf.optimizers.SegmentationSGD(kf.optimizers.PolyDecay(0.01, 2)))
+    x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    y = rng.randint(0, 3, (4, 64, 64))
+    seg.fit(x, y, batch_size=2, verbose=0)
+    with pytest.warns(UserWarning, match="learning rate is 0.0 at optimizer step 2"):
+        seg.fit(x, y, batch_size=2, verbose=0)
+
+
+def test_a_single_image_is_named_by_its_own_shape(tiny_backbone):
+    seg = kf.models.FastFCNImageSegmenter(
+        kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn")
+    with pytest.raises(ValueError, match=r"got shape \(48, 64, 3\)\. Add a batch axis"):
+        seg.predict(np.zeros((48, 64, 3), "float32"), verbose=0)
