@@ -229,12 +229,17 @@ def test_predict_writes_three_files_per_image(capsys, tmp_path, model_path, phot
         # The overlay keeps the photo's size on the left and adds a legend panel.
         assert overlay.size[0] > size[0] and overlay.size[1] >= size[1]
 
-    # The labels equal the library prediction for the same image and options.
+    # The labels equal the library prediction for the same image and options, except
+    # where the random model's top two scores tie within float32 rounding (the command
+    # folds BatchNorm, this prediction does not): only there may the argmax differ.
     model = inference.load_model(model_path)
     image = np.asarray(Image.open(photo_dir / "street.jpg").convert("RGB"))
-    scores = inference.predict(model, image[None], flip=True)
-    np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "street_labels.png")),
-                                  np.argmax(scores.numpy()[0], -1))
+    scores = inference.predict(model, image[None], flip=True).numpy()[0]
+    labels = np.asarray(Image.open(out_dir / "street_labels.png"))
+    top2 = np.sort(scores, -1)[..., -2:]
+    near_tie = top2[..., 1] - top2[..., 0] <= 1e-4 * np.abs(scores).max()
+    assert labels.shape == scores.shape[:2]
+    assert ((labels == scores.argmax(-1)) | near_tie).all()
 
 
 def test_predict_single_file_slide(capsys, tmp_path, model_path, photo_dir):

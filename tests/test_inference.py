@@ -231,9 +231,13 @@ def test_logits_in_the_hundreds_give_the_official_ensemble(rng, mode):
     # Log-scores to float32 precision of values in the hundreds.
     np.testing.assert_allclose(ours, np.log(ref), rtol=1e-5, atol=2e-3)
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.999
-    # One scale, no flip: exactly the logits and their argmax.
+    # One scale, no flip: exactly the logits and their argmax. The traced graph and the
+    # eager call may sum the conv in other orders: a few float32 ulps of the largest
+    # logit (~3e-5 at 300), also where a logit is near 0. Every top-2 margin of z is
+    # far above that (> 0.05), so the argmax must be the same everywhere.
     plain = inference.predict(model, image[None]).numpy()
-    np.testing.assert_allclose(plain, z, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(plain, z, rtol=1e-6,
+                               atol=32 * np.finfo(np.float32).eps * np.abs(z).max())
     assert (plain.argmax(-1) == z.argmax(-1)).all()
 
 

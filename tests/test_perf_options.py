@@ -217,8 +217,12 @@ def test_jpu_training_pass_matches_the_plain_formulation(rng, remat):
     y0, g0, stats0 = run(lambda: _reference_jpu_call(jpu, c3, c4, c5))
     y1, g1, stats1 = run(tf.function(lambda: jpu([c3, c4, c5], training=True)))
     np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=1e-5, atol=1e-5)
+    # Gradients reach hundreds (the depthwise kernels'): float32 rounding of their
+    # reductions (~1e-4 there, also on near-zero elements) is bounded relative to that
+    # scale, not by a fixed 1e-4; the betas before a BatchNorm get only rounding noise.
+    scale = max(float(np.abs(a.numpy()).max()) for a in g0)
     for a, b in zip(g0, g1):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5 * scale)
     for a, b in zip(stats0, stats1):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 

@@ -101,13 +101,19 @@ def test_one_step_on_jax_equals_tensorflow(tmp_path):
     # same: over the whole model within 0.1% (measured: 1e-5 to 2e-5), and per tensor
     # within 25% of that tensor's update (the deepest layers of this small model see
     # BatchNorm over 2x2 maps, where float32 rounding of the two backends shows most:
-    # measured up to 12% of the largest element of an update).
+    # measured up to 12% of the largest element of an update). A tensor whose update
+    # is only rounding noise (BatchNorm moving means of zero-mean inputs, betas before
+    # a BatchNorm: updates ~1e-8, as large as their TF/JAX difference) is held to a
+    # floor from the model's scale, not its own: 1e-4 of the RMS update per element
+    # (a tenth of the 0.1% budget), besides the rounding of the weights themselves.
     step_tf = {k: w_tf[k] - before[k] for k in w_tf}
     diff = sum(float(((w_jax[k] - w_tf[k]) ** 2).sum()) for k in w_tf)
     size = sum(float((step_tf[k] ** 2).sum()) for k in w_tf)
     assert size > 0 and (diff / size) ** 0.5 <= 1e-3, (diff / size) ** 0.5
+    rms_step = (size / sum(w.size for w in w_tf.values())) ** 0.5
     for key in w_tf:
-        tol = 0.25 * np.linalg.norm(step_tf[key]) + 1e-6 * np.linalg.norm(w_tf[key]) + 1e-7
+        tol = (0.25 * np.linalg.norm(step_tf[key]) + 1e-6 * np.linalg.norm(w_tf[key])
+               + 1e-4 * rms_step * w_tf[key].size ** 0.5)
         assert np.linalg.norm(w_jax[key] - w_tf[key]) <= tol, key
     # Not vacuous: the step moved most tensors.
     moved = sum(np.abs(step_tf[k]).max() > 1e-6 for k in w_tf)
