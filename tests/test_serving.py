@@ -160,6 +160,7 @@ def test_saved_model_layout(saved_model_dir):
     with open(os.path.join(saved_model_dir, "keras_fastfcn_export.json")) as f:
         meta = json.load(f)
     assert meta["class_names"] == CLASS_NAMES and meta["options"]["fold_bn"] is True
+    assert meta["inputs"]["serving_default"]["image_tensor"]["shape"] == ["B", "H", "W", 3]
 
 
 def test_saved_model_in_fresh_process(fcn_model, images, saved_model_dir, tmp_path):

@@ -13,6 +13,13 @@ from keras_fastfcn import inference
 from keras_fastfcn.layers.resize import log_resize_bilinear, resize_bilinear
 
 SIGNATURES = ("serving_default", "serving_image_bytes", "serving_float")
+# Each signature's input as it is meant, for the export's metadata file: the
+# signatures themselves declare no rank (see serving_endpoints).
+SIGNATURE_INPUTS = {
+    "serving_default": {"image_tensor": {"dtype": "uint8", "shape": ["B", "H", "W", 3]}},
+    "serving_image_bytes": {"image_bytes": {"dtype": "string", "shape": ["B"]}},
+    "serving_float": {"image_tensor": {"dtype": "float32", "shape": ["B", "H", "W", 3]}},
+}
 
 
 def make_forward(model, scales=(1.0,), flip=False, input_size=None, base_size=None,
@@ -194,6 +201,11 @@ def serving_endpoints(model, class_names=None, probabilities=True, scales=(1.0,)
 
     # Rank and channels are left dynamic so that a 3-D, 1- or 4-channel image
     # reaches the in-graph checks (a clear message) instead of a bare mismatch.
+    # Declaring [batch, height, width, 3] would read better in TF Serving's metadata,
+    # but TensorFlow then takes rank and channels as known and drops the checks on
+    # them, while neither TF Serving nor a loaded signature holds a fed tensor to the
+    # declared shape: a 3-D tensor then ran through unchecked (tried, Keras 3.15 /
+    # TF 2.21). `keras_fastfcn_export.json` beside the model states the input.
     return {
         "serving_default": (serving_default, [
             tf.TensorSpec(None, tf.uint8, name="image_tensor")]),

@@ -24,7 +24,7 @@ import keras
 
 from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.inference import MAX_PIXELS
-from keras_fastfcn.serving.graph import SIGNATURES, serving_endpoints
+from keras_fastfcn.serving.graph import SIGNATURE_INPUTS, SIGNATURES, serving_endpoints
 from keras_fastfcn.serving.model import prepare
 from keras_fastfcn.serving.targets import (METADATA_FILE, check_options,
                                            check_saved_model_target, metadata)
@@ -99,6 +99,7 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
         write_saved_model(endpoints, tmp)
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata(model, info, "saved_model", options,
-                               {"signatures": list(SIGNATURES), "version": version}),
+                               {"signatures": list(SIGNATURES), "inputs": SIGNATURE_INPUTS,
+                                "version": version}),
                       f, indent=2)
     return target
