@@ -2,7 +2,7 @@
 
 Builds FastFCN EncNet + JPU on ResNet-50 (random weights: speed does not depend
 on them), then measures:
-1. Keras latency with and without BatchNorm folding (`keras_fastfcn.serving.fold`);
+1. Keras latency with and without BatchNorm folding (`keras_fastfcn.inference.fold`);
 2. export time of SavedModel, ONNX (tf2onnx) and TFLite at SIZE x SIZE;
 3. latency of the exported SavedModel (`serving_float`), ONNX Runtime and TFLite
    on the same image, and their class-map agreement with Keras.
@@ -65,7 +65,7 @@ def main(argv=None):
 
     import keras_fastfcn as kf
     from keras_fastfcn import serving as export
-    from keras_fastfcn.serving.fold import batchnorm_layers, fold_batchnorm
+    from keras_fastfcn.inference.fold import batchnorm_layers, fold_batchnorm
 
     size = args.size
     print(f"FastFCN {args.head} + JPU (width {args.jpu_width}), ResNet-50, {args.num_classes} "

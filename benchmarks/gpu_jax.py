@@ -8,7 +8,7 @@ Each configuration runs in its own process (clean GPU memory statistics):
   inference of the logits-only model on one 512x512 image under `jax.jit`, timed
   with the official `test_fps_params.py` protocol (10 warm-up runs, then 10 rounds of
   10 runs; FPS = mean over rounds).
-- PyTorch: `tests/torch_fastfcn_reference.py`, the official module structure
+- PyTorch: `keras_fastfcn/benchmark/torch_reference.py`, the official module structure
   (deep-stem ResNet), eval mode, `torch.no_grad`, same protocol, same image size;
   peak memory of a training step with `torch.cuda.max_memory_allocated`. Its
   Encoding layer uses broadcasting instead of the official CUDA kernel.
@@ -174,7 +174,7 @@ def run_torch(head, backbone, upsampler, size, crop, batch, classes=59):
     import torch
 
     sys.path.insert(0, os.path.join(REPO, "tests"))
-    from torch_fastfcn_reference import DEPTHS, SegmentationModel
+    from keras_fastfcn.benchmark.torch_reference import DEPTHS, SegmentationModel
 
     torch.backends.cudnn.benchmark = True
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: to try the script here

@@ -13,7 +13,9 @@ For a trained model (default: a CamVid model from `keras-fastfcn train --config 
 - latency at `--size` (512x512 by default, batch 1, median of `--repeats`) of the same
   configurations, with the CPU model and its ISA flags.
 
-Writes `benchmarks/PRECISION.md` (a table) and prints it.
+Writes `--output` (a Markdown table, default `precision_run.md` in the current folder)
+and its `.json`, and prints the table; `benchmarks/PRECISION.md` keeps the dated tables
+per machine kind, to which a run's rows are added by hand with its command.
 
     python benchmarks/precision.py --model runs/camvid/model.keras --val-images 101
     # only the int8 rows (Keras fp32 is always measured: the reference):
@@ -107,7 +109,7 @@ def main():
     parser.add_argument("--only", default="",
                         help="comma list of FORMAT:PRECISION rows to measure (keras, tflite, "
                              "onnx; Keras fp32 is always measured: the reference)")
-    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "PRECISION.md"))
+    parser.add_argument("--output", default="precision_run.md")
     args = parser.parse_args()
     only = parse_only(args.only)
     keep_lists = []

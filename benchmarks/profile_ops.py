@@ -31,7 +31,7 @@ def frozen_graph(head, backbone, upsampler, size, precision, num_classes=59):
 
     from keras_fastfcn.benchmark import _build, frozen_forward
     from keras_fastfcn.precision import with_precision
-    from keras_fastfcn.serving.fold import fold_batchnorm
+    from keras_fastfcn.inference.fold import fold_batchnorm
 
     seg = _build(head, backbone, upsampler, num_classes)
     if precision != "fp32":

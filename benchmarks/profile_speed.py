@@ -75,7 +75,7 @@ def infer(runs=10, size=512, num_classes=59, backbone="resnet50"):
     import tensorflow as tf
 
     from keras_fastfcn import benchmark
-    from keras_fastfcn.serving.fold import fold_batchnorm
+    from keras_fastfcn.inference.fold import fold_batchnorm
 
     base = benchmark._build("encnet", backbone, "jpu", num_classes)
     images = tf.constant(np.random.RandomState(0).uniform(0, 255, (1, size, size, 3)),

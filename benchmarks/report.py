@@ -1,94 +1,306 @@
 #!/usr/bin/env python
-"""RESULTS.md and chart.png from the `results.json` of `keras-fastfcn benchmark`.
+"""RESULTS.md and chart.png from the results files of `keras-fastfcn benchmark`.
 
-Usage:
-    python benchmarks/report.py benchmarks/results.json [--title CPU] [--output benchmarks]
+`benchmarks/results/` holds one file per machine kind (one CPU model and ISA); each of
+its rows names the run (date and command) that measured it. RESULTS.md is rendered
+from all of them, one section and one table per machine kind (written to the folder
+above `results/`, chart.png from the file with the most rows, or `--chart FILE`):
+
+    python benchmarks/report.py benchmarks/results/*.json
+
+A new run goes into its machine kind's file: each of its rows replaces the row of the
+same head, backbone, upsampler and precision (the file's notes say which), then render:
+
+    keras-fastfcn benchmark --heads encnet ... --output /tmp/run
+    python benchmarks/report.py --add /tmp/run/results.json \
+        --to benchmarks/results/xeon_amx.json --command "keras-fastfcn benchmark --heads encnet ..."
+
+A plain `results.json` renders alone, RESULTS.md and chart.png next to it:
+
+    python benchmarks/report.py OUT/results.json [--title CPU] [--output DIR]
 """
 
 import argparse
+import datetime
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_fastfcn.benchmark import RUNTIME_NAMES, runtime_notes  # noqa: E402
+from keras_fastfcn.benchmark import RUNTIME_NAMES, ratios, runtime_notes  # noqa: E402
 from keras_fastfcn.fileio import atomic_path  # noqa: E402
+
+RESULT_HEADER = ["head", "backbone", "upsampler", "precision", "latency (s)", "FPS",
+                 "throughput (img/s)", "GFLOPs", "GFLOP/s (% peak)", "official PyTorch (s)",
+                 "params backbone / upsampler / head (M)", "train peak RSS (GB)",
+                 "step growth (GB)", "XLA / runtime"]
+RATIO_HEADER = ["head", "backbone", "upsampler", "precision", "speed-up",
+                "throughput speed-up", "official PyTorch speed-up", "FLOPs ratio",
+                "peak RSS ratio", "step growth ratio"]
+
+
+def _table(header, rows):
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _method(size, crop, batch):
+    return (f"Inference: one {size}x{size} image, batch 1, logits-only model, folded BN, "
+            "median of repeated runs after warm-up, faster of a plain `tf.function` and one "
+            "with XLA for every part but the JPU (column XLA; \"frozen\": weights as graph "
+            "constants, `--freeze`); bf16 / fp16: the model rebuilt under Keras mixed "
+            "precision; int8: the static int8 TFLite / ONNX exports, timed in their runtime "
+            "(column XLA / runtime: the faster, the other's latency in brackets), class map "
+            "out. Throughput: images/s at the batch given. GFLOP/s: FLOPs / batch-1 latency, "
+            "and its share of the CPU's peak for the precision. Official PyTorch: the official "
+            "module structure timed in the same run (same size, batch 1, same protocol; bf16 "
+            "under `torch.autocast`). Training memory: peak RSS of a child process running "
+            f"one step at crop {crop}, batch {batch} (main + aux + SE losses), and its growth "
+            "during the step.")
+
+
+def _result_cells(r):
+    """One row of the results table (RESULT_HEADER)."""
+    first = [r["head"], r["backbone"], r["upsampler"], r.get("precision", "fp32")]
+    if "error" in r:
+        return first + [f"error: {r['error'][:80]}"] + [""] * (len(RESULT_HEADER) - 5)
+    p = r["params"]
+    mem = ([f"{r['train_peak_rss_gb']:.2f}", f"{r['train_step_growth_gb']:.2f}"]
+           if "train_peak_rss_gb" in r else ["-", "-"])
+    throughput = (f"{r['throughput_ips']:.2f} (batch {r['throughput_batch']})"
+                  if "throughput_ips" in r else "-")
+    achieved = "-"
+    if "achieved_gflops_s" in r:
+        achieved = f"{r['achieved_gflops_s']:.1f}"
+        if "peak_fraction" in r:
+            achieved += f" ({100 * r['peak_fraction']:.1f}%)"
+    anchor = (f"{r['torch_latency_s']:.3f} ({r['speedup_vs_torch']:.2f}x)"
+              if "torch_latency_s" in r else "-")
+    return first + [f"{r['latency_s']:.3f}", f"{r['fps']:.2f}", throughput,
+                    f"{r['gflops']:.0f}", achieved, anchor,
+                    f"{p['backbone'] / 1e6:.1f} / {p['upsampler'] / 1e6:.1f} / "
+                    f"{p['head'] / 1e6:.1f}"] + mem + [_graph_cell(r)]
+
+
+def _speedup(r):
+    """A ratio's batch-1 speed-up; for int8 the runtime compared and the others' ratios."""
+    text = f"{r['speedup']:.2f}x"
+    if "runtime" in r:
+        text += " (" + ", ".join(
+            [RUNTIME_NAMES.get(r["runtime"], r["runtime"])]
+            + [f"{RUNTIME_NAMES.get(k, k)} {v:.2f}x"
+               for k, v in r.get("runtime_speedup", {}).items() if k != r["runtime"]]) + ")"
+    return text
+
+
+def _ratio_cells(r):
+    """One row of the ratios table (RATIO_HEADER)."""
+    mem = ([f"{r['memory_ratio']:.2f}", f"{r['step_growth_ratio']:.2f}"]
+           if "memory_ratio" in r else ["-", "-"])
+    tput = f"{r['throughput_speedup']:.2f}x" if "throughput_speedup" in r else "-"
+    anchor = f"{r['torch_speedup']:.2f}x" if "torch_speedup" in r else "-"
+    return [r["head"], r["backbone"], r["upsampler"], r.get("precision", "fp32"),
+            _speedup(r), tput, anchor, f"{r['flops_ratio']:.2f}"] + mem
+
+
+def _cpu_line(cpu):
+    peaks = ", ".join(f"{p} {v:.0f}" for p, v in cpu.get("peak_gflops_s", {}).items() if v)
+    line = (f"CPU: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz'] or 0:.0f} MHz "
+            f"({cpu['mhz_source']}); ISA: {' '.join(cpu['flags'])}.")
+    if peaks:
+        line += f" Peak GFLOP/s ({cpu['peak_formula']}): {peaks}."
+    return line
 
 
 def write_report(payload, out_dir, title="CPU"):
-    """Writes RESULTS.md and chart.png (rewritten) from a `results.json` payload."""
+    """Writes RESULTS.md and chart.png (rewritten) from one `results.json` payload."""
     results, rat, machine = payload["results"], payload["ratios"], payload["machine"]
-    size, crop, batch = payload["size"], payload["train_crop"], payload["train_batch"]
     cpu = payload.get("cpu")  # absent from files written before the precision axis
     lines = [f"# Benchmarks ({title})", "", f"Machine: {machine}.", ""]
     if cpu:
-        peaks = ", ".join(f"{p} {v:.0f}" for p, v in cpu["peak_gflops_s"].items() if v)
-        lines += [f"CPU: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz'] or 0:.0f} MHz "
-                  f"({cpu['mhz_source']}); ISA: {' '.join(cpu['flags'])}. Peak GFLOP/s "
-                  f"({cpu['peak_formula']}): {peaks}.", ""]
-    lines += [f"Inference: one {size}x{size} image, batch 1, logits-only model, folded BN, "
-             "median of repeated runs after warm-up, faster of a plain `tf.function` and one with "
-             "XLA for every part but the JPU (column XLA); bf16 / fp16: the model rebuilt under "
-             "Keras mixed precision; int8: the static int8 TFLite / ONNX exports, timed in "
-             "their runtime (column XLA / runtime: the faster, the other's latency in "
-             "brackets), class map out. Throughput: images/s at the batch given. GFLOP/s: FLOPs / "
-             "batch-1 latency, and its share of the CPU's peak for the precision. Official "
-             "PyTorch: the official module structure timed in the same run (same size, batch 1, "
-             "same protocol; bf16 under `torch.autocast`). "
-             f"Training memory: peak RSS of a child process running one step at crop {crop}, "
-             f"batch {batch} (main + aux + SE losses), and its growth during the step.", "",
-             "| head | backbone | upsampler | precision | latency (s) | FPS | throughput (img/s) "
-             "| GFLOPs | GFLOP/s (% peak) | official PyTorch (s) | params backbone / "
-             "upsampler / head (M) | train peak RSS (GB) | step growth (GB) | XLA / runtime |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        precision = r.get("precision", "fp32")
-        if "error" in r:
-            lines.append(f"| {r['head']} | {r['backbone']} | {r['upsampler']} | {precision} | "
-                         f"error: {r['error'][:80]} | | | | | | | | | |")
-            continue
-        p = r["params"]
-        mem = (f"{r['train_peak_rss_gb']:.2f} | {r['train_step_growth_gb']:.2f}"
-               if "train_peak_rss_gb" in r else "- | -")
-        throughput = (f"{r['throughput_ips']:.2f} (batch {r['throughput_batch']})"
-                      if "throughput_ips" in r else "-")
-        achieved = "-"
-        if "achieved_gflops_s" in r:
-            achieved = f"{r['achieved_gflops_s']:.1f}"
-            if "peak_fraction" in r:
-                achieved += f" ({100 * r['peak_fraction']:.1f}%)"
-        anchor = (f"{r['torch_latency_s']:.3f} ({r['speedup_vs_torch']:.2f}x)"
-                  if "torch_latency_s" in r else "-")
-        lines.append(
-            f"| {r['head']} | {r['backbone']} | {r['upsampler']} | {precision} | "
-            f"{r['latency_s']:.3f} | {r['fps']:.2f} | {throughput} | {r['gflops']:.0f} | "
-            f"{achieved} | {anchor} | {p['backbone'] / 1e6:.1f} / "
-            f"{p['upsampler'] / 1e6:.1f} / {p['head'] / 1e6:.1f} | {mem} | {_graph_cell(r)} |")
+        lines += [_cpu_line(cpu), ""]
+    lines += [_method(payload["size"], payload["train_crop"], payload["train_batch"]), ""]
+    lines += _table(RESULT_HEADER, [_result_cells(r) for r in results])
     lines += ["", "Ratios against the dilated output-stride-8 model (DilatedFCN) of the same "
               "head, backbone and precision (official PyTorch: the same ratio of the official "
-              "code):", "",
-              "| head | backbone | upsampler | precision | speed-up | throughput speed-up | "
-              "official PyTorch speed-up | FLOPs ratio | peak RSS ratio | step growth ratio |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rat:
-        mem = (f"{r['memory_ratio']:.2f} | {r['step_growth_ratio']:.2f}"
-               if "memory_ratio" in r else "- | -")
-        tput = f"{r['throughput_speedup']:.2f}x" if "throughput_speedup" in r else "-"
-        anchor = f"{r['torch_speedup']:.2f}x" if "torch_speedup" in r else "-"
-        speedup = f"{r['speedup']:.2f}x"
-        if "runtime" in r:  # int8: the ratio of one runtime, and the others' ratios
-            speedup += " (" + ", ".join(
-                [RUNTIME_NAMES.get(r["runtime"], r["runtime"])]
-                + [f"{RUNTIME_NAMES.get(k, k)} {v:.2f}x"
-                   for k, v in r.get("runtime_speedup", {}).items() if k != r["runtime"]]) + ")"
-        lines.append(f"| {r['head']} | {r['backbone']} | {r['upsampler']} | "
-                     f"{r.get('precision', 'fp32')} | {speedup} | {tput} | {anchor} | "
-                     f"{r['flops_ratio']:.2f} | {mem} |")
+              "code):", ""]
+    lines += _table(RATIO_HEADER, [_ratio_cells(r) for r in rat])
     with atomic_path(os.path.join(out_dir, "RESULTS.md")) as tmp:
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
     draw_chart(results, os.path.join(out_dir, "chart.png"))
+
+
+# One file per machine kind ------------------------------------------------------------
+
+def _key(row):
+    return (row["head"], row["backbone"], row["upsampler"], row.get("precision", "fp32"))
+
+
+def _ratios_within_runs(rows):
+    """The ratios to the dilated model, each between two rows of one run."""
+    out = []
+    for run in sorted({r["run"] for r in rows}):
+        for item in ratios([r for r in rows if r["run"] == run]):
+            out.append(dict(item, run=run))
+    return out
+
+
+def add_run(results_path, machine_path, command, date=None, kind=None, notes=()):
+    """Adds the rows of a `keras-fastfcn benchmark` results.json to a machine kind's file
+    (created if missing) as a new run; each row replaces the row of the same head,
+    backbone, upsampler and precision and keeps the older runs' dates and commands
+    (`"superseded"`, summed up in `"replaced"`). Refuses another CPU
+    (model or ISA flags) or other sizes. Returns the file's payload.
+
+    Example:
+    >>> add_run("/tmp/run/results.json", "benchmarks/results/xeon_amx.json",
+    ...         "keras-fastfcn benchmark --heads encnet --precision int8")
+    """
+    with open(results_path, encoding="utf-8") as f:
+        new = json.load(f)
+    settings = {k: new[k] for k in ("size", "train_crop", "train_batch")}
+    cpu = new.get("cpu")
+    if os.path.exists(machine_path):
+        with open(machine_path, encoding="utf-8") as f:
+            target = json.load(f)
+        old_cpu = target.get("cpu")
+        if cpu and old_cpu and (cpu["model"], cpu["flags"]) != (old_cpu["model"],
+                                                                old_cpu["flags"]):
+            raise SystemExit(f"{results_path} was measured on {cpu['model']} "
+                             f"({' '.join(cpu['flags'])}), {machine_path} holds "
+                             f"{old_cpu['model']} ({' '.join(old_cpu['flags'])}): another "
+                             "machine kind, another file")
+        if settings != {k: target[k] for k in settings}:
+            raise SystemExit(f"{results_path} has {settings}, {machine_path} "
+                             f"{ {k: target[k] for k in settings} }: not comparable")
+    else:
+        if not kind and not cpu:
+            raise SystemExit(f"{results_path} records no CPU: name the machine kind (--kind)")
+        target = dict(kind=kind or cpu["model"], **settings, runs=[], results=[], notes=[])
+    if kind:
+        target["kind"] = kind
+    target["machine"] = new["machine"]
+    if cpu:
+        target["cpu"] = cpu
+    run = max([r["id"] for r in target["runs"]], default=0) + 1
+    date = date or datetime.date.today().isoformat()
+    runs = {r["id"]: r for r in target["runs"]}
+    rows = {_key(r): r for r in target["results"]}
+    for row in new["results"]:
+        key = _key(row)
+        old = rows.get(key)
+        if "error" in row and old is not None and "error" not in old:
+            target["notes"].append(f"{' '.join(key)}: failed in `{command}` ({date}; "
+                                   f"{row['error'][:80]}); the row of run {old['run']} "
+                                   "stays.")
+            continue
+        superseded = []
+        if old is not None:
+            superseded = old.get("superseded", []) + [
+                {"date": runs[old["run"]]["date"], "command": runs[old["run"]]["command"]}]
+        rows[key] = dict(row, precision=key[3], run=run, superseded=superseded)
+    target["notes"] += list(notes)
+    target["results"] = list(rows.values())
+    used = {r["run"] for r in target["results"]}
+    target["runs"] = [r for r in target["runs"] if r["id"] in used]
+    target["runs"].append({"id": run, "date": date, "command": command})
+    target["replaced"] = _replaced_notes(target["results"])
+    target["ratios"] = _ratios_within_runs(target["results"])
+    os.makedirs(os.path.dirname(os.path.abspath(machine_path)), exist_ok=True)
+    with atomic_path(machine_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(target, f, indent=2)
+            f.write("\n")
+    return target
+
+
+def _replaced_notes(rows):
+    """Per kept run, which rows it measured again and the older runs' commands."""
+    groups = {}
+    for r in rows:
+        if r.get("superseded"):
+            earlier = tuple((s["date"], s["command"]) for s in r["superseded"])
+            groups.setdefault((r["run"], earlier), []).append(r)
+    out = []
+    for (run, earlier), items in groups.items():
+        names = ", ".join(" ".join(_key(r)) for r in items)
+        out.append(f"{names}: run {run} is the newest of {len(earlier) + 1} runs that "
+                   "measured them; also measured, oldest first, by "
+                   + "; ".join(f"`{c}` ({d})" for d, c in earlier) + ".")
+    return out
+
+
+def _ordered(rows):
+    """Rows by head and backbone (first seen first), precision, then upsampler."""
+    precisions = ["fp32", "bf16", "fp16", "int8"]
+
+    def rank(items, item):
+        return items.index(item) if item in items else len(items)
+
+    models = list(dict.fromkeys((r["head"], r["backbone"]) for r in rows))
+    upsamplers = list(dict.fromkeys(r["upsampler"] for r in rows))
+    return sorted(rows, key=lambda r: (models.index((r["head"], r["backbone"])),
+                                       rank(precisions, r.get("precision", "fp32")),
+                                       rank(upsamplers, r["upsampler"])))
+
+
+def _dates(payload):
+    dates = sorted(r["date"] for r in payload["runs"])
+    return dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+
+
+def _machine_section(payload):
+    cpu = payload.get("cpu")
+    lines = [f"## {payload['kind']} ({_dates(payload)})", ""]
+    lines += [_cpu_line(cpu) if cpu else "CPU: not recorded (files of that date had no "
+              "`\"cpu\"`).", "", f"Machine: {payload['machine']}. Images "
+              f"{payload['size']}x{payload['size']}; training memory at crop "
+              f"{payload['train_crop']}, batch {payload['train_batch']}.", "",
+              "Runs (column run):", ""]
+    lines += [f"- {r['id']}, {r['date']}: `{r['command']}`" for r in payload["runs"]]
+    by_key = {_key(r): r for r in payload["ratios"]}
+    rows = []
+    for r in _ordered(payload["results"]):
+        ratio = by_key.get(_key(r))
+        vs = "-"
+        if ratio is not None and ratio["run"] == r["run"]:
+            vs = _speedup(ratio)
+            if "throughput_speedup" in ratio:
+                vs += f"; batch {r['throughput_batch']}: {ratio['throughput_speedup']:.2f}x"
+        rows.append(_result_cells(r) + [vs, str(r["run"])])
+    lines += ["", *_table(RESULT_HEADER + ["vs OS8 (same run)", "run"], rows)]
+    if payload.get("notes"):  # the older runs of each row ("replaced") stay in the file
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in payload["notes"]]
+    return lines + [""]
+
+
+def write_machines(payloads, out_dir, chart=None):
+    """Writes RESULTS.md (one section per machine kind, newest first) and chart.png (the
+    fp32 rows of `chart`, default: the payload with the most rows)."""
+    payloads = sorted(payloads, key=lambda p: max(r["date"] for r in p["runs"]),
+                      reverse=True)
+    chart = chart or max(payloads, key=lambda p: sum("error" not in r for r in p["results"]))
+    chart_rows = [r for r in chart["results"] if r.get("precision", "fp32") == "fp32"]
+    sizes = {(p["size"], p["train_crop"], p["train_batch"]) for p in payloads}
+    size, crop, batch = sorted(sizes)[0] if len(sizes) == 1 else ("N", "C", "B")
+    lines = ["# Benchmarks (CPU)", "",
+             "One section per machine kind, rendered by `python benchmarks/report.py "
+             "benchmarks/results/*.json` from one file per machine kind in "
+             "`benchmarks/results/`. Each row comes from the newest run that measured "
+             "its configuration and precision; the run column names its date and "
+             "command. Compare latencies within one machine kind; the ratios to the "
+             "dilated model (vs OS8) pair rows of one run.", "",
+             _method(size, crop, batch), "",
+             f"`chart.png`: FPS and training-step peak RSS of the fp32 rows of "
+             f"\"{chart['kind']}\".", ""]
+    for payload in payloads:
+        lines += _machine_section(payload)
+    with atomic_path(os.path.join(out_dir, "RESULTS.md")) as tmp:
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines).rstrip("\n") + "\n")
+    draw_chart(chart_rows, os.path.join(out_dir, "chart.png"))
 
 
 def _graph_cell(row):
@@ -154,14 +366,55 @@ def draw_chart(results, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="results.json of keras-fastfcn benchmark")
-    parser.add_argument("--output", default=None, help="folder (default: the json's folder)")
-    parser.add_argument("--title", default="CPU")
+    parser.add_argument("results", nargs="*",
+                        help="the machine kinds' files (benchmarks/results/*.json), or one "
+                             "results.json of keras-fastfcn benchmark")
+    parser.add_argument("--output", default=None,
+                        help="folder (default: above the machine files' folder; for one "
+                             "results.json its folder)")
+    parser.add_argument("--title", default="CPU", help="title of a single results.json")
+    parser.add_argument("--chart", default=None,
+                        help="the machine file whose fp32 rows chart.png shows "
+                             "(default: the one with the most rows)")
+    parser.add_argument("--add", metavar="RESULTS_JSON",
+                        help="add this run's rows to the machine file --to, then stop")
+    parser.add_argument("--to", metavar="MACHINE_JSON")
+    parser.add_argument("--command", help="the command that wrote RESULTS_JSON")
+    parser.add_argument("--date", help="of the run (default: today)")
+    parser.add_argument("--kind", help="machine kind, for a new file (default: CPU model)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the file")
     args = parser.parse_args(argv)
-    with open(args.results, encoding="utf-8") as f:
-        payload = json.load(f)
-    out_dir = args.output or os.path.dirname(os.path.abspath(args.results))
-    write_report(payload, out_dir, title=args.title)
+    if args.add:
+        if not (args.to and args.command):
+            parser.error("--add needs --to and --command")
+        payload = add_run(args.add, args.to, args.command, args.date, args.kind, args.note)
+        print(f"{args.to}: run {payload['runs'][-1]['id']} added")
+        return 0
+    if not args.results:
+        parser.error("give the results files")
+    payloads = []
+    for path in args.results:
+        with open(path, encoding="utf-8") as f:
+            payloads.append(json.load(f))
+    first = os.path.dirname(os.path.abspath(args.results[0]))
+    if len(payloads) == 1 and "runs" not in payloads[0]:
+        out_dir = args.output or first
+        if not args.output and os.path.isdir(os.path.join(out_dir, "results")):
+            parser.error(f"{out_dir}/RESULTS.md is rendered from {out_dir}/results/*.json: "
+                         f"add this run with --add {args.results[0]} --to "
+                         f"{out_dir}/results/KIND.json --command '...', or give --output")
+        write_report(payloads[0], out_dir, title=args.title)
+    else:
+        plain = [p for p, d in zip(args.results, payloads) if "runs" not in d]
+        if plain:
+            parser.error(f"{', '.join(plain)}: a plain results.json renders alone; add it "
+                         "to its machine kind's file with --add")
+        out_dir = args.output or os.path.dirname(first)
+        chart = None
+        if args.chart:
+            chart = payloads[[os.path.abspath(p) for p in args.results].index(
+                os.path.abspath(args.chart))]
+        write_machines(payloads, out_dir, chart)
     print(f"Wrote {os.path.join(out_dir, 'RESULTS.md')} and chart.png")
     return 0
 

@@ -19,7 +19,7 @@ import os
 # command-line output; an explicit setting by the user wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.2.0"
+from keras_fastfcn.version import __version__  # noqa: E402
 
 _SUBMODULES = ("benchmark", "cli", "convert", "data", "evaluation", "fileio", "images",
                "inference", "layers", "losses", "metrics", "models", "optimizers", "serving",

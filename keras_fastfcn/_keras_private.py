@@ -20,7 +20,7 @@ which fails loudly (naming the hook) when a Keras release changes one. `setup.py
   rebuild layer by layer) rather than a subclassed one; Keras has no public test.
 - `replace_sublayer`: swaps a built layer's sublayer for another, in Keras's layer
   tracking too (built layers refuse new sublayers); the export rewrites of
-  `keras_fastfcn.serving.fold` (BatchNorm folding, padded dilated convs, native
+  `keras_fastfcn.inference.fold` (BatchNorm folding, padded dilated convs, native
   resizes) use it on an inference copy.
 - `patch_multiworker_fit`: works around keras-team/keras#20585, Keras 3's `fit`
   under `tf.distribute.MultiWorkerMirroredStrategy` (TensorFlow backend only).

@@ -28,12 +28,7 @@ import numpy as np
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8_dynamic")
 KERAS_PRECISIONS = ("fp32", "bf16", "fp16")
-# What each deploy format can hold (checked by the exporters and, before the model
-# load, by `keras-fastfcn export`).
-EXPORT_PRECISIONS = {"saved_model": KERAS_PRECISIONS,
-                     "tflite": ("fp32", "fp16", "int8", "int8_dynamic"),
-                     "onnx": ("fp32", "int8", "int8_dynamic")}
-_FORMAT_NAMES = {"saved_model": "a SavedModel", "tflite": "TFLite", "onnx": "ONNX"}
+# What each export format holds: `keras_fastfcn.serving.formats`.
 _POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
@@ -49,15 +44,6 @@ def check_precision(precision, allowed=PRECISIONS, where=None):
         raise ValueError(f"Unknown precision {precision!r}{at}: expected one of "
                          f"{list(allowed)}.{hint}")
     return precision
-
-
-def check_export_precision(fmt, precision, calibration):
-    """Raises a `ValueError` unless format `fmt` supports `precision` and, for `"int8"`,
-    `calibration` (images, or the CLI's data spec) is given."""
-    check_precision(precision, EXPORT_PRECISIONS[fmt], _FORMAT_NAMES[fmt])
-    if precision == "int8" and not calibration:
-        raise ValueError(f"int8 {_FORMAT_NAMES[fmt]} export needs calibration images "
-                         "(--calibration-data SPEC --calibration-images N).")
 
 
 def _with_policy(config, policy):

@@ -62,6 +62,41 @@ def test_report_names_the_int8_runtime(tmp_path):
     assert "| os8 | fp32 | 0.800 |" in text and text.count("| off |") == 1
 
 
+def test_machine_files_keep_the_newest_row_and_render_one_section_each(tmp_path):
+    """`report.py --add` puts a run's rows into its machine kind's file (a newer row
+    replaces the older one, whose command the file keeps), refuses another CPU, and
+    the machine files render as one section and one table per machine kind."""
+    cpu = {"model": "Test CPU", "flags": ["avx2", "fma"], "cores": 2, "mhz": 2000.0,
+           "mhz_source": "test"}
+    machines = tmp_path / "results"
+    for name, (jpu, os8) in (("a", (0.5, 1.5)), ("b", (0.4, 1.6))):
+        rows = [_row("jpu", jpu, 200.0, 3.0, 1.8), _row("os8", os8, 500.0, 4.0, 2.4)]
+        benchmark.write_results(rows, str(tmp_path / name), "test machine", 512, 480, 2, cpu)
+        assert report.main(["--add", str(tmp_path / name / "results.json"), "--to",
+                            str(machines / "test.json"), "--command", f"run {name}",
+                            "--date", f"2026-01-0{1 + (name == 'b')}", "--kind", "Test kind",
+                            "--note", "a note"]) == 0
+    payload = json.loads((machines / "test.json").read_text())
+    assert [r["command"] for r in payload["runs"]] == ["run b"]
+    assert {r["latency_s"] for r in payload["results"]} == {0.4, 1.6}
+    assert [r["speedup"] for r in payload["ratios"]] == [pytest.approx(4.0)]
+    assert "`run a` (2026-01-01)" in payload["replaced"][0]
+    other = dict(cpu, flags=["avx512f"])
+    benchmark.write_results([_row("jpu", 0.1, 200.0, 3.0, 1.8)], str(tmp_path / "c"),
+                            "test machine", 512, 480, 2, other)
+    with pytest.raises(SystemExit, match="another machine kind"):
+        report.add_run(str(tmp_path / "c" / "results.json"), str(machines / "test.json"), "c")
+    report.add_run(str(tmp_path / "c" / "results.json"), str(machines / "other.json"), "run c",
+                   "2026-01-03", "Other kind")
+    assert report.main([str(machines / "test.json"), str(machines / "other.json")]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.index("## Other kind (2026-01-03)") < text.index("## Test kind (2026-01-02)")
+    assert "- 1, 2026-01-03: `run c`" in text and "- 2, 2026-01-02: `run b`" in text
+    assert "| encnet | resnet50 | jpu | fp32 | 0.400 |" in text and "| 4.00x | 2 |" in text
+    assert "a note" in text and "run a" not in text  # older runs stay in the file
+    assert (tmp_path / "chart.png").exists()
+
+
 def test_int8_rows_run_their_own_child_and_compare_like_with_like(monkeypatch):
     """int8 rows come from `measure_int8_speed` (no training memory, no PyTorch
     anchor), are kept on resume only with the same --int8-runtime, whatever --freeze;
@@ -78,7 +113,7 @@ def test_int8_rows_run_their_own_child_and_compare_like_with_like(monkeypatch):
                 "gflops": 1.0, "params": {}, "params_total": 0, "throughput_ips": 5.0,
                 "throughput_batch": 8}
 
-    monkeypatch.setattr(benchmark, "_child", child)
+    monkeypatch.setattr(benchmark.run, "_child", child)
     cpu = {"cores": 2, "mhz": 2000.0, "all_flags": ["avx2", "fma", "avx512f", "avx512_vnni"]}
     rows = benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"],
                                     precisions=("int8",), cpu=cpu, log=lambda text: None)
@@ -222,7 +257,7 @@ def test_precision_axis_counts_flops_once_per_configuration(monkeypatch):
                 "gflops": 10.0 if config["upsampler"] == "jpu" else 25.0, "params": {},
                 "params_total": 0}
 
-    monkeypatch.setattr(benchmark, "_child", child)
+    monkeypatch.setattr(benchmark.run, "_child", child)
     rows = benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], memory=False,
                                     precisions=("fp32", "fp16"), torch_anchor=False,
                                     log=lambda text: None)
@@ -235,7 +270,7 @@ def test_precision_axis_counts_flops_once_per_configuration(monkeypatch):
 
 def test_resume_keeps_finished_configurations(monkeypatch):
     calls = []
-    monkeypatch.setattr(benchmark, "_child",
+    monkeypatch.setattr(benchmark.run, "_child",
                         lambda kind, config, options: calls.append((kind, config)) or
                         {"latency_s": 1.0, "fps": 1.0, "gflops": 1.0, "params": {},
                          "params_total": 0, "train_peak_rss_gb": 1.0,
@@ -271,8 +306,8 @@ def test_torch_anchor_rows(monkeypatch):
         return {"latency_s": 1.0, "fps": 1.0, "gflops": 10.0, "params": {},
                 "params_total": 0}
 
-    monkeypatch.setattr(benchmark, "_child", child)
-    monkeypatch.setattr(benchmark, "torch_reference_path", lambda: __file__)
+    monkeypatch.setattr(benchmark.run, "_child", child)
+    monkeypatch.setattr(benchmark.torch_anchor, "torch_reference_path", lambda: __file__)
     pytest.importorskip("torch")
     avx2 = {"cores": 2, "mhz": 2000.0, "all_flags": ["avx2", "fma"]}
     rows = benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os16"], memory=False,
@@ -297,8 +332,6 @@ def test_torch_anchor_rows(monkeypatch):
 def test_measure_torch_small():
     """The official structure times at 64 px (fp32, in this process)."""
     pytest.importorskip("torch")
-    if benchmark.torch_reference_path() is None:
-        pytest.skip("tests/torch_fastfcn_reference.py is not in this checkout")
     out = benchmark.measure_torch("fcn", "resnet50", "os8", size=64, num_classes=5, warmup=1,
                                   min_runs=1, min_seconds=0.01, threads=1)
     assert out["latency_s"] > 0 and out["threads"] == 1
@@ -311,7 +344,7 @@ def test_benchmark_models_have_trained_like_batchnorm():
     import keras
     import numpy as np
 
-    from keras_fastfcn.serving.fold import fold_batchnorm
+    from keras_fastfcn.inference.fold import fold_batchnorm
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
@@ -334,7 +367,7 @@ def test_measure_int8_speed_times_both_runtimes(monkeypatch, tiny_backbone):
     runs, the error names each one's reason."""
     pytest.importorskip("onnxruntime")
     build = benchmark._build
-    monkeypatch.setattr(benchmark, "_build", lambda head, backbone, up, n: build(
+    monkeypatch.setattr(benchmark.timing, "_build", lambda head, backbone, up, n: build(
         head, tiny_backbone, up, n))
     row = benchmark.measure_int8_speed("fcn", "resnet50", "jpu", size=64, num_classes=5,
                                        warmup=1, min_runs=1, min_seconds=0.01,

@@ -81,7 +81,7 @@ def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, folder_spe
     assert report["images"] == 3 and report["split"] == "val"
     assert report["inference"] == {"mode": "whole", "scales": [1.0], "flip": False,
                                    "crop_size": None, "base_size": None,
-                                   "jit_compile": False, "fold_batchnorm": True,
+                                   "jit_compile": False, "fold_batchnorm": True, "precision": "fp32",
                                    "freeze": False}
     assert [c["name"] for c in report["per_class"]] == NAMES  # the model's names win
 

@@ -1,6 +1,6 @@
 """Official PyTorch FastFCN checkpoints -> Keras: key mapping, parity and errors.
 
-A PyTorch model with the official module tree (tests/torch_fastfcn_reference.py)
+A PyTorch model with the official module tree (keras_fastfcn/benchmark/torch_reference.py)
 gets random weights and BN statistics, its state dict is converted, and the Keras
 model must reproduce its outputs.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_fastfcn_reference as ref
+from keras_fastfcn.benchmark import torch_reference as ref
 from keras_fastfcn import FastFCN, cli, convert
 from keras_fastfcn.cli import convert as convert_cli
 from keras_fastfcn.models import registry
@@ -74,7 +74,7 @@ def _compare(torch_model, keras_model, hw, seed=1):
 def test_parity_with_official_structure(head, jpu, tmp_path):
     torch_model = _torch_model(head, jpu)
     path = _save(torch_model.state_dict(), tmp_path / "model.pth")
-    model = convert.convert_checkpoint(path, backbone=TINY)
+    model = convert.convert_checkpoint(path, encoder=TINY)
     upsampler = {"JPU": "jpu", "JPU_X": "jpu_x", None: None}[jpu]
     assert (model.head_name, model.backbone.upsampler_name) == (head, upsampler)
     assert model.aux and model.se_loss == (head == "encnet")
@@ -159,7 +159,7 @@ def test_mismatch_lists_every_bad_key_and_changes_nothing():
     bad["pretrained.layer9.0.conv1.weight"] = np.zeros(3, "float32")
     bad["head.conv5.4.bias"] = np.zeros(12, "float32")
     bad["jpu.conv4.0.weight"] = np.zeros((64, 1024, 1, 1), "float32")
-    model = convert.convert_checkpoint(good, backbone=TINY)
+    model = convert.convert_checkpoint(good, encoder=TINY)
     before = [np.asarray(v).copy() for v in model.weights]
     with pytest.raises(convert.CheckpointMismatchError) as info:
         convert.load_official_weights(model, bad)
@@ -257,9 +257,9 @@ def test_unsupported_checkpoints_are_named():
     state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
     state_dict["head.connect.0.0.weight"] = np.zeros((512, 512, 1, 1), "float32")
     with pytest.raises(convert.CheckpointMismatchError, match="'lateral'"):
-        convert.convert_checkpoint(state_dict, backbone=TINY)
+        convert.convert_checkpoint(state_dict, encoder=TINY)
     with pytest.raises(ValueError, match="3 class names given for a 11-class"):
-        convert.convert_checkpoint(state_dict, backbone=TINY, class_names=["a", "b", "c"])
+        convert.convert_checkpoint(state_dict, encoder=TINY, class_names=["a", "b", "c"])
 
 
 def test_dataset_class_names_come_from_palettes(monkeypatch):
@@ -276,9 +276,10 @@ def test_dataset_class_names_come_from_palettes(monkeypatch):
     monkeypatch.setattr(keras_fastfcn.data, "palettes", palettes, raising=False)
     torch_model = _torch_model("fcn", "JPU", aux=False, nclass=59)
     state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    model = convert.convert_checkpoint(state_dict, backbone=TINY, dataset="pcontext")
+    with pytest.warns(DeprecationWarning, match=r"use encoder="):  # the 0.2 name
+        model = convert.convert_checkpoint(state_dict, backbone=TINY, dataset="pcontext")
     assert calls == ["pascal_context"]
     assert model.dataset == "pascal_context" and model.class_names[3] == "pascal_context_3"
     with pytest.raises(ValueError, match="'ade20k' has 150 classes .* checkpoint has 59"):
-        convert.convert_checkpoint(state_dict, backbone=TINY, dataset="ade20k")
+        convert.convert_checkpoint(state_dict, encoder=TINY, dataset="ade20k")
     assert convert.normalize_dataset("ADE") == "ade20k"

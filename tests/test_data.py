@@ -74,6 +74,10 @@ def test_palettes_known_datasets():
     pc = palettes.class_names("pcontext")
     assert len(pc) == 59 and pc[0] == "aeroplane" and pc[-1] == "wood" and list(pc) == sorted(pc)
     assert palettes.get_palette("pcontext").shape == (59, 3)
+    # One name per dataset, whatever spelling came in.
+    assert palettes.canonical_dataset("pcontext") == palettes.canonical_dataset(
+        "Pascal-Context") == "pascal_context"
+    assert palettes.canonical_dataset("voc") == "pascal_voc"
     cam = palettes.get_palette("camvid")
     assert cam.shape == (11, 3) and cam[3].tolist() == [128, 64, 128]  # road
     assert palettes.class_names("demo")[0] == "background"

@@ -261,7 +261,7 @@ def test_scaled_size_python_and_graph_agree():
         for scale in inference.MS_SCALES + (2.0, 2.25):
             for base in [None, 520, 1024]:
                 ph, pw = inference.scaled_size(h, w, scale, base)
-                th, tw = inference._scaled_size_tensor(tf.constant(h), tf.constant(w), scale, base)
+                th, tw = inference.ensemble._scaled_size_tensor(tf.constant(h), tf.constant(w), scale, base)
                 assert (ph, pw) == (int(th), int(tw))
 
 
@@ -295,11 +295,11 @@ def test_bad_options_and_inputs(rng):
 
 def test_converted_official_model_matches_official_evaluator(tmp_path):
     # End to end on a real FastFCN: the PyTorch stand-in of the official EncNet+JPU
-    # (tests/torch_fastfcn_reference.py), converted to Keras; our sliding-window MS +
+    # (keras_fastfcn/benchmark/torch_reference.py), converted to Keras; our sliding-window MS +
     # flip against the official evaluator run on the PyTorch model. EncNet's global
     # context makes every window's padding visible, so this also checks that padding
     # the raw image with 0 equals the official `-mean / std` padding.
-    import torch_fastfcn_reference as ref
+    from keras_fastfcn.benchmark import torch_reference as ref
 
     from keras_fastfcn import convert
     from keras_fastfcn.models import registry
@@ -313,7 +313,7 @@ def test_converted_official_model_matches_official_evaluator(tmp_path):
         "encnet", NCLASS, layers=(1, 1, 1, 1), jpu="JPU", aux=False, se_loss=False,
         width=64)).eval()
     torch.save(torch_model.state_dict(), tmp_path / "encnet.pth")
-    model = convert.convert_checkpoint(str(tmp_path / "encnet.pth"), backbone=name)
+    model = convert.convert_checkpoint(str(tmp_path / "encnet.pth"), encoder=name)
 
     rng = np.random.RandomState(3)
     image = smooth_image(rng, (70, 90))
@@ -370,7 +370,7 @@ def test_xla_parts_under_a_16_bit_policy_compiles_only_float32_parts(tiny_backbo
         traced = fn.get_concrete_function(tf.TensorSpec((1, None, None, 3)))
     clusters = [f.signature.name for f in traced.graph.as_graph_def().library.function
                 if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
-    compiled = [layer.name for layer in net.layers if inference._is_xla_part(layer)]
+    compiled = [layer.name for layer in net.layers if inference.tracing._is_xla_part(layer)]
     assert compiled == ["logits"] and len(clusters) == 1
     np.testing.assert_allclose(traced(x).numpy(), reference, rtol=1e-3, atol=1e-3)
 
@@ -433,7 +433,7 @@ def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
     assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.999
     assert folded.settings()["fold_batchnorm"] and not plain.settings()["fold_batchnorm"]
-    from keras_fastfcn.serving.fold import batchnorm_layers
+    from keras_fastfcn.inference.fold import batchnorm_layers
 
     assert len(batchnorm_layers(folded.model)) < len(batchnorm_layers(model)) // 4
     kernel, bias = model.head_layer.classifier.get_weights()
@@ -448,7 +448,7 @@ def test_predictor_traces_repeated_shapes_statically(rng, monkeypatch):
     time gets its own static-shape trace (faster graphs), at most `STATIC_SHAPES` of
     them; the log-scores are those of the dynamic trace either way, in whole and slide
     mode."""
-    monkeypatch.setattr(inference, "STATIC_SHAPES", 2)
+    monkeypatch.setattr(inference.tracing, "STATIC_SHAPES", 2)
     model, _, _ = toy_model(rng)
     whole = inference.Predictor(model, scales=(0.75, 1.0), flip=True)
     slide = inference.Predictor(model, mode="slide", crop_size=24, flip=True)
@@ -470,7 +470,7 @@ def test_predictor_freezes_at_most_frozen_shapes_static_traces(rng, monkeypatch)
     """`Predictor(freeze=True)` (`--freeze`) freezes the weights into its first
     `FROZEN_SHAPES` static traces only (each holds a copy of the weights), never into
     the dynamic one; the log-scores are those of the dynamic trace for every shape."""
-    monkeypatch.setattr(inference, "FROZEN_SHAPES", 1)
+    monkeypatch.setattr(inference.tracing, "FROZEN_SHAPES", 1)
     frozen_calls = []
     original = inference.trace
 
@@ -478,7 +478,7 @@ def test_predictor_freezes_at_most_frozen_shapes_static_traces(rng, monkeypatch)
         frozen_calls.append((tuple(spec.shape), freeze))
         return original(fn, spec, model, jit_compile, freeze)
 
-    monkeypatch.setattr(inference, "trace", counting)
+    monkeypatch.setattr(inference.tracing, "trace", counting)
     model, _, _ = toy_model(rng)
     folded = inference.Predictor(model, fold_batchnorm=True, freeze=True)
     assert folded.settings()["freeze"] and not inference.Predictor(model).settings()["freeze"]

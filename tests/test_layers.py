@@ -96,40 +96,6 @@ def test_pyramid_pooling_matches_torch_pipeline(rng):
     np.testing.assert_allclose(b1, np.broadcast_to(b1[:, :1, :1], b1.shape), atol=1e-5)
 
 
-ALL_LAYERS = [
-    lambda: L.JPU(width=16, dilations=(1, 2)),
-    lambda: L.JPUX(width=64),
-    lambda: L.EncHead(4, width=32, num_codes=4),
-    lambda: L.PSPHead(4),
-    lambda: L.ASPPHead(4, rates=(1, 2, 3)),
-    lambda: L.FCNHead(4),
-]
-
-
-@pytest.mark.parametrize("make", ALL_LAYERS)
-def test_layers_serialize_round_trip(tmp_path, rng, make):
-    layer = make()
-    if isinstance(layer, (L.JPU, L.JPUX)):
-        inputs = [keras.Input((None, None, c)) for c in (8, 16, 32)]
-        data = [rng.randn(1, 16, 16, 8), rng.randn(1, 8, 8, 16), rng.randn(1, 4, 4, 32)]
-    else:
-        inputs = keras.Input((None, None, 64))
-        data = rng.randn(2, 12, 12, 64)
-    outputs = layer(inputs)
-    model = keras.Model(inputs, outputs)
-    data = [d.astype("float32") for d in data] if isinstance(data, list) else data.astype("float32")
-    before = model.predict(data, verbose=0)
-    path = tmp_path / "layer.keras"
-    model.save(path)
-    restored = keras.models.load_model(path, safe_mode=True)
-    after = restored.predict(data, verbose=0)
-    for a, b in zip(keras.tree.flatten(before), keras.tree.flatten(after)):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    config = layer.get_config()
-    clone = type(layer).from_config(config)
-    assert clone.get_config() == config
-
-
 def test_jpu_against_torch_reference(rng):
     """Forward parity with a PyTorch JPU written from the official structure."""
     nn = torch.nn

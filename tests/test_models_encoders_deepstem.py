@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_fastfcn_reference as ref
+from keras_fastfcn.benchmark import torch_reference as ref
 from keras_fastfcn.models import registry
 from keras_fastfcn.models.encoders.resnet_deepstem import (
     block_dilations,

@@ -2,7 +2,7 @@
 
 The server plays Google Drive (the file directly, or its "can't scan for viruses" page
 with a download form first) and serves a checkpoint the test generates with the
-official module tree (tests/torch_fastfcn_reference.py): download, conversion, the
+official module tree (keras_fastfcn/benchmark/torch_reference.py): download, conversion, the
 cache, a corrupt download and a refused one are all exercised offline.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import keras_fastfcn as kf
-import torch_fastfcn_reference as ref
+from keras_fastfcn.benchmark import torch_reference as ref
 from keras_fastfcn.models import presets
 
 DRIVE_ID = "test-drive-id"
@@ -122,7 +122,8 @@ def test_corrupt_download_is_refused_and_nothing_is_cached(drive, tmp_path):
 def test_drive_refusal_names_the_manual_step(drive, tmp_path, checkpoint):
     FakeDrive.mode = "quota"
     with pytest.raises(presets.PresetError,
-                       match=f"Download it in a browser from .*open\\?id={DRIVE_ID}.*checkpoint="):
+                       match=f"Download {drive}.pth.tar in a browser from "
+                             f".*open\\?id={DRIVE_ID}.*checkpoint='path/to/{drive}.pth.tar'"):
         kf.models.FastFCNImageSegmenter.from_preset(drive)
     assert _cache_files(tmp_path) == []
     # The manual step: the file downloaded by hand.

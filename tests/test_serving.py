@@ -26,7 +26,7 @@ from keras_fastfcn import cli, inference
 from keras_fastfcn import serving as export
 from keras_fastfcn.layers import resize_bilinear
 from keras_fastfcn.serving import client as serving_client
-from keras_fastfcn.serving.fold import batchnorm_layers
+from keras_fastfcn.inference.fold import batchnorm_layers
 
 CLASS_NAMES = ["road", "car", "sky"]
 SIZES = [(64, 64), (67, 75), (96, 80)]

@@ -1,4 +1,4 @@
-"""BatchNorm folding (keras_fastfcn.serving.fold): same outputs, fewer BN layers, original
+"""BatchNorm folding (keras_fastfcn.inference.fold): same outputs, fewer BN layers, original
 untouched; and the export-only padded dilated depthwise convs and native logits resize."""
 
 import keras
@@ -9,7 +9,7 @@ import keras_fastfcn as kf
 from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.inference import logits_model
 from keras_fastfcn.layers.resize import BilinearResize
-from keras_fastfcn.serving.fold import (NativeBilinearResize, PaddedDepthwiseConv2D,
+from keras_fastfcn.inference.fold import (NativeBilinearResize, PaddedDepthwiseConv2D,
                                         batchnorm_layers, fold_batchnorm, inference_copy,
                                         native_resizes, pad_dilated_depthwise)
 
@@ -224,12 +224,12 @@ def test_prepare_without_folding_copies_what_it_can(rng):
     """`fold_bn=False`: a Sequential model is copied and rewritten (the caller's is
     not); a functional model that cannot be cloned from its configs is exported as it
     is, with a warning that says why, instead of failing."""
-    from keras_fastfcn.serving.model import prepare
+    from keras_fastfcn.inference.prepare import prepare
 
     model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=32)
     image = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     seq = keras.Sequential([keras.Input((None, None, 3)), logits_model(model)])
-    net, _ = prepare(seq, fold_bn=False, pad_dilations=True)
+    net, _ = prepare(seq, fold_bn=False, pad_dilations=True, native_resizes=True)
     kinds = {type(layer).__name__ for layer in all_layers(net)}
     assert {"NativeBilinearResize", "PaddedDepthwiseConv2D"} <= kinds
     assert type(model.get_layer("jpu").upsample) is BilinearResize
@@ -238,6 +238,6 @@ def test_prepare_without_folding_copies_what_it_can(rng):
     inputs = keras.Input((None, None, 3))
     own = keras.Model(inputs, _Apply(lambda x: 2.0 * x)(logits_model(model)(inputs)))
     with pytest.warns(UserWarning, match="Could not copy the model"):
-        net, _ = prepare(own, fold_bn=False)
+        net, _ = prepare(own, fold_bn=False, native_resizes=True)
     assert net is own
     assert type(model.get_layer("jpu").upsample) is BilinearResize

@@ -9,6 +9,11 @@ traceback instead.
 Each subcommand lives in its own module, which defines `add_arguments(parser)` and
 `run(args) -> int` and imports Keras/TensorFlow only inside `run`; only the chosen
 one is imported, so `--help` is instant.
+
+Every command takes `--import MODULE` (repeatable): your own module, imported first,
+whose registrations (a head, an encoder or upsampler, a data source, an export
+format) the command then offers like the built-in ones, without an edit of the
+package: `keras-fastfcn train --import my_heads --config my.yaml`.
 """
 
 import argparse
@@ -27,8 +32,29 @@ COMMANDS = {
 }
 
 
+# The `--import` modules, for the child processes a command starts.
+PLUGINS_ENV = "KERAS_FASTFCN_IMPORTS"
+
+
 class CommandError(Exception):
     """An error the user can fix; printed without a traceback."""
+
+
+def import_plugins(modules):
+    """Imports each of `modules` (`--import`), a `CommandError` naming one that fails.
+
+    A module is found on `sys.path`, which holds the current folder (a `my_heads.py`
+    next to where the command runs) and `PYTHONPATH`.
+    """
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise CommandError(f"--import {name}: {err}") from None
+    if modules:  # child processes (the benchmark's) import them too
+        os.environ[PLUGINS_ENV] = ",".join(modules)
 
 
 def _usage():
@@ -78,11 +104,17 @@ def main(argv=None):
     module = importlib.import_module(f"keras_fastfcn.cli.{name}")
     parser = argparse.ArgumentParser(prog=f"keras-fastfcn {name}", description=COMMANDS[name])
     module.add_arguments(parser)
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE",
+                        help="import MODULE first: its registered heads, encoders, "
+                             "upsamplers, data sources and export formats become "
+                             "available (repeatable)")
     args = parser.parse_args(argv[1:])
     from keras_fastfcn.data.errors import translate_errors
 
     _import_tensorflow_quietly()
     try:
+        import_plugins(args.imports)
         # Data errors raised inside tf.data come out as one line naming the file.
         with translate_errors():
             return int(module.run(args) or 0)

@@ -2,8 +2,9 @@
 
 Writes `OUTPUT/results.json` after every configuration (a killed run keeps its rows;
 `--resume` measures only the missing ones) and prints the ratios to the dilated
-output-stride-8 model. `python benchmarks/report.py OUTPUT/results.json` renders
-`RESULTS.md` and `chart.png` from it.
+output-stride-8 model. `python benchmarks/report.py --add OUTPUT/results.json --to
+benchmarks/results/KIND.json --command "..."` merges it into its machine kind's file, from
+which `python benchmarks/report.py benchmarks/results/*.json` renders `RESULTS.md`.
 
 Columns besides latency: `--precision` (fp32 / bf16 / fp16 rows of the Keras model; int8
 rows of its TFLite / ONNX Runtime int8 exports, `--int8-runtime`), throughput at
@@ -13,23 +14,27 @@ and, where PyTorch is installed, the official code timed in the same run (`--no-
 skips it).
 """
 
+import argparse
 import os
 
 from keras_fastfcn.benchmark import INT8_RUNTIMES  # no TensorFlow import: the CLI stays quick
-from keras_fastfcn.cli.common import non_negative_int, positive_int
+from keras_fastfcn.cli.common import DeprecatedAlias, non_negative_int, positive_int
 
 
 HEADS = ("encnet", "psp", "deeplab", "fcn")
-BACKBONES = ("resnet50", "resnet101")
+ENCODERS = ("resnet50", "resnet101")
 UPSAMPLERS = ("jpu", "jpu_x", "os8", "os16", "os32")
 
 
 def add_arguments(parser):
     parser.add_argument("--heads", default=",".join(HEADS), metavar="H1,H2,...",
-                        help=f"heads to time, comma-separated (default: {','.join(HEADS)})")
-    parser.add_argument("--backbones", default=",".join(BACKBONES), metavar="E1,E2,...",
-                        help="encoders to time, comma-separated (default: "
-                             f"{','.join(BACKBONES)})")
+                        help="registered heads to time, comma-separated (default: "
+                             f"{','.join(HEADS)})")
+    parser.add_argument("--encoders", default=",".join(ENCODERS), metavar="E1,E2,...",
+                        help="registered encoders to time, comma-separated (default: "
+                             f"{','.join(ENCODERS)})")
+    parser.add_argument("--backbones", dest="encoders", action=DeprecatedAlias,
+                        new="--encoders", help=argparse.SUPPRESS)
     parser.add_argument("--upsamplers", default=",".join(UPSAMPLERS),
                         help="jpu, jpu_x, os8, os16, os32 (dilated baselines)")
     parser.add_argument("--size", type=positive_int, default=512, help="inference image size")
@@ -79,8 +84,11 @@ def _split(text, valid, what):
 def run(args):
     from keras_fastfcn import benchmark
 
-    heads = _split(args.heads, HEADS, "head(s)")
-    backbones = _split(args.backbones, BACKBONES, "backbone(s)")
+    from keras_fastfcn.models import registry
+
+    # Any registered head (yours too, with --import); the default is the paper's four.
+    heads = _split(args.heads, registry.available("head"), "head(s)")
+    backbones = _split(args.encoders, registry.available("encoder"), "encoder(s)")
     upsamplers = _split(args.upsamplers, UPSAMPLERS, "upsampler(s)")
     precisions = _split(args.precision, benchmark.BENCHMARK_PRECISIONS, "precision(s)")
     size, crop, min_seconds = args.size, args.crop, args.min_seconds
@@ -113,6 +121,7 @@ def run(args):
         print(f"{r['head']} {r['backbone']} {r['upsampler']} {r['precision']}{runtime} vs os8: "
               f"{r['speedup']:.2f}x faster{mem}{torch}")
     path = os.path.join(args.output, "results.json")
-    print(f"Wrote {path}; render RESULTS.md and chart.png with: "
-          f"python benchmarks/report.py {path}")
+    print(f"Wrote {path}; a report of this run alone: python benchmarks/report.py {path} "
+          f"--output DIR; into the repository's results: python benchmarks/report.py --add "
+          f"{path} --to benchmarks/results/KIND.json --command \"keras-fastfcn benchmark ...\"")
     return 0 if all("error" not in r for r in results) else 1

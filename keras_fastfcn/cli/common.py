@@ -6,6 +6,9 @@ Nothing here imports Keras or TensorFlow: `--help` of every command stays instan
 import argparse
 import math
 import os
+import sys
+
+from keras_fastfcn.precision import KERAS_PRECISIONS  # numpy only: the CLI stays quick
 
 
 def _int_at_least(text, low):
@@ -67,7 +70,7 @@ def add_inference_arguments(parser):
     group.add_argument("--base-size", type=positive_int, default=None, metavar="N",
                        help="resize the long side to N * scale (official: 520 for Pascal "
                             "Context/ADE20K); default: each image's own size")
-    group.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+    group.add_argument("--precision", default="fp32", choices=KERAS_PRECISIONS,
                        help="compute precision: bf16/fp16 rebuild the model under Keras "
                             "mixed precision with the same weights (fast where the CPU has "
                             "AVX512-BF16/AMX or on GPUs); int8 is an export option "
@@ -131,9 +134,7 @@ def open_predictor(args):
 def predictor_from_args(model, args):
     """An `inference.Predictor` from parsed `add_inference_arguments` options."""
     from keras_fastfcn import inference
-    from keras_fastfcn.precision import with_precision
 
-    model = with_precision(model, getattr(args, "precision", "fp32"))
     if args.ms and args.scales is not None:
         raise ValueError("--ms and --scales are exclusive: --ms means --scales "
                          f"{','.join(str(s) for s in inference.MS_SCALES)} --flip.")
@@ -144,7 +145,29 @@ def predictor_from_args(model, args):
         flip=bool(args.flip or args.ms), crop_size=args.crop_size, base_size=args.base_size,
         jit_compile={"off": False, "on": True}.get(args.jit_compile, args.jit_compile),
         fold_batchnorm=True,  # a model read from a file: its weights do not change
+        precision=getattr(args, "precision", "fp32"),
         freeze=bool(getattr(args, "freeze", False)))
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new one's `dest`, with a warning.
+
+    Example:
+    >>> parser.add_argument("--backbones", dest="encoders", action=DeprecatedAlias,
+    ...                     new="--encoders", help=argparse.SUPPRESS)
+    """
+
+    def __init__(self, option_strings, dest, new=None, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import warnings
+
+        warnings.warn(f"{option_string} is deprecated: use {self.new}.", DeprecationWarning,
+                      stacklevel=2)
+        print(f"warning: {option_string} is deprecated; use {self.new}.", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def check_output_file(path, option="--output"):

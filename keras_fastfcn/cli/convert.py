@@ -58,7 +58,7 @@ def run(args):
               f"{args.output}")
         return 0
     model = convert_checkpoint(
-        state_dict, output=args.output, head=args.head, backbone=args.encoder,
+        state_dict, output=args.output, head=args.head, encoder=args.encoder,
         num_classes=args.num_classes, upsampler=None if args.upsampler == "none" else args.upsampler,
         aux=False if args.inference_only else None,
         se_loss=False if args.inference_only else None,

@@ -13,15 +13,15 @@ import os
 import time
 
 from keras_fastfcn.cli.common import check_model_file, max_pixels, positive_int, scales
+from keras_fastfcn.serving.formats import FORMATS, check_export_precision, export_precisions
 
-FORMATS = ("saved_model", "onnx", "tflite")
 
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True,
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
                              "from images to logits)")
-    parser.add_argument("--format", default="saved_model", choices=FORMATS,
+    parser.add_argument("--format", default="saved_model", choices=tuple(FORMATS),
                         help="export format (default: saved_model)")
     parser.add_argument("--output", required=True,
                         help="saved_model: BASE (next version) or BASE/VERSION; "
@@ -50,11 +50,9 @@ def add_arguments(parser):
                         help="fold BatchNorm into the convolutions (default)")
     parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
-    parser.add_argument("--precision", default="fp32",
-                        choices=("fp32", "bf16", "fp16", "int8", "int8_dynamic"),
-                        help="saved_model: fp32, bf16, fp16 (Keras mixed precision); tflite: "
-                             "fp32, fp16 (weights), int8 (full integer), int8_dynamic; onnx: "
-                             "fp32, int8 (QDQ), int8_dynamic (default fp32)")
+    parser.add_argument("--precision", default="fp32", choices=export_precisions(),
+                        help="; ".join(f"{f.name}: {f.precision_help}" for f in
+                                       FORMATS.values()) + " (default fp32)")
     parser.add_argument("--calibration-data", default=None, metavar="SPEC",
                         help="int8: the data source whose train images calibrate the "
                              "quantization (camvid, demo, folder:PATH, ...)")
@@ -73,7 +71,6 @@ def run(args):
     if args.ms and args.scales is not None:
         raise ValueError("--ms and --scales are exclusive: --ms means --scales "
                          "0.5,0.75,1.0,1.25,1.5,1.75 --flip.")
-    from keras_fastfcn.precision import check_export_precision
     from keras_fastfcn.serving import targets
 
     # Output problems, unsupported options and missing optional packages are reported

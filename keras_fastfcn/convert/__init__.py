@@ -13,6 +13,7 @@ Example:
 """
 
 import os
+import warnings
 
 from keras_fastfcn.convert.checkpoint import (CLASSIFIER_BIAS, DATASET_NUM_CLASSES,
                                               CheckpointMismatchError, dataset_class_names,
@@ -21,6 +22,7 @@ from keras_fastfcn.convert.checkpoint import (CLASSIFIER_BIAS, DATASET_NUM_CLASS
 from keras_fastfcn.convert.mapping import (_backbone_targets, _match, load_official_weights,
                                            weight_mapping)
 from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.models import presets
 from keras_fastfcn.models.encoders import resnet_deepstem
 
 __all__ = ["CheckpointMismatchError", "convert_backbone_checkpoint", "convert_checkpoint",
@@ -37,9 +39,9 @@ def _save(model, output):
             model.save(tmp)
 
 
-def convert_checkpoint(checkpoint, output=None, head=None, backbone=None, num_classes=None,
+def convert_checkpoint(checkpoint, output=None, head=None, encoder=None, num_classes=None,
                        upsampler="auto", aux=None, se_loss=None, dataset=None,
-                       class_names=None, jpu_width=None):
+                       class_names=None, width=None, *, backbone=None, jpu_width=None):
     """Builds the segmenter of an official checkpoint and loads its weights.
 
     Anything left as None (or `upsampler="auto"`) is read from the checkpoint's
@@ -52,8 +54,8 @@ def convert_checkpoint(checkpoint, output=None, head=None, backbone=None, num_cl
         output: optional `.keras` (full model) or `.weights.h5` path, written
             atomically.
         head: "encnet", "psp", "deeplab" or "fcn".
-        backbone: "resnet50s", "resnet101s", "resnet152s" (or another registered
-            deep-stem backbone).
+        encoder: "resnet50s", "resnet101s", "resnet152s" (or another registered
+            deep-stem encoder); default: from the checkpoint's block counts.
         num_classes: int.
         upsampler: "jpu", "jpu_x", None (dilated backbone, output stride 8) or
             "auto".
@@ -63,7 +65,8 @@ def convert_checkpoint(checkpoint, output=None, head=None, backbone=None, num_cl
         dataset: dataset name carried by the model ("pascal_context", "ade20k";
             the official "pcontext" is accepted).
         class_names: list of names; default: the dataset's, when known.
-        jpu_width: JPU width (default: from the checkpoint, 512 officially).
+        width: the upsampler's width (default: from the checkpoint, 512 officially).
+        backbone, jpu_width: the 0.2 names of `encoder` and `width` (deprecated).
 
     Returns:
         The converted `FastFCNImageSegmenter`.
@@ -74,6 +77,8 @@ def convert_checkpoint(checkpoint, output=None, head=None, backbone=None, num_cl
     """
     from keras_fastfcn.models import FastFCN, registry
 
+    backbone = _renamed("backbone", backbone, "encoder", encoder)
+    jpu_width = _renamed("jpu_width", jpu_width, "width", width)
     state_dict = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     inferred = infer_config(state_dict)
     head = registry.head(head).name if head else inferred["head"]
@@ -129,6 +134,17 @@ def convert_checkpoint(checkpoint, output=None, head=None, backbone=None, num_cl
     return model
 
 
+def _renamed(old, old_value, new, new_value):
+    """`new_value`, or a value given under the deprecated name `old` (with a warning)."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ValueError(f"{old}= is the old name of {new}=: pass only {new}=.")
+    warnings.warn(f"convert_checkpoint({old}=...) is deprecated: use {new}=.",
+                  DeprecationWarning, stacklevel=3)
+    return old_value
+
+
 def convert_backbone_checkpoint(checkpoint, backbone=None, output=None):
     """The deep-stem backbone of an official checkpoint as a Keras weights file.
 
@@ -171,3 +187,14 @@ def convert_backbone_checkpoint(checkpoint, backbone=None, output=None):
     if output is not None:
         _save(model, output)
     return model
+
+
+def _convert_preset(checkpoint, entry):
+    """A released model's checkpoint (a `presets.PRESETS` entry) as its segmenter."""
+    return convert_checkpoint(
+        checkpoint, head=entry["head"], encoder=entry["encoder"],
+        upsampler=entry.get("upsampler", "jpu"), num_classes=entry["num_classes"],
+        dataset=entry.get("dataset"))
+
+
+presets.register_checkpoint_reader("official", _convert_preset)

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from keras_fastfcn.data.palettes import canonical_dataset
 from keras_fastfcn.models.encoders import resnet_deepstem
 
 CLASSIFIER_BIAS = {
@@ -17,8 +18,6 @@ CLASSIFIER_BIAS = {
     "deeplab": "head.block.4.bias",
     "fcn": "head.conv5.4.bias",
 }
-_DATASET_ALIASES = {"pcontext": "pascal_context", "pascal-context": "pascal_context",
-                    "ade": "ade20k", "ade20k": "ade20k"}
 # Official dataset sizes (encoding/datasets/*.py NUM_CLASS).
 DATASET_NUM_CLASSES = {"pascal_context": 59, "ade20k": 150}
 
@@ -208,11 +207,9 @@ def infer_config(state_dict):
 
 
 def normalize_dataset(dataset):
-    """Official dataset names (`pcontext`, `ade20k`) -> ours (`pascal_context`, `ade20k`)."""
-    if dataset is None:
-        return None
-    key = str(dataset).lower()
-    return _DATASET_ALIASES.get(key, key)
+    """Official dataset names (`pcontext`, `ade20k`) -> ours (`pascal_context`, `ade20k`):
+    the one table of `keras_fastfcn.data.palettes.canonical_dataset`."""
+    return canonical_dataset(dataset)
 
 
 def read_class_names(path):

@@ -20,7 +20,7 @@ Example:
 
 import numpy as np
 
-__all__ = ["get_palette", "class_names", "known_datasets", "voc_palette"]
+__all__ = ["canonical_dataset", "get_palette", "class_names", "known_datasets", "voc_palette"]
 
 
 def voc_palette(n=256):
@@ -175,7 +175,7 @@ def _ade_instance_palette():
 
 _DATASETS = {
     "pascal_voc": (VOC_CLASSES, lambda: voc_palette(21)),
-    "pcontext": (PCONTEXT_CLASSES, lambda: _ADE20K_PALETTE[1:60]),
+    "pascal_context": (PCONTEXT_CLASSES, lambda: _ADE20K_PALETTE[1:60]),
     "ade20k": (ADE20K_CLASSES, lambda: _ADE20K_PALETTE),
     "ade20k_instance100": (ADE20K_INSTANCE_CLASSES, _ade_instance_palette),
     "camvid": (CAMVID_CLASSES, lambda: _CAMVID_PALETTE),
@@ -183,13 +183,21 @@ _DATASETS = {
 }
 _ALIASES = {
     "voc": "pascal_voc", "voc2012": "pascal_voc", "pascal_aug": "pascal_voc",
-    "pascal_context": "pcontext", "pcontext59": "pcontext",
+    "pcontext": "pascal_context", "pcontext59": "pascal_context",
     "ade": "ade20k", "ade20k150": "ade20k",
     "scene_parse150": "ade20k_instance100",
 }
 
 
-def _canonical(name):
+def canonical_dataset(name):
+    """The one name of a dataset (`"pcontext"` -> `"pascal_context"`, `"voc"` ->
+    `"pascal_voc"`, `"ade"` -> `"ade20k"`): what models carry as `dataset`, what the
+    palettes, the converter and the presets use. Unknown names come back lower-cased.
+
+    Example:
+    >>> canonical_dataset("PContext")
+    'pascal_context'
+    """
     if name is None:
         return None
     key = str(name).strip().lower().replace("-", "_")
@@ -219,7 +227,7 @@ def class_names(name):
     >>> len(class_names("ade20k"))
     150
     """
-    entry = _DATASETS.get(_canonical(name))
+    entry = _DATASETS.get(canonical_dataset(name))
     return None if entry is None else tuple(entry[0])
 
 
@@ -241,7 +249,7 @@ def get_palette(name=None, num_classes=None):
     >>> get_palette("my_dataset", 4).tolist()[:2]
     [[0, 0, 0], [128, 0, 0]]
     """
-    entry = _DATASETS.get(_canonical(name))
+    entry = _DATASETS.get(canonical_dataset(name))
     if num_classes is None:
         if entry is None:
             raise ValueError(

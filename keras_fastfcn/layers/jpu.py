@@ -68,7 +68,6 @@ def _check_feature_shapes(shapes, name):
             raise ValueError(f"{name}: feature {i} must be 4-D (B, H, W, C), got shape {shape}.")
         if shape[-1] is None:
             raise ValueError(f"{name}: feature {i} needs a known channel count, got shape {shape}.")
-    _check_stride_order(shapes, name)
 
 
 def _check_stride_order(shapes, name):
@@ -175,7 +174,7 @@ class JPU(_BranchRemat, keras.layers.Layer):
     the layer's `upsample` (a weightless `BilinearResize`): in training the
     interpolation-matrix form of `resize_bilinear`, whose gradient needs no full-size
     temporaries, at inference the gather form; the exports swap it for the runtime's
-    own bilinear op (`keras_fastfcn.serving.fold.native_resizes`). Inference is the
+    own bilinear op (`keras_fastfcn.inference.fold.native_resizes`). Inference is the
     same computation with either setting.
 
     Args:
@@ -222,6 +221,7 @@ class JPU(_BranchRemat, keras.layers.Layer):
     def build(self, input_shape):
         shapes = _as_feature_list(input_shape, "JPU")
         _check_feature_shapes(shapes, "JPU")
+        _check_stride_order(shapes, "JPU")
         self.conv3.build(shapes[0])
         self.conv4.build(shapes[1])
         self.conv5.build(shapes[2])

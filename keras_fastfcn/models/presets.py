@@ -27,6 +27,7 @@ Example:
 
 import hashlib
 import html.parser
+import importlib
 import json
 import os
 import shutil
@@ -37,7 +38,9 @@ import urllib.request
 
 import keras
 
+from keras_fastfcn.data import palettes
 from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.version import __version__
 from keras_fastfcn.models.fastfcn.fastfcn_presets import PRESETS, describe, download_page, file_name
 
 CONFIG_FILE = "config.json"
@@ -91,8 +94,6 @@ def save_segmenter(model, preset_dir):
     preset_dir = os.fspath(preset_dir)
     if os.path.exists(preset_dir) and not os.path.isdir(preset_dir):
         raise NotADirectoryError(f"{preset_dir} exists and is not a folder.")
-    from keras_fastfcn import __version__
-
     metadata = {
         "keras_fastfcn_version": __version__,
         "keras_version": keras.__version__,
@@ -154,21 +155,26 @@ def _architecture(name, **overrides):
     """Released model `name` with random weights, built from its entry alone (no
     download, no PyTorch): the structure `materialize` converts the checkpoint into.
     The authors trained every released model with the auxiliary head (`--aux`) and
-    EncNet with its SE loss (`--se-loss`)."""
-    from keras_fastfcn.data import palettes
-    from keras_fastfcn.models.fastfcn.fastfcn_compat import FastFCN
-
+    EncNet with its SE loss (`--se-loss`). Built from a config naming the registered
+    classes, as a saved preset is, so this module imports no model class."""
     entry = PRESETS[name]
     dataset = entry.get("dataset")
     names = palettes.class_names(dataset) if dataset else None
     if names is not None and len(names) != entry["num_classes"]:
         names = None
-    arguments = dict(head=entry["head"], backbone=entry["encoder"],
-                     upsampler=entry.get("upsampler", "jpu"), aux=True,
-                     se_loss=entry["head"] == "encnet", preprocessing="torch",
-                     align_corners=True, class_names=names, dataset=dataset)
-    arguments.update(overrides)
-    return FastFCN(entry["num_classes"], **arguments)
+    backbone = _registered("FastFCNBackbone", {
+        "encoder": entry["encoder"], "upsampler": entry.get("upsampler", "jpu"),
+        "width": entry.get("width", 512), "preprocessing": "torch", "align_corners": True})
+    config = {"backbone": backbone, "num_classes": entry["num_classes"],
+              "head": entry["head"], "aux": True, "se_loss": entry["head"] == "encnet",
+              "class_names": names, "dataset": dataset, "name": f"fastfcn_{entry['head']}"}
+    config.update(overrides)
+    return keras.saving.deserialize_keras_object(_registered("FastFCNImageSegmenter", config))
+
+
+def _registered(class_name, config):
+    return {"class_name": class_name, "registered_name": f"keras_fastfcn>{class_name}",
+            "module": None, "config": config}
 
 
 def load_backbone(cls, preset, load_weights=True, checkpoint=None):
@@ -184,11 +190,36 @@ def load_backbone(cls, preset, load_weights=True, checkpoint=None):
 # ---------------------------------------------------------------- released
 
 
+# Checkpoint readers by format: `reader(checkpoint_path, entry) -> segmenter`. The
+# converter registers its own (`register_checkpoint_reader`); a format's module is
+# named here and imported the first time a preset of that format is converted, so the
+# models never import the converter (which imports the models).
+CHECKPOINT_FORMATS = {"official": "keras_fastfcn.convert"}
+_READERS = {}
+
+
+def register_checkpoint_reader(fmt, reader, module=None):
+    """Registers `reader(checkpoint_path, preset_entry) -> model` for checkpoints of
+    format `fmt` (a preset entry's `"format"`, `"official"` by default)."""
+    _READERS[fmt] = reader
+    if module:
+        CHECKPOINT_FORMATS[fmt] = module
+
+
+def _checkpoint_reader(fmt):
+    if fmt not in _READERS and fmt in CHECKPOINT_FORMATS:
+        importlib.import_module(CHECKPOINT_FORMATS[fmt])  # registers itself
+    if fmt not in _READERS:
+        raise PresetError(f"No reader for checkpoints of format {fmt!r} "
+                          f"(known: {', '.join(sorted(CHECKPOINT_FORMATS))}).")
+    return _READERS[fmt]
+
+
 def materialize(name, checkpoint=None):
     """The cached preset folder of released model `name`, made on first use.
 
-    Released models are PyTorch checkpoints until converted once: this is the one
-    place where `models` calls up into `keras_fastfcn.convert`, imported on first use.
+    Released models are PyTorch checkpoints until converted once, by the reader
+    registered for the entry's `"format"` (`register_checkpoint_reader`).
     """
     entry = PRESETS[name]
     folder = _cached_folder(name)
@@ -212,12 +243,7 @@ def materialize(name, checkpoint=None):
     try:
         if entry.get("sha256"):
             verify_sha256(checkpoint, entry["sha256"])
-        from keras_fastfcn.convert import convert_checkpoint
-
-        model = convert_checkpoint(
-            checkpoint, head=entry["head"], backbone=entry["encoder"],
-            upsampler=entry.get("upsampler", "jpu"), num_classes=entry["num_classes"],
-            dataset=entry.get("dataset"))
+        model = _checkpoint_reader(entry.get("format", "official"))(checkpoint, entry)
     except Exception as err:
         if downloaded:  # a bad download must not stay in the cache
             os.remove(checkpoint)

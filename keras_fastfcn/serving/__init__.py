@@ -2,8 +2,9 @@
 
 Every format serves the same graph (`graph.py`): raw 0-255 RGB images in, preprocessing
 in the graph, `class_map` (exact argmax) and `probabilities` out, optionally with
-in-graph multi-scale + flip. BatchNorm is folded into the convolutions first
-(`fold.py`). `client.py` queries TF Serving's REST API and imports no TensorFlow.
+in-graph multi-scale + flip. The model served is `keras_fastfcn.inference.prepare`'s
+(BatchNorm folded, the runtime's native resizes), as predict, evaluate and the
+benchmark run it. `client.py` queries TF Serving's REST API and imports no TensorFlow.
 
 Example:
 >>> from keras_fastfcn import serving
@@ -13,7 +14,7 @@ Example:
 
 import importlib
 
-FORMATS = ("saved_model", "onnx", "tflite")
+from keras_fastfcn.serving.formats import FORMATS, get_format, register_format  # noqa: F401
 # Loaded on first use, so that `keras_fastfcn.serving.client` imports no TensorFlow.
 _EXPORTS = {
     "export_saved_model": "keras_fastfcn.serving.saved_model",
@@ -24,6 +25,7 @@ _EXPORTS = {
     "make_forward": "keras_fastfcn.serving.graph",
     "serving_endpoints": "keras_fastfcn.serving.graph",
     "resolve_version_dir": "keras_fastfcn.serving.targets",
+    "prepare": "keras_fastfcn.inference.prepare",
 }
 
 
@@ -40,12 +42,10 @@ def export(model, output: str, format: str = "saved_model", **options) -> str:
         model: a segmentation model (`FastFCNImageSegmenter`, or any Keras model from
             0-255 RGB images to logits).
         output: `BASE` or `BASE/VERSION` (SavedModel), or a `.onnx` / `.tflite` file.
-        format: the format.
+        format: a registered format (`keras_fastfcn.serving.formats.FORMATS`).
         **options: the exporter's options (`scales`, `flip`, `input_size`, ...).
     """
-    if format not in FORMATS:
-        raise ValueError(f"Unknown export format {format!r}: expected one of {FORMATS}.")
-    return __getattr__(f"export_{format}")(model, output, **options)
+    return get_format(format).export_function()(model, output, **options)
 
 
-__all__ = ["FORMATS", "export"] + sorted(_EXPORTS)
+__all__ = ["FORMATS", "export", "get_format", "register_format"] + sorted(_EXPORTS)

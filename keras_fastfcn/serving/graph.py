@@ -36,7 +36,7 @@ def make_forward(model, scales=(1.0,), flip=False, input_size=None, base_size=No
     the log domain (as the official evaluator resizes each scale's scores).
 
     Args:
-        model: a logits model (`serving.model.prepare`'s, folded or not).
+        model: a logits model (`inference.prepare`'s, folded or not).
         scales: tuple of floats, inference scales (`inference.MS_SCALES` officially).
         flip: bool, add the horizontally flipped image's logits.
         input_size: None or `(H, W)`, a fixed network input size.
@@ -170,7 +170,7 @@ def serving_endpoints(model, class_names=None, probabilities=True, scales=(1.0,)
     """The three serving functions and their input signatures, keyed by signature name.
 
     Args:
-        model: a logits model (`serving.model.prepare`'s, folded or not).
+        model: a logits model (`inference.prepare`'s, folded or not).
         class_names: optional list of C names, returned as the `class_names` output.
         probabilities: bool, include the `probabilities` output.
         scales, flip, input_size, base_size, align_corners: see `make_forward`.

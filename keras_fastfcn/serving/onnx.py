@@ -28,7 +28,7 @@ import tempfile
 from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.serving.graph import fixed_function
-from keras_fastfcn.serving.model import prepare
+from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.targets import check_options, check_target_file
 
 DEFAULT_OPSET = 17
@@ -84,7 +84,7 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
     ...             keep_float=("encoding", "classifier"))
     'int8.onnx'
     """
-    from keras_fastfcn.precision import check_export_precision
+    from keras_fastfcn.serving.formats import check_export_precision
 
     check_export_precision("onnx", precision, calibration)
     keep_float = check_keep_float(keep_float, precision)
@@ -97,7 +97,7 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
         raise ValueError(f"opset must be >= 17, got {opset}.")
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
     output = check_target_file(output, overwrite, ".onnx")
-    net, info = prepare(model, fold_bn, pad_dilations=True)
+    net, info = prepare(model, fold_bn, pad_dilations=True, native_resizes=True)
     if keep_float is None:
         keep_float = default_keep_float(net) if precision == "int8" else ()
     fn, spec = fixed_function(net, probabilities, scales, flip, input_size, base_size,

@@ -16,12 +16,15 @@ import os
 
 import numpy as np
 
-EXPORT_SUFFIXES = (".onnx", ".tflite")
+from keras_fastfcn.serving.formats import FORMATS, format_of_file
+
+# The one-file formats that run in process (`serving.formats`: ONNX, TFLite).
+EXPORT_SUFFIXES = tuple(f.suffix for f in FORMATS.values() if f.suffix and f.runtime)
 
 
 def is_export(path):
-    """True if `path` names an ONNX or TFLite file (by its suffix)."""
-    return os.fspath(path).lower().endswith(EXPORT_SUFFIXES)
+    """True if `path` names an export this module runs (by its suffix)."""
+    return format_of_file(os.fspath(path)) is not None
 
 
 class ExportPredictor:
@@ -60,12 +63,9 @@ class ExportPredictor:
             raise ValueError(f"{path} is not an .onnx or .tflite export.")
         self.path = path
         self.threads = int(threads or os.cpu_count() or 1)
-        self.format = "onnx" if path.lower().endswith(".onnx") else "tflite"
+        self.format = format_of_file(path).name
         self.class_names, self.num_classes, self.dataset, self.options = None, None, None, {}
-        if self.format == "onnx":
-            self._open_onnx()
-        else:
-            self._open_tflite()
+        getattr(self, f"_open_{format_of_file(path).runtime}")()
 
     def _open_onnx(self):
         try:

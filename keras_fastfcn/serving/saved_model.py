@@ -25,7 +25,7 @@ import keras
 from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.inference import MAX_PIXELS
 from keras_fastfcn.serving.graph import SIGNATURE_INPUTS, SIGNATURES, serving_endpoints
-from keras_fastfcn.serving.model import prepare
+from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.targets import (METADATA_FILE, check_options,
                                            check_saved_model_target, metadata)
 
@@ -79,14 +79,14 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
     >>> export_saved_model(model, "saved_models/demo")
     'saved_models/demo/1'
     """
-    from keras_fastfcn.precision import check_export_precision
+    from keras_fastfcn.serving.formats import check_export_precision
 
     check_export_precision("saved_model", precision, None)
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
     target, version = check_saved_model_target(output, overwrite)
     if max_pixels is not None and int(max_pixels) < 1:
         raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}.")
-    net, info = prepare(model, fold_bn, precision)
+    net, info = prepare(model, fold_bn, precision, native_resizes=True)
     endpoints = serving_endpoints(
         net, info.class_names, probabilities, scales, flip, input_size, base_size,
         info.align_corners, max_pixels)

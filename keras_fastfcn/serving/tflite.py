@@ -16,7 +16,7 @@ import tempfile
 
 from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.serving.graph import fixed_function
-from keras_fastfcn.serving.model import prepare
+from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.saved_model import write_saved_model
 from keras_fastfcn.serving.targets import check_options, check_target_file
 
@@ -63,7 +63,7 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
     """
     import tensorflow as tf
 
-    from keras_fastfcn.precision import check_export_precision
+    from keras_fastfcn.serving.formats import check_export_precision
     from keras_fastfcn.serving.onnx import check_keep_float, default_keep_float
 
     check_export_precision("tflite", precision, calibration)
@@ -76,7 +76,7 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
         input_size = (h, w)
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
     output = check_target_file(output, overwrite, ".tflite")
-    net, info = prepare(model, fold_bn)
+    net, info = prepare(model, fold_bn, native_resizes=True)
     if keep_float is None:
         keep_float = default_keep_float(net, DEFAULT_KEEP_FLOAT) if precision == "int8" else ()
     fn, spec = fixed_function(net, probabilities, scales, flip, input_size, base_size,

@@ -14,8 +14,8 @@ optimizer and schedule), `datasets` (the official augmentation), the callbacks i
 from keras_fastfcn.train import callbacks
 from keras_fastfcn.train.config import (CONFIG_DIR, DEFAULTS, effective_lr, load_config,
                                         resolve_config_path)
-from keras_fastfcn.train.distribute import (STRATEGIES, Replicas, is_chief, make_strategy,
-                                            synchronize_batchnorm)
+from keras_fastfcn.models.batchnorm import synchronize_batchnorm
+from keras_fastfcn.train.distribute import STRATEGIES, Replicas, is_chief, make_strategy
 from keras_fastfcn.train.runner import (build_segmenter, compile_segmenter, datasets,
                                         final_evaluation, input_loader, run)
 

@@ -172,31 +172,6 @@ class Replicas:
         return self.backend == "tensorflow" and is_multiworker(self.strategy)
 
 
-def synchronize_batchnorm(model, strategy):
-    """Makes every BatchNormalization of `model` compute its batch statistics over all
-    replicas of `strategy` in training (the official SyncBN), when there are several.
-
-    With one replica the layers are left as they are (the statistics are the same).
-    Inference is unchanged: it uses the moving statistics. Returns the number of
-    layers set.
-
-    Example:
-    >>> with strategy.scope():
-    ...     seg = FastFCNImageSegmenter(...)
-    >>> synchronize_batchnorm(seg, strategy)
-    150
-    """
-    from keras_fastfcn._keras_private import all_layers
-
-    if strategy.num_replicas_in_sync < 2:
-        return 0
-    layers = [layer for layer in all_layers(model)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
-        layer.synchronized = True
-    return len(layers)
-
-
 def check_tf_config():
     """Raises a `ValueError` naming the problem unless `TF_CONFIG` describes a cluster.
 

@@ -1,7 +1,6 @@
 """`FastFCNImageSegmenter`: the FastFCN task (backbone + head), trained on `(images, masks)`."""
 
 import math
-import warnings
 from typing import Optional, Sequence, Union
 
 import keras
@@ -13,6 +12,7 @@ from keras_fastfcn import optimizers
 from keras_fastfcn.layers.heads import FCNHead
 from keras_fastfcn.layers.resize import BilinearResize
 from keras_fastfcn.models import presets as presets_lib
+from keras_fastfcn.models.batchnorm import synchronize_batchnorm
 from keras_fastfcn.models import registry
 from keras_fastfcn.models.fastfcn.fastfcn_backbone import (
     FastFCNBackbone,
@@ -22,6 +22,8 @@ from keras_fastfcn.models.fastfcn.fastfcn_backbone import (
     dtype_policy_scope,
     freeze_after_init,
 )
+from keras_fastfcn.models.fastfcn.fastfcn_fit_checks import (
+    from_per_output, num_batches, warn_about_loss, warn_if_learning_rate_is_zero)
 from keras_fastfcn.models.fastfcn.label_check import LabelCheck
 
 IGNORE_LABEL = losses_lib.IGNORE_LABEL
@@ -229,7 +231,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         loss_weights = kwargs.pop("loss_weights", None)
         if isinstance(loss, dict) or isinstance(metrics, dict) or isinstance(loss_weights, dict):
             # The compile config of a 0.1 `.keras` file: one entry per output.
-            loss, metrics = _from_per_output(self, loss, metrics, loss_weights)
+            loss, metrics = from_per_output(self, loss, metrics, loss_weights)
         elif loss_weights is not None:
             raise ValueError("loss_weights: use aux_weight / se_weight of the model instead.")
         if optimizer == "auto":
@@ -243,14 +245,13 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         if loss == "auto":
             loss = losses_lib.segmentation_loss(IGNORE_LABEL)
         self._segmentation_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
-        _warn_about_loss(self._segmentation_loss)
+        warn_about_loss(self._segmentation_loss)
         if metrics == "auto":
             metrics = metrics_lib.segmentation_metrics(self.num_classes)
         if sync_batchnorm and keras.config.backend() == "tensorflow":
-            # tf.distribute lives in the training module (models stay backend-neutral).
+            # Only on TensorFlow, where compile() may run in a tf.distribute scope
+            # (imported here: the models import no backend at module level).
             import tensorflow as tf
-
-            from keras_fastfcn.train.distribute import synchronize_batchnorm
 
             synchronize_batchnorm(self, tf.distribute.get_strategy())
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
@@ -288,7 +289,16 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         y, stats = self._checked_labels(y)
         logs = dict(super().compute_metrics(x, y, _logits(y_pred), sample_weight))
-        logs[LabelCheck.KEY] = stats
+        logs.update(LabelCheck.logs(stats))
+        return logs
+
+    def get_metrics_result(self):
+        # The label check's entries too (as zeros: nothing met outside a step), so that
+        # a step's logs and the metrics' results have the same keys; Keras reports the
+        # last step's logs instead of the metrics' results where they differ.
+        logs = dict(super().get_metrics_result())
+        for key in LabelCheck.KEYS:
+            logs.setdefault(key, 0.0)
         return logs
 
     def evaluate(self, x=None, y=None, *args, callbacks=None, return_dict=False, **kwargs):
@@ -330,7 +340,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         self._rebuild_optimizer_if_trainables_changed()
         schedule = self._poly_schedule
         if schedule is not None and schedule.per_fit:
-            steps = steps_per_epoch or _num_batches(x, kwargs.get("batch_size"))
+            steps = steps_per_epoch or num_batches(x, kwargs.get("batch_size"))
             if not steps:
                 raise ValueError(
                     "compile()'s poly learning-rate decay needs the length of the run: pass "
@@ -340,7 +350,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             if schedule.start_fit(first, max(int(epochs) - int(initial_epoch), 1) * int(steps)):
                 # The traced step holds the schedule's window as constants.
                 self.train_function = None
-        _warn_if_learning_rate_is_zero(self.optimizer)
+        warn_if_learning_rate_is_zero(self.optimizer)
         kwargs["callbacks"] = LabelCheck.added_to(kwargs.get("callbacks"), self)
         return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch,
                            initial_epoch=initial_epoch, **kwargs)
@@ -438,76 +448,3 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
 
 def _logits(outputs):
     return outputs["logits"] if isinstance(outputs, dict) else outputs
-
-
-def _warn_about_loss(loss):
-    """Warns about a cross-entropy that reads the logits as probabilities or that
-    counts the ignore label (255) as a class: Keras' defaults, wrong for this model."""
-    sparse_ce = keras.losses.sparse_categorical_crossentropy
-    if loss is sparse_ce or getattr(loss, "fn", None) is sparse_ce:
-        config = getattr(loss, "_fn_kwargs", None) or {}
-        from_logits = config.get("from_logits", getattr(loss, "from_logits", False))
-        ignore_class = config.get("ignore_class", getattr(loss, "ignore_class", None))
-        problems = []
-        if not from_logits:
-            problems.append("reads the model's logits as probabilities (from_logits=False)")
-        if ignore_class != IGNORE_LABEL:
-            problems.append(f"counts the ignore label {IGNORE_LABEL} as a class "
-                            f"(ignore_class={ignore_class})")
-        if problems:
-            warnings.warn(
-                f"The loss {' and '.join(problems)}. Use compile(loss='auto') or "
-                f"keras.losses.SparseCategoricalCrossentropy(from_logits=True, "
-                f"ignore_class={IGNORE_LABEL}).", stacklevel=3)
-
-
-def _warn_if_learning_rate_is_zero(optimizer):
-    """Warns when `fit` would run at learning rate 0 (a fixed schedule that has ended)."""
-    if optimizer is None:
-        return
-    try:
-        lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-    except (TypeError, ValueError):  # a learning rate Keras cannot evaluate here
-        return
-    if lr <= 0.0:
-        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
-        warnings.warn(
-            f"The learning rate is {lr} at optimizer step {step}: this fit will not change "
-            f"the weights (a schedule that has run out, e.g. PolyDecay(decay_steps=N) past "
-            f"step N). Call compile() again for a new schedule; compile()'s own decays "
-            f"anew in every fit.", stacklevel=3)
-
-
-def _num_batches(x, batch_size):
-    """Batches per epoch of `x` when it is known (arrays, sized datasets), else None."""
-    cardinality = getattr(x, "cardinality", None)
-    if callable(cardinality):
-        n = int(cardinality())
-        return n if n > 0 else None
-    if hasattr(x, "__len__") and hasattr(x, "shape"):
-        return math.ceil(len(x) / (batch_size or 32))
-    if hasattr(x, "__len__"):  # a keras.utils.PyDataset
-        try:
-            return len(x) or None
-        except TypeError:
-            return None
-    return None
-
-
-def _from_per_output(model, loss, metrics, loss_weights):
-    """Translates a 0.1 per-output compile config (`{"logits": ..., ...}`) to ours."""
-    if isinstance(loss_weights, dict):
-        if "aux_logits" in loss_weights:
-            model.aux_weight = float(loss_weights["aux_logits"])
-        if "se_logits" in loss_weights:
-            model.se_weight = float(loss_weights["se_logits"])
-    if isinstance(loss, dict):
-        loss = loss.get("logits", "auto")
-    if isinstance(metrics, dict):
-        metrics = metrics.get("logits", [])
-    if not isinstance(metrics, (list, tuple)):
-        metrics = [metrics]
-    warnings.warn("Per-output losses and metrics (a keras_fastfcn 0.1 model) were mapped "
-                  "onto the logits; the aux and SE terms come from aux_weight / se_weight.",
-                  stacklevel=3)
-    return loss, metrics

@@ -40,6 +40,7 @@ from keras_fastfcn._keras_private import all_layers, is_functional, replace_subl
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN
 from keras_fastfcn.layers.jpu import DilatedBranch
 from keras_fastfcn.layers.resize import BilinearResize
+from keras_fastfcn.models.segmentation_model import logits_model
 
 _CONV_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
@@ -75,8 +76,6 @@ def fold_batchnorm(model):
     if not model.built:
         raise ValueError(
             "fold_batchnorm needs a built model (call it once or give it an input shape).")
-    from keras_fastfcn.inference import logits_model
-
     copy = inference_copy(logits_model(model))
     _fold_custom_layers(copy)
     return _fold_functional(copy)
@@ -189,7 +188,7 @@ def _swap(parent, attr, new):
         raise RuntimeError(
             f"Could not replace {parent.name}.{attr} in the export's copy of the model "
             f"({err}); this Keras version ({keras.__version__}) is not supported by "
-            "keras_fastfcn.serving.fold (see keras_fastfcn/_keras_private.py)."
+            "keras_fastfcn.inference.fold (see keras_fastfcn/_keras_private.py)."
         ) from err
 
 

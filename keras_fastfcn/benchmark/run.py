@@ -1,0 +1,268 @@
+"""A whole benchmark run: one child process per configuration, rows, ratios to the\ndilated output-stride-8 model, and the results file."""
+
+import json
+import os
+import subprocess
+import sys
+
+from keras_fastfcn.benchmark.cpu import BENCHMARK_PRECISIONS, cpu_info, peak_gflops
+from keras_fastfcn.benchmark.timing import RUNTIME_NAMES, _int8_runtimes, _xla_choices
+from keras_fastfcn.benchmark.torch_anchor import torch_anchor_available
+
+def _child(kind, config, options):
+    """Runs one measurement in a fresh interpreter and returns its JSON result."""
+    # The command's `--import` modules (KERAS_FASTFCN_IMPORTS) register their parts
+    # in the child too.
+    code = ("import importlib,json,os,sys; from keras_fastfcn import benchmark as b; "
+            "[importlib.import_module(m) for m in "
+            "os.environ.get('KERAS_FASTFCN_IMPORTS', '').split(',') if m]; "
+            f"r = b.{kind}(**json.loads(sys.argv[1])); print('RESULT ' + json.dumps(r))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps({**config, **options})],
+                          capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": " | ".join(tail) or f"exit code {proc.returncode}"}
+
+
+def row_precision(row):
+    """A result row's precision (rows written before the precision axis are fp32)."""
+    return row.get("precision", "fp32")
+
+
+def _key(row):
+    return row["head"], row["backbone"], row["upsampler"], row_precision(row)
+
+
+def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, memory=True,
+                   min_seconds=10.0, log=print, done=(), on_result=None,
+                   precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None,
+                   xla="auto", freeze=False, int8_runtime="auto"):
+    """Measures every configuration; returns a list of result dicts.
+
+    Args:
+        heads, backbones, upsamplers: the configurations (every combination).
+        size: inference image size; crop, batch: the training-memory step.
+        memory: measure the training step's memory (fp32 rows only: training does not
+            depend on the inference precision).
+        min_seconds: minimum timed seconds per configuration.
+        log: called with one line per configuration.
+        done: results of an earlier run with the same settings; configurations found
+            there without an error are kept, not measured again.
+        on_result: called with the results so far after each configuration, so that a
+            long run killed midway keeps what it measured.
+        precisions: `"fp32"`, `"bf16"`, `"fp16"` (Keras, `measure_speed`) and `"int8"`
+            (the int8 exports, `measure_int8_speed`): one row per configuration each.
+        throughput_batch: batch of the throughput column (0: none).
+        torch_anchor: also time the official PyTorch structure where torch is
+            installed (fp32 and bf16 rows).
+        cpu: `cpu_info()` (None reads it): the peak GFLOP/s per precision.
+        xla: `measure_speed`'s `xla` (`"auto"`: both paths, the faster kept).
+        freeze: `measure_speed`'s `freeze` (weights frozen into the timed graphs).
+        int8_runtime: `measure_int8_speed`'s `runtime` (`"auto"`: TFLite and ONNX
+            Runtime, the faster kept).
+
+    Example:
+    >>> rows = run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], size=128,
+    ...                       memory=False, precisions=("fp32", "bf16"))
+    """
+    from keras_fastfcn.precision import check_precision
+
+    for precision in precisions:
+        check_precision(precision, BENCHMARK_PRECISIONS, "the benchmark")
+    _xla_choices(xla)
+    _int8_runtimes(int8_runtime)
+    cpu = cpu_info() if cpu is None else cpu
+    # Rows of a run with another --freeze (Keras rows) or --int8-runtime (int8 rows)
+    # setting are measured again, not mixed in.
+    previous = {_key(r): r for r in done if "error" not in r and (
+        r.get("int8_runtime") == int8_runtime if row_precision(r) == "int8"
+        else bool(r.get("frozen")) == bool(freeze))}
+    results = []
+    for backbone in backbones:
+        for head in heads:
+            for upsampler in upsamplers:
+                gflops = None  # counted once per configuration: the same at any precision
+                for precision in precisions:
+                    config = {"head": head, "backbone": backbone, "upsampler": upsampler}
+                    row = previous.get((head, backbone, upsampler, precision))
+                    if row is None:
+                        row = dict(config, precision=precision)
+                        options = {"size": size, "min_seconds": min_seconds,
+                                   "throughput_batch": throughput_batch, "gflops": gflops}
+                        if precision == "int8":
+                            row.update(_child("measure_int8_speed", config, dict(
+                                options, runtime=int8_runtime, threads=cpu.get("cores"))))
+                        else:
+                            row.update(_child("measure_speed", config, dict(
+                                options, precision=precision, xla=xla, freeze=freeze)))
+                        if "error" not in row:
+                            _add_peak(row, cpu)
+                            if torch_anchor:
+                                _add_torch(row, config, size, min_seconds, cpu)
+                        if memory and precision == "fp32" and "error" not in row:
+                            row.update(_child("measure_train_memory", config,
+                                              {"crop": crop, "batch": batch}))
+                        log(_row_text(row))
+                    else:
+                        log(_row_text(row) + "  (kept from the earlier run)")
+                    results.append(row)
+                    if "gflops" in row:
+                        gflops = row["gflops"]
+                    if on_result is not None:
+                        on_result(results)
+    return results
+
+
+def _add_peak(row, cpu):
+    """Achieved GFLOP/s (batch 1 and the throughput batch) and this CPU's peak."""
+    row["achieved_gflops_s"] = row["gflops"] / row["latency_s"]
+    if "throughput_ips" in row:
+        row["throughput_gflops_s"] = row["gflops"] * row["throughput_ips"]
+    peak = peak_gflops(row_precision(row), cpu)
+    if peak:
+        row["peak_gflops_s"] = peak
+        row["peak_fraction"] = row["achieved_gflops_s"] / peak
+
+
+def _add_torch(row, config, size, min_seconds, cpu):
+    """The official PyTorch structure's latency at the row's precision (`torch_*`)."""
+    why = torch_anchor_available(config["upsampler"], row_precision(row),
+                                 cpu.get("all_flags", cpu.get("flags", ())), config["head"])
+    if why:
+        row["torch_skipped"] = why
+        return
+    anchor = _child("measure_torch", config, {"size": size, "min_seconds": min_seconds,
+                                              "precision": row_precision(row),
+                                              "threads": cpu.get("cores")})
+    if "error" in anchor:
+        row["torch_error"] = anchor["error"]
+        return
+    row["torch_latency_s"] = anchor["latency_s"]
+    row["torch_threads"] = anchor["threads"]
+    row["torch_version"] = anchor["torch_version"]
+    row["speedup_vs_torch"] = anchor["latency_s"] / row["latency_s"]
+
+
+def runtime_notes(row, leave_out=(), error_chars=None):
+    """An int8 row's runtimes as text: `"TFLite 0.080 s"` for each one timed and
+    `"ONNX Runtime failed: ..."` for each one that failed (its error cut to
+    `error_chars`), those in `leave_out` left out."""
+    notes = [f"{RUNTIME_NAMES.get(k, k)} {v:.3f} s"
+             for k, v in row.get("runtime_latency_s", {}).items() if k not in leave_out]
+    return notes + [f"{RUNTIME_NAMES.get(k, k)} failed: {v[:error_chars]}"
+                    for k, v in row.get("runtime_errors", {}).items()]
+
+
+def _row_text(row):
+    name = f"{row['head']:>8} {row['backbone']:>9} {row['upsampler']:>6} {row_precision(row):>4}"
+    if "error" in row:
+        return f"{name}  ERROR {row['error']}"
+    mem = f"{row['train_peak_rss_gb']:.2f} GB" if "train_peak_rss_gb" in row else "-"
+    text = (f"{name}  {row['latency_s']:.3f} s  {row['fps']:.2f} FPS  "
+            f"{row['gflops']:.0f} GFLOPs  {row['params_total'] / 1e6:.1f} M params")
+    if "throughput_ips" in row:
+        text += f"  {row['throughput_ips']:.2f} img/s at batch {row['throughput_batch']}"
+    if "achieved_gflops_s" in row:
+        text += f"  {row['achieved_gflops_s']:.1f} GFLOP/s"
+        if "peak_fraction" in row:
+            text += (f" ({100 * row['peak_fraction']:.1f}% of {row['peak_gflops_s']:.0f} "
+                     "peak)")
+    if "runtime" in row:
+        text += "  " + ", ".join(runtime_notes(row))
+    if "torch_latency_s" in row:
+        text += (f"  official PyTorch {row['torch_latency_s']:.3f} s "
+                 f"({row['speedup_vs_torch']:.2f}x)")
+    return text + f"  train peak {mem}"
+
+
+def ratios(results, reference="os8"):
+    """JPU (and the others) relative to the dilated reference, per head, backbone and
+    precision (rows without a precision are fp32)."""
+    index = {_key(r): r for r in results if "error" not in r}
+    out = []
+    for (head, backbone, upsampler, precision), row in index.items():
+        ref = index.get((head, backbone, reference, precision))
+        if ref is None or upsampler == reference:
+            continue
+        item = {"head": head, "backbone": backbone, "upsampler": upsampler,
+                "precision": precision,
+                "speedup": ref["latency_s"] / row["latency_s"],
+                "flops_ratio": row["gflops"] / ref["gflops"]}
+        same_runtime = row.get("runtime") == ref.get("runtime")
+        if "runtime_latency_s" in row and "runtime_latency_s" in ref:
+            # int8 rows keep each configuration's faster runtime: compare like with like.
+            mine, theirs = row["runtime_latency_s"], ref["runtime_latency_s"]
+            item["runtime_speedup"] = {k: theirs[k] / mine[k] for k in mine if k in theirs}
+            if row["runtime"] in item["runtime_speedup"]:
+                item["runtime"] = row["runtime"]
+                item["speedup"] = item["runtime_speedup"][row["runtime"]]
+            else:
+                item["runtime"] = f"{row['runtime']} vs {ref['runtime']}"
+        if "throughput_ips" in row and "throughput_ips" in ref and same_runtime:
+            item["throughput_speedup"] = row["throughput_ips"] / ref["throughput_ips"]
+        if "torch_latency_s" in row and "torch_latency_s" in ref:
+            item["torch_speedup"] = ref["torch_latency_s"] / row["torch_latency_s"]
+        if "train_peak_rss_gb" in row and "train_peak_rss_gb" in ref:
+            item["memory_ratio"] = row["train_peak_rss_gb"] / ref["train_peak_rss_gb"]
+            item["step_growth_ratio"] = row["train_step_growth_gb"] / ref["train_step_growth_gb"]
+        out.append(item)
+    return out
+
+
+def previous_results(out_dir, machine, size, crop, batch):
+    """The rows of `OUT_DIR/results.json` if it was measured with the same machine and
+    sizes, else `[]` (with a note).
+
+    Example:
+    >>> previous_results("benchmarks", machine_description(), 512, 480, 2)
+    """
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        payload = json.load(f)
+    same = (payload.get("machine"), payload.get("size"), payload.get("train_crop"),
+            payload.get("train_batch")) == (machine, size, crop, batch)
+    if not same:
+        print(f"Not resuming from {path}: it was measured on another machine or with other "
+              "sizes; measuring everything again.")
+        return []
+    return payload.get("results", [])
+
+
+def write_results(results, out_dir, machine, size, crop, batch, cpu=None):
+    """Writes `results.json` (atomically): every row and the ratios to the dilated model.
+
+    Args:
+        results: the rows of `run_benchmarks`.
+        out_dir: the folder (created).
+        machine: `machine_description()`.
+        size, crop, batch: the run's settings (compared by `--resume`).
+        cpu: `cpu_info()`: its model, SIMD/AMX flags, cores, clock and the peak
+            GFLOP/s per precision are written as `"cpu"` (older files have none).
+
+    Example:
+    >>> write_results(rows, "benchmarks", machine_description(), 512, 480, 2, cpu_info())
+    """
+    from keras_fastfcn.fileio import atomic_path
+
+    os.makedirs(out_dir, exist_ok=True)
+    payload = {"machine": machine, "size": size, "train_crop": crop, "train_batch": batch,
+               "results": results, "ratios": ratios(results)}
+    if cpu is not None:
+        payload["cpu"] = {key: cpu[key] for key in ("model", "flags", "cores", "mhz",
+                                                    "mhz_source")}
+        payload["cpu"]["peak_gflops_s"] = {p: peak_gflops(p, cpu) for p in BENCHMARK_PRECISIONS}
+        payload["cpu"]["peak_formula"] = ("cores x clock x FLOP/cycle/core (fp32: AVX-512 64, "
+                                          "AVX2+FMA 32, else 16; bf16: AMX-BF16 1024, "
+                                          "AVX512_BF16 128; fp16: AMX-FP16 1024, "
+                                          "AVX512_FP16 128; else the fp32 figure; int8 "
+                                          "(integer ops): AMX-INT8 2048, AVX512_VNNI 256, "
+                                          "AVX-VNNI 128, else twice the fp32 figure)")
+    with atomic_path(os.path.join(out_dir, "results.json")) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+    return payload

@@ -1,0 +1,224 @@
+"""Full-size prediction: whole image or sliding window, multi-scale and flip.
+
+This reproduces the official evaluator (`MultiEvalModule` and `module_inference`
+in wuhuikai/FastFCN `encoding/models/base.py`) on top of a Keras model that maps
+0-255 RGB images `(B, H, W, 3)` to logits `(B, H, W, C)` at the input size (a
+`keras_fastfcn.FastFCN`; dict-output training models are reduced to their
+`"logits"`).
+
+What is summed (the official definition, read off `module_inference`): for each
+scale `s` the image is resized (bilinear) so that its long side is
+`ceil(base_size * s)` and the model's *raw logits* `z` are taken; with flip, the
+logits of the mirrored image are mirrored back and *added to the logits*, and the
+scale's score is `exp(z + flip(z_flipped))`: an exponential of summed logits,
+not a softmax probability. In sliding-window mode the exponentiated window scores
+are averaged where windows overlap. Each scale's scores are resized (bilinear) to
+the input size and the scales are summed. The class map is the argmax.
+
+The package returns these scores as their logarithm, the *log-scores*: the scale's
+log-score is `z + flip(z_flipped)` itself, overlapping windows are combined with a
+log-sum-exp (minus the log of the window count), resizes between scales are done
+in the log domain (`ops.log_resize_bilinear`), and scales are log-summed. This
+is the log of the official float computation wherever that is finite, and it stays
+finite for any logits: trained models reach logits in the hundreds, where the
+official float32 `exp` overflows for some pixels and underflows to 0 for others
+(every class 0, argmax class 0). Consequences:
+
+- one scale of 1.0 without flip (`mode="whole"`) returns the logits unchanged, so
+  the class map is exactly `argmax(model(images))`;
+- `argmax(log_scores)` is the official ensemble's class map;
+- `normalize_scores(log_scores)` (a softmax) is the official scores normalized per
+  pixel; for a single scale without flip, the softmax of the logits.
+
+Modes:
+    - `"whole"`: the model sees the whole (resized) image, any size, no padding.
+      Traceable in a `tf.function` with dynamic height and width
+      (`multiscale_log_scores`), which the exporter builds its serving graph on.
+    - `"slide"`: the official evaluator exactly. Per scale: if the long side is at
+      most `crop_size`, pad to `crop_size` and run once; else pad the short side up
+      to `crop_size` if needed and run `crop_size` windows on a grid with stride
+      `int(2/3 * crop_size)` (the last windows overhang and are padded), averaging
+      overlapping scores (`count_norm`). The official code pads its normalized
+      images with `-mean / std`, the normalized value of a black pixel; our models
+      normalize inside the graph, so padding the raw 0-255 image with 0 (black) is
+      the same input (for any normalization mode, not only the official one). All
+      windows of a scale (and their flips) go through the model as one batch.
+
+`base_size=None` means each image's own long side, so scale 1.0 is the image as is.
+The official test script uses `base_size=520, crop_size=480` (Pascal Context,
+ADE20K), scales `(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)` with flip for `--ms`, and
+`(1.0,)` without flip otherwise; even single-scale, it resizes to `base_size` and
+runs windows, so its single-scale numbers correspond to
+`mode="slide", base_size=520, crop_size=480`.
+"""
+
+import math
+
+from keras import ops
+
+from keras_fastfcn.layers.resize import log_add_exp, log_resize_bilinear, resize_bilinear
+
+
+MODES = ("whole", "slide")
+
+
+MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+# The largest network input (height x width) `keras-fastfcn predict` runs and a
+# SavedModel accepts by default: 2048 x 2048. A ResNet-50 FastFCN at that size peaks
+# at a few GB; a 100-megapixel photo run whole would need tens (docs/prediction.md: "Large images").
+MAX_PIXELS = 2048 * 2048
+
+
+STRIDE_RATE = 2.0 / 3.0
+
+
+def fit_to_pixels(height, width, max_pixels=MAX_PIXELS):
+    """`(height, width)` scaled down, aspect kept, to at most `max_pixels` pixels (the
+    size unchanged when it fits or `max_pixels` is None).
+
+    Example:
+    >>> fit_to_pixels(10000, 10000, 2048 * 2048)
+    (2048, 2048)
+    """
+    if not max_pixels or height * width <= max_pixels:
+        return int(height), int(width)
+    factor = math.sqrt(max_pixels / float(height * width))
+    h, w = max(1, int(height * factor)), max(1, int(width * factor))
+    while h * w > max_pixels and max(h, w) > 1:  # float rounding
+        if h >= w:
+            h -= 1
+        else:
+            w -= 1
+    return h, w
+
+
+def scaled_size(height, width, scale, base_size=None):
+    """The official `MultiEvalModule` size of an image at `scale` (Python ints).
+
+    The long side becomes `ceil(base_size * scale)` and the short side keeps the
+    aspect ratio, rounded half up. `base_size=None` uses the image's long side.
+
+    Example:
+    >>> scaled_size(512, 683, 0.75, base_size=520)
+    (292, 390)
+    """
+    base = max(height, width) if base_size is None else base_size
+    long_size = int(math.ceil(base * scale))
+    if height > width:
+        return long_size, int(1.0 * width * long_size / height + 0.5)
+    return int(1.0 * height * long_size / width + 0.5), long_size
+
+
+def _scaled_size_tensor(height, width, scale, base_size):
+    """`scaled_size` with tf ops for dynamic sizes (same float64 arithmetic)."""
+    import tensorflow as tf  # dynamic sizes exist only in a traced TensorFlow graph
+
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    base = tf.maximum(h, w) if base_size is None else tf.constant(float(base_size), tf.float64)
+    long_size = tf.math.ceil(base * scale)
+    short_of_h = tf.floor(1.0 * w * long_size / h + 0.5)  # width when h > w
+    short_of_w = tf.floor(1.0 * h * long_size / w + 0.5)  # height when h <= w
+    out_h = tf.where(h > w, long_size, short_of_w)
+    out_w = tf.where(h > w, short_of_h, long_size)
+    return tf.cast(out_h, tf.int32), tf.cast(out_w, tf.int32)
+
+
+def _check_scales(scales):
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales}.")
+    return scales
+
+
+def _flip_w(x):
+    return ops.flip(x, axis=2)
+
+
+def _logits_with_flip(model, x, flip):
+    """Raw logits of `x`, plus (with flip) the mirrored logits of the mirrored input.
+
+    Image and mirror go through the model as one batch.
+    """
+    if not flip:
+        return _call_logits(model, x)
+    batch = ops.shape(x)[0]
+    both = _call_logits(model, ops.concatenate([x, _flip_w(x)], axis=0))
+    return both[:batch] + _flip_w(both[batch:])
+
+
+def _call_logits(model, x):
+    out = model(x, training=False)
+    if isinstance(out, dict):
+        out = out["logits"]
+    return ops.cast(out, "float32")
+
+
+def _add_scale(acc, term):
+    """Adds one scale's log-scores to the running log-sum (None: the first scale)."""
+    return term if acc is None else log_add_exp(acc, term)
+
+
+def multiscale_log_scores(model, images, scales=(1.0,), flip=False, base_size=None,
+                          align_corners=True):
+    """Whole-image multi-scale (+ flip) log-scores, written with `keras.ops`.
+
+    For each scale the batch is resized (bilinear, `align_corners`) to
+    `scaled_size(H, W, scale, base_size)` and run through `model` whole (no
+    padding, no windows); the scale's log-score is `z + flip(z_flipped)` (its
+    official score is the `exp` of that), resized back to `(H, W)` in the log
+    domain (`ops.log_resize_bilinear`) and log-summed over scales. The result is
+    the log of the official ensemble's scores, finite for any logits; a single
+    scale of 1.0 without flip returns the logits themselves. Height and width may
+    be dynamic: this function can be traced once in a `tf.function` with
+    `input_signature=[tf.TensorSpec((None, None, None, 3))]` and serves any image
+    size (the exporter's serving graph is built on it).
+
+    Args:
+        model: a Keras model, 0-255 RGB `(B, H, W, 3)` -> logits `(B, H, W, C)`
+            (dict outputs: the `"logits"` entry is used).
+        images: float32 (or uint8) tensor `(B, H, W, 3)`, 0-255 RGB.
+        scales: Python floats, resize factors of `base_size`.
+        flip: bool, add horizontally mirrored predictions.
+        base_size: int or None (the image's own long side).
+        align_corners: bool, resize semantics (the official code uses True).
+
+    Returns:
+        float32 tensor `(B, H, W, C)` of log-scores; argmax over the last axis is
+        the class map, `normalize_scores` the per-pixel distribution.
+
+    Example:
+    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+    >>> multiscale_log_scores(model, tf.zeros((1, 64, 80, 3)), (0.5, 1.0), flip=True).shape
+    TensorShape([1, 64, 80, 3])
+    """
+    scales = _check_scales(scales)
+    images = ops.cast(images, "float32")
+    shape = ops.shape(images)
+    height, width = shape[1], shape[2]
+    static = isinstance(height, int) and isinstance(width, int)
+    acc = None
+    for scale in scales:
+        identity = scale == 1.0 and base_size is None
+        if identity:
+            x = images
+        else:
+            size = (scaled_size(height, width, scale, base_size) if static
+                    else _scaled_size_tensor(height, width, scale, base_size))
+            x = resize_bilinear(images, size, align_corners)
+        term = _logits_with_flip(model, x, flip)
+        if not identity:
+            term = log_resize_bilinear(term, (height, width), align_corners)
+        acc = _add_scale(acc, term)
+    return acc
+
+
+def normalize_scores(log_scores):
+    """Per-pixel distribution of log-scores (softmax over the class axis).
+
+    For a single scale without flip this is the softmax of the logits; otherwise
+    it is the official ensemble's scores divided by their sum over classes.
+    """
+    return ops.softmax(ops.cast(log_scores, "float32"), axis=-1)

@@ -1,0 +1,32 @@
+"""Synchronized BatchNorm (the official SyncBN) for a model trained on several replicas.
+
+Pure Keras: it needs only the strategy's replica count, so the segmenter's `compile()`
+and the training command both use it without the model importing the training code.
+"""
+
+import keras
+
+from keras_fastfcn._keras_private import all_layers
+
+
+def synchronize_batchnorm(model, strategy):
+    """Makes every BatchNormalization of `model` compute its batch statistics over all
+    replicas of `strategy` in training (the official SyncBN), when there are several.
+
+    With one replica the layers are left as they are (the statistics are the same).
+    Inference is unchanged: it uses the moving statistics. Returns the number of
+    layers set.
+
+    Example:
+    >>> with strategy.scope():
+    ...     seg = FastFCNImageSegmenter(...)
+    >>> synchronize_batchnorm(seg, strategy)
+    150
+    """
+    if strategy.num_replicas_in_sync < 2:
+        return 0
+    layers = [layer for layer in all_layers(model)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.synchronized = True
+    return len(layers)
