@@ -112,3 +112,73 @@ def test_01_keras_files_load_into_the_new_classes(tmp_path, tiny_backbone):
     x = np.random.RandomState(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), np.load(tmp_path / "logits.npy"),
                                atol=1e-4)
+
+
+# Version 0.2 as it stood before the one-way layout (inference/, benchmark/ packages).
+V02_COMMIT = "6108062"
+V02_SCRIPT = r"""
+import os, sys
+import numpy as np
+import keras, keras_fastfcn as kf
+sys.path.insert(0, os.path.join(os.environ["PYTHONPATH"], "tests"))
+import tiny_encoder
+tiny_encoder.register()
+keras.utils.set_random_seed(0)
+seg = kf.models.FastFCNImageSegmenter(
+    kf.models.FastFCNBackbone(encoder="tiny_resnet", width=64), num_classes=3, head="encnet",
+    class_names=["a", "b", "c"], dataset="demo")
+seg.compile()
+rng = np.random.RandomState(0)
+x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+seg.fit(x, rng.randint(0, 3, (2, 64, 64)), batch_size=2, epochs=1, verbose=0)
+seg.save(sys.argv[1])
+seg.save_to_preset(sys.argv[2])
+np.save(sys.argv[3], seg.predict(x[:1], verbose=0))
+"""
+
+
+def _written_by(commit, script, tmp_path, *outputs):
+    """Runs `script` under the package as of `commit` (a git worktree), or skips."""
+    if shutil.which("git") is None or subprocess.run(
+            ["git", "-C", REPO, "cat-file", "-e", f"{commit}^{{commit}}"],
+            capture_output=True).returncode != 0:
+        pytest.skip(f"needs git and commit {commit} in this clone")
+    old = tmp_path / f"at_{commit}"
+    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", str(old), commit],
+                   check=True, capture_output=True)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(old), TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run([sys.executable, "-c", script, *map(str, outputs)],
+                              capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", str(old)],
+                       capture_output=True)
+
+
+@pytest.mark.slow
+def test_02_keras_files_and_presets_load_unchanged(tmp_path, tiny_backbone):
+    """A compiled `.keras` file and a preset folder written by 0.2 (before the one-way
+    layout) load with the same logits; the file's poly schedule had run out (0.2 fixed
+    its length at the first fit), which the next `fit` warns about."""
+    model_file, preset, logits = tmp_path / "v02.keras", tmp_path / "v02_preset", \
+        tmp_path / "logits.npy"
+    _written_by(V02_COMMIT, V02_SCRIPT, tmp_path, model_file, preset, logits)
+    import keras
+    import numpy as np
+
+    import keras_fastfcn as kf
+
+    x = np.random.RandomState(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    expected = np.load(logits)
+    model = keras.models.load_model(model_file)
+    assert isinstance(model, kf.models.FastFCNImageSegmenter) and model.compiled
+    assert model.class_names == ["a", "b", "c"]
+    # Two processes, two builds of the same layers: float rounding apart.
+    tol = 64 * np.finfo(np.float32).eps * max(np.abs(expected).max(), 1.0)
+    np.testing.assert_allclose(model.predict(x[:1], verbose=0), expected, atol=tol)
+    from_preset = kf.models.FastFCNImageSegmenter.from_preset(str(preset))
+    np.testing.assert_allclose(from_preset.predict(x[:1], verbose=0), expected, atol=tol)
+    with pytest.warns(UserWarning, match="learning rate is 0.0"):
+        model.fit(x, np.zeros((2, 64, 64), "int32"), batch_size=2, epochs=1, verbose=0)
