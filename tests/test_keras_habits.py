@@ -226,3 +226,35 @@ def test_a_single_image_is_named_by_its_own_shape(tiny_backbone):
         kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn")
     with pytest.raises(ValueError, match=r"got shape \(48, 64, 3\)\. Add a batch axis"):
         seg.predict(np.zeros((48, 64, 3), "float32"), verbose=0)
+
+
+def test_the_preprocessor_lets_fit_and_predict_take_images_of_any_size(tiny_backbone, rng):
+    import tensorflow as tf
+
+    pre = kf.models.FastFCNImageSegmenterPreprocessor(kf.models.FastFCNImageConverter((64, 64)))
+    seg = kf.models.FastFCNImageSegmenter(
+        kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn",
+        preprocessor=pre)
+    seg.compile()
+    sizes = [(40, 56), (64, 64), (72, 50), (33, 81)]
+
+    def examples():
+        for h, w in sizes:
+            yield (rng.randint(0, 255, (h, w, 3)).astype("uint8"),
+                   rng.randint(0, 3, (h, w)).astype("int32"))
+
+    pairs = tf.data.Dataset.from_generator(examples, output_signature=(
+        tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((None, None), tf.int32)))
+    pairs = pairs.apply(tf.data.experimental.assert_cardinality(len(sizes)))
+    before = [w.copy() for w in seg.get_weights()]
+    history = seg.fit(pairs, batch_size=2, epochs=1, verbose=0, validation_data=pairs)
+    assert np.isfinite(history.history["val_loss"]).all()
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, seg.get_weights())) > 0
+    assert len(seg.evaluate(pairs, batch_size=2, verbose=0)) == 3
+    images = pairs.map(lambda image, mask: image)
+    assert seg.predict(images, batch_size=2, verbose=0).shape == (4, 64, 64, 3)
+    arrays = rng.uniform(0, 255, (2, 48, 40, 3)).astype("float32")
+    assert seg.predict(arrays, verbose=0).shape == (2, 64, 64, 3)
+    # Saved with the model: a reloaded segmenter preprocesses the same way.
+    assert seg.get_config()["preprocessor"]["config"]["image_converter"]["config"][
+        "image_size"] == (64, 64)

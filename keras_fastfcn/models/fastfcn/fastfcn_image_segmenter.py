@@ -68,8 +68,10 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             evaluation and export).
         dataset: optional dataset name (palette lookup: `"pascal_context"`,
             `"ade20k"`, `"camvid"`, ...).
-        preprocessor: optional `FastFCNImageSegmenterPreprocessor` (resizing of
-            images and masks for batching; not applied automatically).
+        preprocessor: optional `FastFCNImageSegmenterPreprocessor`: `fit`,
+            `evaluate` and `predict` pass their data through it (images resized to
+            its `image_size`, masks with nearest neighbour), so a dataset of images
+            of different sizes can be batched; `model(images)` and exports do not.
         name: model name.
         dtype: dtype policy of the head's layers (e.g. `"mixed_bfloat16"`; default:
             the global policy); saved with the model, like the backbone's.
@@ -302,10 +304,40 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         return logs
 
     def evaluate(self, x=None, y=None, *args, callbacks=None, return_dict=False, **kwargs):
-        """`keras.Model.evaluate`; labels other than `0..C-1` and 255 raise `ValueError`."""
+        """`keras.Model.evaluate`; labels other than `0..C-1` and 255 raise `ValueError`;
+        the data goes through the model's `preprocessor` first, if it has one."""
+        if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation: done by fit
+            x, y = self._preprocessed(x, y, kwargs.get("batch_size"))
         logs = super().evaluate(x, y, *args, callbacks=LabelCheck.added_to(callbacks, self),
                                 return_dict=True, **kwargs)
         return self._checked_logs(logs, return_dict)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, the images through the model's `preprocessor` first, if
+        it has one (the logits are then at the preprocessor's `image_size`)."""
+        x, _ = self._preprocessed(x, None, kwargs.get("batch_size"))
+        return super().predict(x, *args, **kwargs)
+
+    def _preprocessed(self, x, y=None, batch_size=None):
+        """`(x, y)` through `self.preprocessor` (keras-hub's tasks do the same).
+
+        A `tf.data.Dataset` is mapped: its elements are `(images, masks)` pairs or
+        images, batched or single; single images of any size are batched after their
+        resize (`batch_size`, 32 by default, as Keras). Arrays go through at once.
+        """
+        pre = self.preprocessor
+        if pre is None or x is None:
+            return x, y
+        if hasattr(x, "map") and hasattr(x, "element_spec"):  # a tf.data.Dataset
+            spec = x.element_spec
+            images = spec[0] if isinstance(spec, tuple) else spec
+            x = x.map(pre)
+            if getattr(images, "shape", None) is not None and images.shape.rank == 3:
+                x = x.batch(batch_size or 32)
+            return x, y
+        if y is None:
+            return pre(x), None
+        return pre(x, y)
 
     def train_on_batch(self, *args, return_dict=False, **kwargs):
         return self._checked_logs(super().train_on_batch(*args, return_dict=True, **kwargs),
@@ -337,6 +369,15 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         schedule that has run out (`PolyDecay(decay_steps=N)` past step N, as
         `.keras` files of keras_fastfcn 0.2 hold) is warned about: it trains nothing.
         """
+        x, y = self._preprocessed(x, y, kwargs.get("batch_size"))
+        validation = kwargs.get("validation_data")
+        if validation is not None:
+            if isinstance(validation, (tuple, list)) and len(validation) >= 2:
+                kwargs["validation_data"] = self._preprocessed(
+                    validation[0], validation[1], kwargs.get("batch_size"))
+            else:
+                kwargs["validation_data"] = self._preprocessed(
+                    validation, None, kwargs.get("batch_size"))[0]
         self._rebuild_optimizer_if_trainables_changed()
         schedule = self._poly_schedule
         if schedule is not None and schedule.per_fit:
