@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import keras
 
 from keras_fastfcn.metrics import IGNORE_LABEL, SegmentationMetric
 
@@ -57,8 +58,6 @@ def evaluate_dataset(predictor, dataset, num_classes, class_names=None,
     Example:
     >>> evaluate_dataset(Predictor(model), src.examples("val"), 11)  # doctest: +SKIP
     """
-    import keras
-
     metric = SegmentationMetric(num_classes, ignore_label=ignore_label, class_names=class_names)
     target = num_examples if limit is None else (min(limit, num_examples) if num_examples
                                                  else limit)

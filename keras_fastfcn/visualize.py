@@ -9,6 +9,7 @@ import contextlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from keras_fastfcn.data import palettes
 from keras_fastfcn.fileio import atomic_path
 
 
@@ -159,8 +160,6 @@ def palette_and_names(num_classes, class_names=None, dataset=None):
     >>> palette.shape, names
     ((3, 3), ['class 0', 'class 1', 'class 2'])
     """
-    from keras_fastfcn.data import palettes
-
     palette = np.asarray(palettes.get_palette(dataset, num_classes), np.uint8)
     names = class_names
     if names is None and dataset:

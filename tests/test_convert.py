@@ -264,16 +264,13 @@ def test_unsupported_checkpoints_are_named():
 
 def test_dataset_class_names_come_from_palettes(monkeypatch):
     """With --dataset and no --class-names, names come from keras_fastfcn.data.palettes."""
-    import sys
-    import types
+    from keras_fastfcn.convert import checkpoint
+    from keras_fastfcn.data import palettes
 
     calls = []
-    palettes = types.ModuleType("keras_fastfcn.data.palettes")
-    palettes.class_names = lambda name: calls.append(name) or [f"{name}_{i}" for i in range(59)]
-    monkeypatch.setitem(sys.modules, "keras_fastfcn.data.palettes", palettes)
-    import keras_fastfcn.data
-
-    monkeypatch.setattr(keras_fastfcn.data, "palettes", palettes, raising=False)
+    monkeypatch.setattr(palettes, "class_names", lambda name: calls.append(name) or [
+        f"{name}_{i}" for i in range(59)])
+    assert checkpoint.palettes is palettes
     torch_model = _torch_model("fcn", "JPU", aux=False, nclass=59)
     state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
     with pytest.warns(DeprecationWarning, match=r"use encoder="):  # the 0.2 name

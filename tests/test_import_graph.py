@@ -107,3 +107,60 @@ def test_no_import_circle():
         if v not in index:
             visit(v)
     assert circles == []
+
+
+# Imports inside a function are for keeping a heavy dependency lazy, and for nothing
+# else: a backend or an optional runtime (below), or anything at all in the modules that
+# `keras-fastfcn --help`, every command's parser and the TF Serving client load, which
+# must not load Keras or TensorFlow (their import is what makes `--help` instant).
+HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "onnx", "onnxruntime", "tf2onnx",
+         "jax", "keras.src.backend.tensorflow")
+LIGHT_ENTRY_POINTS = """
+import importlib, json, sys
+import keras_fastfcn, keras_fastfcn.cli, keras_fastfcn.serving.client, keras_fastfcn.images
+from keras_fastfcn.data import palettes
+for command in keras_fastfcn.cli.COMMANDS:
+    importlib.import_module("keras_fastfcn.cli." + command)
+print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("keras_fastfcn")),
+                  "heavy": sorted(m for m in ("keras", "tensorflow") if m in sys.modules)}))
+"""
+
+
+def _light_modules():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent))
+    proc = subprocess.run([sys.executable, "-c", LIGHT_ENTRY_POINTS], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == [], result["heavy"]  # the light modules stay light
+    return set(result["modules"])
+
+
+def test_imports_inside_functions_only_keep_heavy_dependencies_lazy():
+    light = _light_modules()
+    modules = _modules()
+    offenders = []
+    for module, path in modules.items():
+        if module in light:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] if not node.level else ["."]
+                else:
+                    continue
+                for name in names:
+                    if not any(name == h or name.startswith(h + ".") for h in HEAVY):
+                        offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} "
+                                         f"imports {name} inside {function.name}()")
+    assert offenders == []

@@ -22,7 +22,7 @@ from keras_fastfcn.convert.checkpoint import (CLASSIFIER_BIAS, DATASET_NUM_CLASS
 from keras_fastfcn.convert.mapping import (_backbone_targets, _match, load_official_weights,
                                            weight_mapping)
 from keras_fastfcn.fileio import atomic_path
-from keras_fastfcn.models import presets
+from keras_fastfcn.models import FastFCN, presets, registry
 from keras_fastfcn.models.encoders import resnet_deepstem
 
 __all__ = ["CheckpointMismatchError", "convert_backbone_checkpoint", "convert_checkpoint",
@@ -75,8 +75,6 @@ def convert_checkpoint(checkpoint, output=None, head=None, encoder=None, num_cla
     >>> model = convert_checkpoint("encnet_res50_pcontext.pth.tar",  # doctest: +SKIP
     ...                            output="encnet_jpu_res50_pcontext.keras", dataset="pcontext")
     """
-    from keras_fastfcn.models import FastFCN, registry
-
     backbone = _renamed("backbone", backbone, "encoder", encoder)
     jpu_width = _renamed("jpu_width", jpu_width, "width", width)
     state_dict = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
@@ -171,8 +169,6 @@ def convert_backbone_checkpoint(checkpoint, backbone=None, output=None):
     if prefix:
         state_dict = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
     backbone = backbone or infer_backbone(state_dict, prefix)
-    from keras_fastfcn.models import registry
-
     if backbone not in resnet_deepstem.DEEPSTEM_DEPTHS:
         raise ValueError(f"backbone must be one of {tuple(resnet_deepstem.DEEPSTEM_DEPTHS)}, "
                          f"got {backbone!r}.")

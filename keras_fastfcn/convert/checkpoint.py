@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from keras_fastfcn.data import palettes
 from keras_fastfcn.data.palettes import canonical_dataset
 from keras_fastfcn.models.encoders import resnet_deepstem
 
@@ -224,8 +225,6 @@ def dataset_class_names(dataset):
     """The class names of a known dataset from `keras_fastfcn.data.palettes`, or None."""
     if dataset is None:
         return None
-    from keras_fastfcn.data import palettes
-
     try:
         names = palettes.class_names(dataset)
     except (KeyError, ValueError):

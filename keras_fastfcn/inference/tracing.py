@@ -8,6 +8,10 @@ import warnings
 import keras
 from keras import ops
 
+from keras_fastfcn import _keras_private
+from keras_fastfcn._keras_private import all_layers
+from keras_fastfcn.layers import JPU, JPUX
+
 
 
 # What `jit_compile` may be: off, the whole forward as one XLA cluster, or "parts".
@@ -22,8 +26,6 @@ def _check_jit(jit_compile):
 
 def _is_xla_part(layer):
     """Whether `xla_parts` compiles top-level `layer` with XLA."""
-    from keras_fastfcn.layers import JPU, JPUX
-
     if isinstance(layer, (keras.layers.InputLayer, JPU, JPUX)):
         return False
     # XLA's CPU code for 16-bit types is slower than TensorFlow's kernels: its
@@ -32,8 +34,6 @@ def _is_xla_part(layer):
     # even the bf16 input normalization lost 20 ms as a cluster; the float32 logits
     # resize gains (64 -> 512 px, 59 classes: 3.0 ms against 16 ms), so under a mixed
     # policy only float32 parts compile.
-    from keras_fastfcn._keras_private import all_layers
-
     return not any(sub.compute_dtype in ("bfloat16", "float16")
                    for sub in [layer] + all_layers(layer))
 
@@ -141,7 +141,6 @@ def trace(fn, spec, model, jit_compile=False, freeze=False):
         concrete = traced.get_concrete_function()
     if not freeze:
         return traced
-    from keras_fastfcn import _keras_private
 
     try:
         frozen = _keras_private.freeze_function(concrete)

@@ -23,7 +23,12 @@ Example:
 """
 
 import dataclasses
+import functools
 from typing import Callable, Optional
+
+from keras_fastfcn import layers as L
+from keras_fastfcn.models.encoders import resnet, resnet_deepstem
+from keras_fastfcn.models.encoders.resnet import OUTPUT_STRIDES, check_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +125,6 @@ def build_encoder(name, output_stride=32, weights=None):
     >>> [f.shape[-1] for f in encoder(keras.ops.zeros((1, 64, 64, 3)))]
     [256, 512, 1024, 2048]
     """
-    from keras_fastfcn.models.encoders.resnet import OUTPUT_STRIDES, check_weights
-
     spec = encoder(name)
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}.")
@@ -150,11 +153,6 @@ def available(kind):
 
 
 def _register_builtins():
-    import functools
-
-    from keras_fastfcn import layers as L
-    from keras_fastfcn.models.encoders import resnet, resnet_deepstem
-
     for name in resnet.KERAS_RESNETS:
         register_encoder(name, functools.partial(resnet.build_keras_resnet, name), "caffe")
     for name, depth in resnet_deepstem.DEEPSTEM_DEPTHS.items():

@@ -3,9 +3,12 @@
 
 import dataclasses
 import os
+import zipfile
 from typing import List, Optional
 
 import keras
+
+import keras_fastfcn.models  # noqa: F401  (load_model: registers the classes)
 
 
 def logits_model(model):
@@ -82,8 +85,6 @@ def load_model(path):
     Example:
     >>> model = load_model("model.keras")  # doctest: +SKIP
     """
-    import zipfile
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Model file not found: {path}")
@@ -93,7 +94,6 @@ def load_model(path):
         raise ValueError(
             f"{path} is not a Keras model file (.keras, a zip archive written by model.save)."
         )
-    import keras_fastfcn.models  # noqa: F401  (registers the classes)
 
     try:
         model = keras.saving.load_model(path, compile=False)

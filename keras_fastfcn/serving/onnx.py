@@ -25,8 +25,11 @@ import os
 import re
 import tempfile
 
+import numpy as np
+
 from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.graph import fixed_function
 from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.targets import check_options, check_target_file
@@ -84,8 +87,6 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
     ...             keep_float=("encoding", "classifier"))
     'int8.onnx'
     """
-    from keras_fastfcn.serving.formats import check_export_precision
-
     check_export_precision("onnx", precision, calibration)
     keep_float = check_keep_float(keep_float, precision)
     require_onnx(quantize=precision != "fp32")
@@ -308,7 +309,6 @@ def _fuse_pad_into_conv(proto):
     graph then pads in float, with a dequantize and a quantize of the 1536-channel map
     for each of the three dilated branches, about 7 ms each at 512 px on the AMX Xeon.
     """
-    import numpy as np
     from onnx import helper, numpy_helper
 
     graph = proto.graph

@@ -13,9 +13,11 @@ Example:
 
 import json
 import os
+import warnings
 
 import numpy as np
 
+from keras_fastfcn.inference import ModelInfo
 from keras_fastfcn.serving.formats import FORMATS, format_of_file
 
 # The one-file formats that run in process (`serving.formats`: ONNX, TFLite).
@@ -100,8 +102,6 @@ class ExportPredictor:
         self.options = json.loads(meta.get("keras_fastfcn_export", "{}"))
 
     def _open_tflite(self):
-        import warnings
-
         import tensorflow as tf
 
         with warnings.catch_warnings():
@@ -142,8 +142,6 @@ class ExportPredictor:
 
     def info(self):
         """The export's `inference.ModelInfo` (`num_classes` None when not recorded)."""
-        from keras_fastfcn.inference import ModelInfo
-
         return ModelInfo(num_classes=self.num_classes, class_names=self.class_names,
                          dataset=self.dataset,
                          align_corners=True)  # unused: the export's resizes are in its graph

@@ -24,6 +24,7 @@ import keras
 
 from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.inference import MAX_PIXELS
+from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.graph import SIGNATURE_INPUTS, SIGNATURES, serving_endpoints
 from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.targets import (METADATA_FILE, check_options,
@@ -79,8 +80,6 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
     >>> export_saved_model(model, "saved_models/demo")
     'saved_models/demo/1'
     """
-    from keras_fastfcn.serving.formats import check_export_precision
-
     check_export_precision("saved_model", precision, None)
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
     target, version = check_saved_model_target(output, overwrite)

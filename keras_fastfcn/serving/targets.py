@@ -7,6 +7,8 @@ loaded, so a bad `--output` fails in a second with one line.
 import os
 import time
 
+import keras
+
 METADATA_FILE = "keras_fastfcn_export.json"
 
 
@@ -108,8 +110,6 @@ def check_target_file(path, overwrite, suffix, create=True):
 
 def metadata(model, info, fmt, options, extra=None):
     """The JSON written beside an export: what was exported, how, with which versions."""
-    import keras
-
     try:
         config = keras.saving.serialize_keras_object(model)
     except Exception:  # a model of the user's whose config does not serialize

@@ -13,9 +13,13 @@ is `DEFAULT_KEEP_FLOAT`, the layers measured to lose the most."""
 
 import os
 import tempfile
+import warnings
 
 from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.graph import fixed_function
+from keras_fastfcn.serving.onnx import (_scope_matches, _strip_call_suffix, check_keep_float,
+                                       default_keep_float)
 from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.saved_model import write_saved_model
 from keras_fastfcn.serving.targets import check_options, check_target_file
@@ -62,9 +66,6 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
     'int8.tflite'
     """
     import tensorflow as tf
-
-    from keras_fastfcn.serving.formats import check_export_precision
-    from keras_fastfcn.serving.onnx import check_keep_float, default_keep_float
 
     check_export_precision("tflite", precision, calibration)
     keep_float = check_keep_float(keep_float, precision)
@@ -134,8 +135,6 @@ def float_tensor_names(tensor_names, keep_float):
     >>> float_tensor_names(["m/head_1/classifier_1/BiasAdd"], ["classifier"])
     ['m/head_1/classifier_1/BiasAdd']
     """
-    from keras_fastfcn.serving.onnx import _scope_matches, _strip_call_suffix
-
     names, unmatched = [], []
     for pattern in keep_float:
         hits = [t for t in tensor_names
@@ -154,8 +153,6 @@ def float_tensor_names(tensor_names, keep_float):
 def _selectively_quantized(saved_model_dir, converter, calibration, keep_float):
     """The int8 flatbuffer of `converter` with the ops of the layers `keep_float` left
     in float32 (the QuantizationDebugger's selective quantization)."""
-    import warnings
-
     import tensorflow as tf
 
     float_converter = tf.lite.TFLiteConverter.from_saved_model(

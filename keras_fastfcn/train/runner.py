@@ -30,6 +30,7 @@ import keras
 
 from keras_fastfcn import _keras_private, data
 from keras_fastfcn._keras_private import all_layers
+from keras_fastfcn.data.pyloader import EvalBatches, TrainBatches
 from keras_fastfcn.evaluation import evaluate_dataset
 from keras_fastfcn.fileio import atomic_path, remove_stale_temporaries, save_model
 from keras_fastfcn.inference import Predictor
@@ -110,8 +111,6 @@ def datasets(cfg, source, global_batch, skip_steps=0, val_multiple=1):
     """
     d, t = cfg["data"], cfg["train"]
     if input_loader(d["loader"]) == "python":
-        from keras_fastfcn.data.pyloader import EvalBatches, TrainBatches
-
         train = TrainBatches(source, d["train_split"], d["crop_size"], d["base_size"],
                              global_batch, seed=t["seed"], scale_range=tuple(d["scale_range"]),
                              skip_batches=skip_steps)

@@ -9,6 +9,8 @@ segmenter's layers carry the names 0.1 used (`preprocessing`, `resnet50_os32`,
 compiled file, load into it unchanged.
 """
 
+import os
+
 import keras
 
 from keras_fastfcn.models.fastfcn.fastfcn_backbone import FastFCNBackbone
@@ -56,8 +58,6 @@ def FastFCN(num_classes, head="encnet", backbone="resnet50", upsampler="jpu", au
         num_classes=num_classes, head=head, aux=aux, se_loss=se_loss,
         class_names=class_names, dataset=dataset, name=name or f"fastfcn_{head}")
     if weights is not None:
-        import os
-
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"Model weights file not found: {weights}")
         model.load_weights(weights)
