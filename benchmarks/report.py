@@ -9,7 +9,7 @@ above `results/`, chart.png from the file with the most rows, or `--chart FILE`)
     python benchmarks/report.py benchmarks/results/*.json
 
 A new run goes into its machine kind's file: each of its rows replaces the row of the
-same head, backbone, upsampler and precision (the file's notes say which), then render:
+same head, encoder, upsampler and precision (the file's notes say which), then render:
 
     keras-fastfcn benchmark --heads encnet ... --output /tmp/run
     python benchmarks/report.py --add /tmp/run/results.json \
@@ -28,14 +28,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_fastfcn.benchmark import RUNTIME_NAMES, ratios, runtime_notes  # noqa: E402
+from keras_fastfcn.benchmark import (RUNTIME_NAMES, ratios, runtime_notes,  # noqa: E402
+                                     upgrade_results)
 from keras_fastfcn.fileio import atomic_path  # noqa: E402
 
-RESULT_HEADER = ["head", "backbone", "upsampler", "precision", "latency (s)", "FPS",
+RESULT_HEADER = ["head", "encoder", "upsampler", "precision", "latency (s)", "FPS",
                  "throughput (img/s)", "GFLOPs", "GFLOP/s (% peak)", "official PyTorch (s)",
-                 "params backbone / upsampler / head (M)", "train peak RSS (GB)",
+                 "params encoder / upsampler / head (M)", "train peak RSS (GB)",
                  "step growth (GB)", "XLA / runtime"]
-RATIO_HEADER = ["head", "backbone", "upsampler", "precision", "speed-up",
+RATIO_HEADER = ["head", "encoder", "upsampler", "precision", "speed-up",
                 "throughput speed-up", "official PyTorch speed-up", "FLOPs ratio",
                 "peak RSS ratio", "step growth ratio"]
 
@@ -62,7 +63,7 @@ def _method(size, crop, batch):
 
 def _result_cells(r):
     """One row of the results table (RESULT_HEADER)."""
-    first = [r["head"], r["backbone"], r["upsampler"], r.get("precision", "fp32")]
+    first = [r["head"], r["encoder"], r["upsampler"], r.get("precision", "fp32")]
     if "error" in r:
         return first + [f"error: {r['error'][:80]}"] + [""] * (len(RESULT_HEADER) - 5)
     p = r["params"]
@@ -79,7 +80,7 @@ def _result_cells(r):
               if "torch_latency_s" in r else "-")
     return first + [f"{r['latency_s']:.3f}", f"{r['fps']:.2f}", throughput,
                     f"{r['gflops']:.0f}", achieved, anchor,
-                    f"{p['backbone'] / 1e6:.1f} / {p['upsampler'] / 1e6:.1f} / "
+                    f"{p['encoder'] / 1e6:.1f} / {p['upsampler'] / 1e6:.1f} / "
                     f"{p['head'] / 1e6:.1f}"] + mem + [_graph_cell(r)]
 
 
@@ -100,7 +101,7 @@ def _ratio_cells(r):
            if "memory_ratio" in r else ["-", "-"])
     tput = f"{r['throughput_speedup']:.2f}x" if "throughput_speedup" in r else "-"
     anchor = f"{r['torch_speedup']:.2f}x" if "torch_speedup" in r else "-"
-    return [r["head"], r["backbone"], r["upsampler"], r.get("precision", "fp32"),
+    return [r["head"], r["encoder"], r["upsampler"], r.get("precision", "fp32"),
             _speedup(r), tput, anchor, f"{r['flops_ratio']:.2f}"] + mem
 
 
@@ -123,7 +124,7 @@ def write_report(payload, out_dir, title="CPU"):
     lines += [_method(payload["size"], payload["train_crop"], payload["train_batch"]), ""]
     lines += _table(RESULT_HEADER, [_result_cells(r) for r in results])
     lines += ["", "Ratios against the dilated output-stride-8 model (DilatedFCN) of the same "
-              "head, backbone and precision (official PyTorch: the same ratio of the official "
+              "head, encoder and precision (official PyTorch: the same ratio of the official "
               "code):", ""]
     lines += _table(RATIO_HEADER, [_ratio_cells(r) for r in rat])
     with atomic_path(os.path.join(out_dir, "RESULTS.md")) as tmp:
@@ -135,7 +136,7 @@ def write_report(payload, out_dir, title="CPU"):
 # One file per machine kind ------------------------------------------------------------
 
 def _key(row):
-    return (row["head"], row["backbone"], row["upsampler"], row.get("precision", "fp32"))
+    return (row["head"], row["encoder"], row["upsampler"], row.get("precision", "fp32"))
 
 
 def _ratios_within_runs(rows):
@@ -150,7 +151,7 @@ def _ratios_within_runs(rows):
 def add_run(results_path, machine_path, command, date=None, kind=None, notes=()):
     """Adds the rows of a `keras-fastfcn benchmark` results.json to a machine kind's file
     (created if missing) as a new run; each row replaces the row of the same head,
-    backbone, upsampler and precision and keeps the older runs' dates and commands
+    encoder, upsampler and precision and keeps the older runs' dates and commands
     (`"superseded"`, summed up in `"replaced"`). Refuses another CPU
     (model or ISA flags) or other sizes. Returns the file's payload.
 
@@ -159,12 +160,12 @@ def add_run(results_path, machine_path, command, date=None, kind=None, notes=())
     ...         "keras-fastfcn benchmark --heads encnet --precision int8")
     """
     with open(results_path, encoding="utf-8") as f:
-        new = json.load(f)
+        new = upgrade_results(json.load(f))
     settings = {k: new[k] for k in ("size", "train_crop", "train_batch")}
     cpu = new.get("cpu")
     if os.path.exists(machine_path):
         with open(machine_path, encoding="utf-8") as f:
-            target = json.load(f)
+            target = upgrade_results(json.load(f))
         old_cpu = target.get("cpu")
         if cpu and old_cpu and (cpu["model"], cpu["flags"]) != (old_cpu["model"],
                                                                 old_cpu["flags"]):
@@ -233,15 +234,15 @@ def _replaced_notes(rows):
 
 
 def _ordered(rows):
-    """Rows by head and backbone (first seen first), precision, then upsampler."""
+    """Rows by head and encoder (first seen first), precision, then upsampler."""
     precisions = ["fp32", "bf16", "fp16", "int8"]
 
     def rank(items, item):
         return items.index(item) if item in items else len(items)
 
-    models = list(dict.fromkeys((r["head"], r["backbone"]) for r in rows))
+    models = list(dict.fromkeys((r["head"], r["encoder"]) for r in rows))
     upsamplers = list(dict.fromkeys(r["upsampler"] for r in rows))
-    return sorted(rows, key=lambda r: (models.index((r["head"], r["backbone"])),
+    return sorted(rows, key=lambda r: (models.index((r["head"], r["encoder"])),
                                        rank(precisions, r.get("precision", "fp32")),
                                        rank(upsamplers, r["upsampler"])))
 
@@ -328,7 +329,7 @@ def draw_chart(results, path):
     bar, gap, left, top, panel_h = 14, 10, 170, 40, 220
     groups = []
     for r in rows:
-        key = f"{r['head']} {r['backbone']}"
+        key = f"{r['head']} {r['encoder']}"
         if not groups or groups[-1][0] != key:
             groups.append((key, []))
         groups[-1][1].append(r)
@@ -395,7 +396,7 @@ def main(argv=None):
     payloads = []
     for path in args.results:
         with open(path, encoding="utf-8") as f:
-            payloads.append(json.load(f))
+            payloads.append(upgrade_results(json.load(f)))
     first = os.path.dirname(os.path.abspath(args.results[0]))
     if len(payloads) == 1 and "runs" not in payloads[0]:
         out_dir = args.output or first

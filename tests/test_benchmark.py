@@ -14,16 +14,16 @@ import report  # noqa: E402  (benchmarks/report.py)
 
 
 def _row(upsampler, latency, gflops, peak, growth):
-    return {"head": "encnet", "backbone": "resnet50", "upsampler": upsampler,
+    return {"head": "encnet", "encoder": "resnet50", "upsampler": upsampler,
             "latency_s": latency, "fps": 1 / latency, "gflops": gflops, "xla": False,
-            "params": {"backbone": 23.6e6, "upsampler": 19.7e6 if upsampler == "jpu" else 0,
+            "params": {"encoder": 23.6e6, "upsampler": 19.7e6 if upsampler == "jpu" else 0,
                        "head": 1.6e6},
             "params_total": 45e6, "train_peak_rss_gb": peak, "train_step_growth_gb": growth}
 
 
 def test_ratios_and_report(tmp_path):
     results = [_row("jpu", 0.5, 200.0, 3.0, 1.8), _row("os8", 1.5, 500.0, 4.0, 2.4),
-               {"head": "encnet", "backbone": "resnet50", "upsampler": "os16", "error": "boom"}]
+               {"head": "encnet", "encoder": "resnet50", "upsampler": "os16", "error": "boom"}]
     (ratio,) = benchmark.ratios(results)
     assert ratio["upsampler"] == "jpu"
     assert ratio["speedup"] == pytest.approx(3.0)
@@ -221,7 +221,7 @@ def test_quick_benchmark_runs(tmp_path):
         assert 0 < row["peak_fraction"] and row["peak_gflops_s"] > 0
         # `--no-torch`: the anchor is tested below (it doubles the run on a small CPU).
         assert "torch_latency_s" not in row and "torch_skipped" not in row
-    # JPU at stride 8 costs well under the dilated backbone.
+    # JPU at stride 8 costs well under the dilated encoder.
     assert rows["jpu", "fp32"]["gflops"] < 0.6 * rows["os8", "fp32"]["gflops"]
     assert {r["precision"] for r in payload["ratios"]} == {"fp32"}
     cpu = payload["cpu"]
@@ -276,7 +276,7 @@ def test_resume_keeps_finished_configurations(monkeypatch):
                          "params_total": 0, "train_peak_rss_gb": 1.0,
                          "train_step_growth_gb": 0.5})
     done = [_row("jpu", 0.5, 200.0, 3.0, 1.8),
-            {"head": "encnet", "backbone": "resnet50", "upsampler": "os8", "error": "boom"}]
+            {"head": "encnet", "encoder": "resnet50", "upsampler": "os8", "error": "boom"}]
     snapshots = []
     rows = benchmark.run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], done=done,
                                     log=lambda text: None, torch_anchor=False,
@@ -367,7 +367,7 @@ def test_measure_int8_speed_times_both_runtimes(monkeypatch, tiny_backbone):
     runs, the error names each one's reason."""
     pytest.importorskip("onnxruntime")
     build = benchmark._build
-    monkeypatch.setattr(benchmark.timing, "_build", lambda head, backbone, up, n: build(
+    monkeypatch.setattr(benchmark.timing, "_build", lambda head, encoder, up, n: build(
         head, tiny_backbone, up, n))
     row = benchmark.measure_int8_speed("fcn", "resnet50", "jpu", size=64, num_classes=5,
                                        warmup=1, min_runs=1, min_seconds=0.01,

@@ -91,7 +91,7 @@ def test_train_benchmark_export_and_reload_a_head_of_your_own(tmp_path):
          "--no-memory", "--no-torch", "--xla", "off", "--throughput-batch", "0",
          "--output", "bench")
     rows = json.loads((tmp_path / "bench" / "results.json").read_text())["results"]
-    assert [(r["head"], r["backbone"]) for r in rows] == [("tiny", "plugin_resnet")]
+    assert [(r["head"], r["encoder"]) for r in rows] == [("tiny", "plugin_resnet")]
     assert rows[0]["latency_s"] > 0, rows
 
     _run(tmp_path, "export", "--model", "run/model.keras", "--format", "onnx",

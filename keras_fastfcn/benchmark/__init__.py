@@ -8,7 +8,7 @@ its ratios and results file). `benchmarks/report.py` merges a run's `results.jso
 into its machine kind's file in `benchmarks/results/` and renders `RESULTS.md` and
 `chart.png` from those files.
 
-Every configuration (head x backbone x upsampler) runs in its own child process, so
+Every configuration (head x encoder x upsampler) runs in its own child process, so
 one model's memory and thread pools do not bias the next; all run on the same input.
 
 - Latency: the inference model (logits only) on one 512x512 image, through the
@@ -49,29 +49,31 @@ one model's memory and thread pools do not bias the next; all run on the same in
   `torch.set_num_threads` = the cores TensorFlow uses; fp32, and
   `torch.autocast("cpu", dtype=torch.bfloat16)` for the bf16 rows where the CPU has bf16
   hardware (`torch_anchor_available`).
-- Parameters: backbone, upsampler (JPU / JPU_X) and head, as `test_fps_params.py`.
+- Parameters: encoder, upsampler (JPU / JPU_X) and head, as `test_fps_params.py`.
 - Memory: peak resident memory (VmHWM) of a child process that runs one training step
   (SGD, main + auxiliary + SE losses as in training) at crop 480, batch 2; also the
   growth during the step (peak minus the resident size just before it).
 """
 
-from keras_fastfcn.benchmark.configs import (BACKBONES, HEADS, UPSAMPLERS, _build, _deployed,
+from keras_fastfcn.benchmark.configs import (ENCODERS, HEADS, UPSAMPLERS, _build, _deployed,
                                              _trained_like_normalization, frozen_forward)
 from keras_fastfcn.benchmark.cpu import (BENCHMARK_PRECISIONS, cpu_info, flops_per_cycle,
                                          machine_description, peak_gflops)
 from keras_fastfcn.benchmark.run import (previous_results, ratios, row_precision,
-                                         run_benchmarks, runtime_notes, write_results)
+                                         run_benchmarks, runtime_notes, upgrade_results,
+                                         write_results)
 from keras_fastfcn.benchmark.timing import (INT8_CALIBRATION_IMAGES, INT8_RUNTIMES,
                                             RUNTIME_NAMES, XLA_CHOICES, measure_int8_speed,
                                             measure_speed, measure_train_memory)
-from keras_fastfcn.benchmark.torch_anchor import (TORCH_BACKBONES, TORCH_PRECISIONS,
+from keras_fastfcn.benchmark.torch_anchor import (TORCH_ENCODERS, TORCH_PRECISIONS,
                                                   TORCH_UPSAMPLERS, measure_torch,
                                                   torch_anchor_available, torch_reference_path)
 
-__all__ = ["BACKBONES", "BENCHMARK_PRECISIONS", "HEADS", "INT8_CALIBRATION_IMAGES",
-           "INT8_RUNTIMES", "RUNTIME_NAMES", "TORCH_BACKBONES", "TORCH_PRECISIONS",
+__all__ = ["ENCODERS", "BENCHMARK_PRECISIONS", "HEADS", "INT8_CALIBRATION_IMAGES",
+           "INT8_RUNTIMES", "RUNTIME_NAMES", "TORCH_ENCODERS", "TORCH_PRECISIONS",
            "TORCH_UPSAMPLERS", "UPSAMPLERS", "XLA_CHOICES", "cpu_info", "flops_per_cycle",
            "frozen_forward", "machine_description", "measure_int8_speed", "measure_speed",
            "measure_torch", "measure_train_memory", "peak_gflops", "previous_results",
            "ratios", "row_precision", "run_benchmarks", "runtime_notes",
-           "torch_anchor_available", "torch_reference_path", "write_results"]
+           "torch_anchor_available", "torch_reference_path", "upgrade_results",
+           "write_results"]

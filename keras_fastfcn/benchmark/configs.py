@@ -13,17 +13,17 @@ UPSAMPLERS = {  # name -> (FastFCN upsampler, output_stride)
 HEADS = ("encnet", "psp", "deeplab", "fcn")
 
 
-BACKBONES = ("resnet50", "resnet101")
+ENCODERS = ("resnet50", "resnet101")
 
 
-def _build(head, backbone, upsampler, num_classes, seed=0):
+def _build(head, encoder, upsampler, num_classes, seed=0):
     """The configuration's `FastFCNImageSegmenter`, random weights, with BatchNorm
     statistics such as a trained model has (`_trained_like_normalization`)."""
     from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter
 
     up, stride = UPSAMPLERS[upsampler]
     model = FastFCNImageSegmenter(
-        FastFCNBackbone(encoder=backbone, upsampler=up, output_stride=stride),
+        FastFCNBackbone(encoder=encoder, upsampler=up, output_stride=stride),
         num_classes=num_classes, head=head)
     return _trained_like_normalization(model, seed)
 
@@ -59,9 +59,9 @@ def _trained_like_normalization(model, seed=0):
 
 
 def _params(seg):
-    """Parameters of the backbone, the upsampler (JPU / JPU_X) and the head, as the
+    """Parameters of the encoder, the upsampler (JPU / JPU_X) and the head, as the
     official `test_fps_params.py` counts them."""
-    return {"backbone": _count(seg.backbone.encoder),
+    return {"encoder": _count(seg.backbone.encoder),
             "upsampler": _count(seg.backbone.upsampler) if seg.backbone.upsampler else 0,
             "head": _count(seg.head_layer)}
 

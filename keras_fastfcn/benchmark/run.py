@@ -33,17 +33,17 @@ def row_precision(row):
 
 
 def _key(row):
-    return row["head"], row["backbone"], row["upsampler"], row_precision(row)
+    return row["head"], row["encoder"], row["upsampler"], row_precision(row)
 
 
-def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, memory=True,
+def run_benchmarks(heads, encoders, upsamplers, size=512, crop=480, batch=2, memory=True,
                    min_seconds=10.0, log=print, done=(), on_result=None,
                    precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None,
                    xla="auto", freeze=False, int8_runtime="auto"):
     """Measures every configuration; returns a list of result dicts.
 
     Args:
-        heads, backbones, upsamplers: the configurations (every combination).
+        heads, encoders, upsamplers: the configurations (every combination).
         size: inference image size; crop, batch: the training-memory step.
         memory: measure the training step's memory (fp32 rows only: training does not
             depend on the inference precision).
@@ -81,13 +81,13 @@ def run_benchmarks(heads, backbones, upsamplers, size=512, crop=480, batch=2, me
         r.get("int8_runtime") == int8_runtime if row_precision(r) == "int8"
         else bool(r.get("frozen")) == bool(freeze))}
     results = []
-    for backbone in backbones:
+    for encoder in encoders:
         for head in heads:
             for upsampler in upsamplers:
                 gflops = None  # counted once per configuration: the same at any precision
                 for precision in precisions:
-                    config = {"head": head, "backbone": backbone, "upsampler": upsampler}
-                    row = previous.get((head, backbone, upsampler, precision))
+                    config = {"head": head, "encoder": encoder, "upsampler": upsampler}
+                    row = previous.get((head, encoder, upsampler, precision))
                     if row is None:
                         row = dict(config, precision=precision)
                         options = {"size": size, "min_seconds": min_seconds,
@@ -157,7 +157,7 @@ def runtime_notes(row, leave_out=(), error_chars=None):
 
 
 def _row_text(row):
-    name = f"{row['head']:>8} {row['backbone']:>9} {row['upsampler']:>6} {row_precision(row):>4}"
+    name = f"{row['head']:>8} {row['encoder']:>9} {row['upsampler']:>6} {row_precision(row):>4}"
     if "error" in row:
         return f"{name}  ERROR {row['error']}"
     mem = f"{row['train_peak_rss_gb']:.2f} GB" if "train_peak_rss_gb" in row else "-"
@@ -179,15 +179,15 @@ def _row_text(row):
 
 
 def ratios(results, reference="os8"):
-    """JPU (and the others) relative to the dilated reference, per head, backbone and
+    """JPU (and the others) relative to the dilated reference, per head, encoder and
     precision (rows without a precision are fp32)."""
     index = {_key(r): r for r in results if "error" not in r}
     out = []
-    for (head, backbone, upsampler, precision), row in index.items():
-        ref = index.get((head, backbone, reference, precision))
+    for (head, encoder, upsampler, precision), row in index.items():
+        ref = index.get((head, encoder, reference, precision))
         if ref is None or upsampler == reference:
             continue
-        item = {"head": head, "backbone": backbone, "upsampler": upsampler,
+        item = {"head": head, "encoder": encoder, "upsampler": upsampler,
                 "precision": precision,
                 "speedup": ref["latency_s"] / row["latency_s"],
                 "flops_ratio": row["gflops"] / ref["gflops"]}
@@ -212,6 +212,27 @@ def ratios(results, reference="os8"):
     return out
 
 
+def upgrade_results(payload):
+    """A results payload with 0.2's names in the current vocabulary, in place: each row's
+    and ratio's `backbone` (and its parameter count's) is now `encoder`.
+
+    Example:
+    >>> upgrade_results({"results": [{"backbone": "resnet50"}]})["results"][0]
+    {'encoder': 'resnet50'}
+    """
+    rows = list(payload.get("results", [])) + list(payload.get("ratios", []))
+    for run in payload.get("runs", []) if isinstance(payload.get("runs"), list) else []:
+        if isinstance(run, dict):
+            rows += list(run.get("results", []))
+    for row in rows:
+        if isinstance(row, dict) and "backbone" in row and "encoder" not in row:
+            row["encoder"] = row.pop("backbone")
+        params = row.get("params") if isinstance(row, dict) else None
+        if isinstance(params, dict) and "backbone" in params and "encoder" not in params:
+            params["encoder"] = params.pop("backbone")
+    return payload
+
+
 def previous_results(out_dir, machine, size, crop, batch):
     """The rows of `OUT_DIR/results.json` if it was measured with the same machine and
     sizes, else `[]` (with a note).
@@ -223,7 +244,7 @@ def previous_results(out_dir, machine, size, crop, batch):
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        payload = json.load(f)
+        payload = upgrade_results(json.load(f))
     same = (payload.get("machine"), payload.get("size"), payload.get("train_crop"),
             payload.get("train_batch")) == (machine, size, crop, batch)
     if not same:

@@ -32,13 +32,13 @@ def _xla_choices(xla):
     return XLA_CHOICES[xla]
 
 
-def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
+def measure_speed(head, encoder, upsampler, size=512, num_classes=59, warmup=3,
                   min_runs=5, min_seconds=10.0, fold=True, precision="fp32",
                   throughput_batch=8, xla="auto", gflops=None, freeze=False):
     """Latency, throughput, FLOPs and parameters of one configuration (in this process).
 
     Args:
-        head, backbone, upsampler: the configuration (`HEADS`, `BACKBONES`,
+        head, encoder, upsampler: the configuration (`HEADS`, `ENCODERS`,
             `UPSAMPLERS`).
         size: square image size.
         num_classes: classifier width (59: Pascal Context, as the paper's timings).
@@ -72,7 +72,7 @@ def measure_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     check_precision(precision, KERAS_PRECISIONS, "the benchmark's Keras rows (int8: "
                     "measure_int8_speed)")
     jits = _xla_choices(xla)
-    seg = _build(head, backbone, upsampler, num_classes)
+    seg = _build(head, encoder, upsampler, num_classes)
     params = _params(seg)
     spec = tf.TensorSpec((1, size, size, 3), tf.float32)
     if gflops is None:
@@ -142,7 +142,7 @@ def _int8_runtimes(runtime):
     return INT8_RUNTIMES[runtime]
 
 
-def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
+def measure_int8_speed(head, encoder, upsampler, size=512, num_classes=59, warmup=3,
                        min_runs=5, min_seconds=10.0, throughput_batch=8, runtime="auto",
                        gflops=None, threads=None):
     """Latency and throughput of one configuration's int8 exports (in this process).
@@ -156,7 +156,7 @@ def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warm
     `evaluate --model FILE` run it, and the faster runtime is kept.
 
     Args:
-        head, backbone, upsampler, size, num_classes, warmup, min_runs, min_seconds:
+        head, encoder, upsampler, size, num_classes, warmup, min_runs, min_seconds:
             as `measure_speed`.
         throughput_batch: batch of the throughput run (TFLite runs it one image at a
             time, as its fixed-size export does); 0 skips it.
@@ -183,7 +183,7 @@ def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warm
     from keras_fastfcn.serving.runtime import ExportPredictor
 
     runtimes = _int8_runtimes(runtime)
-    seg = _build(head, backbone, upsampler, num_classes)
+    seg = _build(head, encoder, upsampler, num_classes)
     params = _params(seg)
     if gflops is None:
         gflops = _flops(_deployed(seg), tf.TensorSpec((1, size, size, 3), tf.float32)) / 1e9
@@ -230,12 +230,12 @@ def measure_int8_speed(head, backbone, upsampler, size=512, num_classes=59, warm
     return best
 
 
-def measure_train_memory(head, backbone, upsampler, crop=480, batch=2, num_classes=59):
+def measure_train_memory(head, encoder, upsampler, crop=480, batch=2, num_classes=59):
     """Peak RSS of one training step (call in a fresh process)."""
     import keras
     import numpy as np
 
-    model = _build(head, backbone, upsampler, num_classes)  # aux head, SE loss for encnet
+    model = _build(head, encoder, upsampler, num_classes)  # aux head, SE loss for encnet
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=False)
     rng = np.random.RandomState(0)
     x = rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")

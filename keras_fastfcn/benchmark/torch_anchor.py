@@ -5,7 +5,7 @@ import os
 from keras_fastfcn.benchmark.cpu import cpu_info
 from keras_fastfcn.benchmark.timing import _time
 
-TORCH_BACKBONES = {"resnet50": "resnet50s", "resnet101": "resnet101s"}
+TORCH_ENCODERS = {"resnet50": "resnet50s", "resnet101": "resnet101s"}
 
 
 TORCH_UPSAMPLERS = {"jpu": "JPU", "jpu_x": "JPU_X", "os8": None}
@@ -55,7 +55,7 @@ def torch_anchor_available(upsampler, precision, flags=None, head=None):
     return None
 
 
-def measure_torch(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
+def measure_torch(head, encoder, upsampler, size=512, num_classes=59, warmup=3,
                   min_runs=5, min_seconds=10.0, precision="fp32", threads=None):
     """Batch-1 latency of the official FastFCN structure in PyTorch (in this process).
 
@@ -65,7 +65,7 @@ def measure_torch(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     with the protocol of `measure_speed`. bf16: `torch.autocast("cpu", torch.bfloat16)`.
 
     Args:
-        head, backbone, upsampler: as `measure_speed` (`resnet50` is timed as the
+        head, encoder, upsampler: as `measure_speed` (`resnet50` is timed as the
             official `resnet50s`, the deep-stem variant the paper uses).
         precision: `"fp32"` or `"bf16"`.
         threads: `torch.set_num_threads` (default: the CPUs this process may use, as
@@ -89,7 +89,7 @@ def measure_torch(head, backbone, upsampler, size=512, num_classes=59, warmup=3,
     threads = threads or cpu_info()["cores"]
     torch.set_num_threads(int(threads))
     torch.manual_seed(0)
-    model = ref.SegmentationModel(head, num_classes, ref.DEPTHS[TORCH_BACKBONES[backbone]],
+    model = ref.SegmentationModel(head, num_classes, ref.DEPTHS[TORCH_ENCODERS[encoder]],
                                   jpu=TORCH_UPSAMPLERS[upsampler], aux=False,
                                   se_loss=head == "encnet").eval()
     image = torch.rand(1, 3, size, size)  # normalized range, as the official loader gives

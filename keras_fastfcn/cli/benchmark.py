@@ -88,14 +88,14 @@ def run(args):
 
     # Any registered head (yours too, with --import); the default is the paper's four.
     heads = _split(args.heads, registry.available("head"), "head(s)")
-    backbones = _split(args.encoders, registry.available("encoder"), "encoder(s)")
+    encoders = _split(args.encoders, registry.available("encoder"), "encoder(s)")
     upsamplers = _split(args.upsamplers, UPSAMPLERS, "upsampler(s)")
     precisions = _split(args.precision, benchmark.BENCHMARK_PRECISIONS, "precision(s)")
     size, crop, min_seconds = args.size, args.crop, args.min_seconds
     if not min_seconds > 0:
         raise ValueError(f"--min-seconds must be > 0, got {min_seconds}.")
     if args.quick:
-        heads, backbones, upsamplers = ["encnet"], ["resnet50"], ["jpu", "os8"]
+        heads, encoders, upsamplers = ["encnet"], ["resnet50"], ["jpu", "os8"]
         size, crop, min_seconds = 128, 96, 1.0
     machine = benchmark.machine_description()
     cpu = benchmark.cpu_info()
@@ -106,7 +106,7 @@ def run(args):
     done = (benchmark.previous_results(args.output, machine, size, crop, args.batch)
             if args.resume else [])
     results = benchmark.run_benchmarks(
-        heads, backbones, upsamplers, size=size, crop=crop, batch=args.batch,
+        heads, encoders, upsamplers, size=size, crop=crop, batch=args.batch,
         memory=not args.no_memory, min_seconds=min_seconds, done=done,
         precisions=precisions, throughput_batch=args.throughput_batch,
         torch_anchor=not args.no_torch, cpu=cpu, xla=args.xla, freeze=args.freeze,
@@ -118,7 +118,7 @@ def run(args):
         torch = (f", official PyTorch x{r['torch_speedup']:.2f}" if "torch_speedup" in r
                  else "")
         runtime = f" ({r['runtime']})" if "runtime" in r else ""
-        print(f"{r['head']} {r['backbone']} {r['upsampler']} {r['precision']}{runtime} vs os8: "
+        print(f"{r['head']} {r['encoder']} {r['upsampler']} {r['precision']}{runtime} vs os8: "
               f"{r['speedup']:.2f}x faster{mem}{torch}")
     path = os.path.join(args.output, "results.json")
     print(f"Wrote {path}; a report of this run alone: python benchmarks/report.py {path} "

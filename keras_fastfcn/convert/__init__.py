@@ -22,7 +22,7 @@ from keras_fastfcn.convert.checkpoint import (CLASSIFIER_BIAS, DATASET_NUM_CLASS
 from keras_fastfcn.convert.mapping import (_backbone_targets, _match, load_official_weights,
                                            weight_mapping)
 from keras_fastfcn.fileio import atomic_path
-from keras_fastfcn.models import FastFCN, presets, registry
+from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter, presets, registry
 from keras_fastfcn.models.encoders import resnet_deepstem
 
 __all__ = ["CheckpointMismatchError", "convert_backbone_checkpoint", "convert_checkpoint",
@@ -112,16 +112,18 @@ def convert_checkpoint(checkpoint, output=None, head=None, encoder=None, num_cla
         skip.append("auxlayer.")
     if not se_loss:
         skip.append("head.encmodule.selayer.")
-    model = FastFCN(num_classes, head=head, backbone=backbone, upsampler=upsampler, aux=aux,
-                    se_loss=se_loss and head == "encnet", jpu_width=jpu_width,
-                    preprocessing="torch", align_corners=True, class_names=class_names,
-                    dataset=dataset)
-    description = (f"FastFCN(num_classes={num_classes}, head={head!r}, backbone={backbone!r}, "
-                   f"upsampler={upsampler!r}, aux={aux}, se_loss={se_loss}, jpu_width={jpu_width})")
+    model = FastFCNImageSegmenter(
+        FastFCNBackbone(encoder=backbone, upsampler=upsampler, width=jpu_width,
+                        preprocessing="torch", align_corners=True),
+        num_classes=num_classes, head=head, aux=aux, se_loss=se_loss and head == "encnet",
+        class_names=class_names, dataset=dataset, name=f"fastfcn_{head}")
+    description = (f"FastFCNImageSegmenter(num_classes={num_classes}, head={head!r}, "
+                   f"encoder={backbone!r}, upsampler={upsampler!r}, aux={aux}, "
+                   f"se_loss={se_loss}, width={jpu_width})")
     chosen = {"head": head, "backbone": backbone, "upsampler": upsampler,
               "num_classes": num_classes}
     # None is a real answer for the upsampler (no jpu.* keys), not "unknown".
-    differ = [f"{k}={inferred[k]!r}" for k, v in chosen.items()
+    differ = [f"{_OPTION_NAMES.get(k, k)}={inferred[k]!r}" for k, v in chosen.items()
               if (inferred[k] is not None or k == "upsampler") and inferred[k] != v]
     hint = (f"Hint: the checkpoint's keys suggest {', '.join(differ)}; leave those options "
             "out to use what the checkpoint holds.") if differ else ""
@@ -130,6 +132,10 @@ def convert_checkpoint(checkpoint, output=None, head=None, encoder=None, num_cla
     if output is not None:
         _save(model, output)
     return model
+
+
+# What `infer_config` calls "backbone" is the `encoder=` option.
+_OPTION_NAMES = {"backbone": "encoder"}
 
 
 def _renamed(old, old_value, new, new_value):
@@ -150,8 +156,7 @@ def convert_backbone_checkpoint(checkpoint, backbone=None, output=None):
     ResNet (keys `conv1.0.weight`, `layer1.0.conv1.weight`, ..., `fc.*`; e.g.
     `resnet50-ebb6acbb.pth` of the PyTorch-Encoding model store) or a full
     segmentation checkpoint (keys `pretrained.*`, the rest ignored), so that
-    `build_backbone("resnet50s", weights=output)` / `FastFCN(...,
-    backbone_weights=output)` start from it.
+    `FastFCNBackbone(encoder="resnet50s", encoder_weights=output)` starts from it.
 
     Args:
         checkpoint: path or state dict.

@@ -2,7 +2,7 @@
 
 The official models (wuhuikai/FastFCN: EncNet / PSP / DeepLabV3 / FCN heads on a
 deep-stem ResNet, with JPU, JPU_X or a dilated backbone) map one to one onto
-`keras_fastfcn.FastFCN(backbone="resnet50s", ...)`: every tensor of the state
+`FastFCNImageSegmenter` on `FastFCNBackbone(encoder="resnet50s")`: every tensor of the state
 dict has exactly one Keras variable, found from the module structure:
 
 | official key | Keras variable |
@@ -181,7 +181,8 @@ def weight_mapping(model):
         "depthwise", "dense", "copy".
 
     Example:
-    >>> m = FastFCN(5, head="fcn", backbone="resnet50s", jpu_width=64)  # doctest: +SKIP
+    >>> m = FastFCNImageSegmenter(FastFCNBackbone(encoder="resnet50s", width=64),  # doctest: +SKIP
+    ...                           num_classes=5, head="fcn")
     >>> weight_mapping(m)[0][0]  # doctest: +SKIP
     'pretrained.conv1.0.weight'
     """
@@ -263,7 +264,8 @@ def load_official_weights(model, state_dict, skip_prefixes=(), description=None,
         The number of tensors copied.
 
     Example:
-    >>> model = FastFCN(59, head="encnet", backbone="resnet50s")  # doctest: +SKIP
+    >>> model = FastFCNImageSegmenter(FastFCNBackbone(encoder="resnet50s"),  # doctest: +SKIP
+    ...                               num_classes=59, head="encnet")
     >>> load_official_weights(model, load_state_dict("encnet.pth"),  # doctest: +SKIP
     ...                       skip_prefixes=("auxlayer.", "head.encmodule.selayer."))
     """

@@ -16,7 +16,8 @@ live with the models (`keras_fastfcn.models.segmentation_model`) and are re-expo
 here.
 
 Example:
->>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+>>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
 >>> predictor = Predictor(model, scales=MS_SCALES, flip=True)
 >>> predictor(np.zeros((1, 64, 96, 3), "uint8")).shape
 TensorShape([1, 64, 96, 3])

@@ -190,7 +190,8 @@ def multiscale_log_scores(model, images, scales=(1.0,), flip=False, base_size=No
         the class map, `normalize_scores` the per-pixel distribution.
 
     Example:
-    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+    >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
     >>> multiscale_log_scores(model, tf.zeros((1, 64, 80, 3)), (0.5, 1.0), flip=True).shape
     TensorShape([1, 64, 80, 3])
     """

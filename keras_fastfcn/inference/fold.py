@@ -63,7 +63,8 @@ def fold_batchnorm(model):
 
     Example:
     >>> import keras_fastfcn as kf
-    >>> model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=64)
+    >>> model = kf.models.FastFCNImageSegmenter(
+    ...     kf.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
     >>> folded = fold_batchnorm(model)
     >>> len(batchnorm_layers(folded)) < len(batchnorm_layers(model))
     True
@@ -94,7 +95,8 @@ def batchnorm_layers(model):
 
     Example:
     >>> import keras_fastfcn as kf
-    >>> len(batchnorm_layers(kf.FastFCN(num_classes=3, head="fcn", jpu_width=64))) > 50
+    >>> len(batchnorm_layers(kf.models.FastFCNImageSegmenter(
+    ...     kf.models.FastFCNBackbone(width=64), num_classes=3, head="fcn"))) > 50
     True
     """
     return [layer for layer in all_layers(model)
@@ -370,7 +372,8 @@ def pad_dilated_depthwise(model):
 
     Example:
     >>> import keras_fastfcn as kf
-    >>> net = inference_copy(kf.FastFCN(num_classes=3, head="fcn", jpu_width=64))
+    >>> net = inference_copy(kf.models.FastFCNImageSegmenter(
+    ...     kf.models.FastFCNBackbone(width=64), num_classes=3, head="fcn"))
     >>> pad_dilated_depthwise(net)  # the three dilated JPU branches
     3
     """
@@ -448,7 +451,8 @@ def native_resizes(model, sublayers=True):
     >>> import keras_fastfcn as kf
     >>> from keras_fastfcn.inference import logits_model
     >>> net = native_resizes(inference_copy(logits_model(
-    ...     kf.FastFCN(num_classes=3, head="fcn", jpu_width=64))))
+    ...     kf.models.FastFCNImageSegmenter(
+    ...     kf.models.FastFCNBackbone(width=64), num_classes=3, head="fcn"))))
     >>> type(net.get_layer("logits")).__name__, type(net.get_layer("jpu").upsample).__name__
     ('NativeBilinearResize', 'NativeBilinearResize')
     """

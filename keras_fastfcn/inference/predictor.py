@@ -63,7 +63,8 @@ class Predictor:
             `class_map` trace separate graphs, so using both freezes two copies.
 
     Example:
-    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+    >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
     >>> predictor = Predictor(model, mode="slide", crop_size=48, flip=True)
     >>> predictor(np.zeros((1, 64, 96, 3), "uint8")).shape
     TensorShape([1, 64, 96, 3])
@@ -176,7 +177,8 @@ class Predictor:
             images: as `__call__`.
 
         Example:
-        >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+        >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+        ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
         >>> Predictor(model).class_map(np.zeros((1, 64, 96, 3), "uint8")).shape
         (1, 64, 96)
         """
@@ -308,7 +310,8 @@ def predict(model: keras.Model, images, mode: str = "whole", scales: Sequence[fl
         `normalize_scores(log_scores)` the per-pixel probabilities.
 
     Example:
-    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64)
+    >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
     >>> scores = predict(model, np.zeros((1, 64, 80, 3)), scales=MS_SCALES, flip=True)
     >>> tf.argmax(scores, -1).shape
     TensorShape([1, 64, 80])

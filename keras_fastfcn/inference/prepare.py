@@ -55,7 +55,8 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False, native_r
         ValueError: `model` is not such a model.
 
     Example:
-    >>> net, info = prepare(keras_fastfcn.FastFCN(3, head="fcn", jpu_width=64))
+    >>> net, info = prepare(keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn"))
     >>> info.num_classes
     3
     """

@@ -58,7 +58,8 @@ def xla_parts(model):
         model: a functional Keras model (a FastFCN or its `logits_model`).
 
     Example:
-    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=32)
+    >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=32), num_classes=3, head="fcn")
     >>> fn = tf.function(lambda x: model(x, training=False))
     >>> with xla_parts(model):
     ...     traced = fn.get_concrete_function(tf.TensorSpec((1, 64, 64, 3)))
@@ -124,7 +125,8 @@ def trace(fn, spec, model, jit_compile=False, freeze=False):
         A callable on tensors (or arrays) matching `spec`.
 
     Example:
-    >>> model = keras_fastfcn.FastFCN(3, head="fcn", jpu_width=32)
+    >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=32), num_classes=3, head="fcn")
     >>> fast = trace(lambda x: model(x, training=False),
     ...              tf.TensorSpec((1, 64, 64, 3)), model, freeze=True)
     >>> fast(tf.zeros((1, 64, 64, 3))).shape

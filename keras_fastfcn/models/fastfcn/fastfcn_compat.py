@@ -10,6 +10,7 @@ compiled file, load into it unchanged.
 """
 
 import os
+import warnings
 
 import keras
 
@@ -21,7 +22,11 @@ def FastFCN(num_classes, head="encnet", backbone="resnet50", upsampler="jpu", au
             se_loss=False, output_stride=None, weights=None, backbone_weights=None,
             preprocessing="auto", jpu_width=512, jpu_remat=True, align_corners=True,
             class_names=None, dataset=None, input_shape=(None, None, 3), name=None):
-    """A `FastFCNImageSegmenter` in one call, with the 0.1 argument names.
+    """A `FastFCNImageSegmenter` in one call, with the 0.1 argument names (deprecated).
+
+    Accepted as 0.1 code and files wrote it, with a `DeprecationWarning`: build a
+    `FastFCNImageSegmenter` on a `FastFCNBackbone` instead (`backbone=` is the backbone's
+    `encoder=`, `jpu_width=` its `width=`, `backbone_weights=` its `encoder_weights=`).
 
     Args:
         num_classes: int >= 1.
@@ -50,6 +55,10 @@ def FastFCN(num_classes, head="encnet", backbone="resnet50", upsampler="jpu", au
     >>> model(keras.ops.zeros((1, 97, 131, 3))).shape
     (1, 97, 131, 5)
     """
+    warnings.warn(
+        "keras_fastfcn.FastFCN(...) is the 0.1 constructor: use FastFCNImageSegmenter("
+        "FastFCNBackbone(encoder=..., upsampler=..., width=...), num_classes=..., head=...).",
+        DeprecationWarning, stacklevel=2)
     model = FastFCNImageSegmenter(
         FastFCNBackbone(encoder=backbone, upsampler=upsampler, width=jpu_width,
                         output_stride=output_stride, encoder_weights=backbone_weights,
