@@ -15,8 +15,11 @@ def add_arguments(parser):
     parser.add_argument("--output", required=True,
                         help="output .keras model (or .weights.h5; with --backbone-only a "
                              ".weights.h5 encoder file)")
-    parser.add_argument("--head", choices=("encnet", "psp", "deeplab", "fcn"),
-                        help="head (default: from the checkpoint's keys)")
+    parser.add_argument("--head",
+                        help="a head with official checkpoint keys: encnet, psp, deeplab or "
+                             "fcn, or one of yours mapped with "
+                             "convert.mapping.register_head_mapping (default: from the "
+                             "checkpoint's keys)")
     parser.add_argument("--encoder", "--backbone", dest="encoder",
                         help="deep-stem encoder: resnet50s, resnet101s or resnet152s "
                              "(default: from the checkpoint's block counts)")

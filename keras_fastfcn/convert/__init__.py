@@ -19,8 +19,8 @@ from keras_fastfcn.convert.checkpoint import (CLASSIFIER_BIAS, DATASET_NUM_CLASS
                                               CheckpointMismatchError, dataset_class_names,
                                               infer_backbone, infer_config, load_state_dict,
                                               normalize_dataset, read_class_names)
-from keras_fastfcn.convert.mapping import (_backbone_targets, _match, load_official_weights,
-                                           weight_mapping)
+from keras_fastfcn.convert.mapping import (HEAD_MAPPINGS, _backbone_targets, _match,
+                                           load_official_weights, weight_mapping)
 from keras_fastfcn.fileio import atomic_path
 from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter, presets, registry
 from keras_fastfcn.models.encoders import resnet_deepstem
@@ -80,6 +80,10 @@ def convert_checkpoint(checkpoint, output=None, head=None, encoder=None, num_cla
     state_dict = checkpoint if isinstance(checkpoint, dict) else load_state_dict(checkpoint)
     inferred = infer_config(state_dict)
     head = registry.head(head).name if head else inferred["head"]
+    if head is not None and head not in HEAD_MAPPINGS:
+        raise ValueError(f"Head {head!r} has no official checkpoint mapping (mapped: "
+                         f"{', '.join(HEAD_MAPPINGS)}; a head of yours: "
+                         "convert.mapping.register_head_mapping).")
     if head is None:
         prefixes = sorted({".".join(k.split(".")[:2]) for k in state_dict if k.startswith("head.")})
         raise ValueError(f"Cannot tell the head from the checkpoint (head keys: {prefixes}); "

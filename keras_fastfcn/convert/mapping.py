@@ -137,37 +137,60 @@ def _fcn_targets(prefix, head):
     return _cbr(f"{prefix}.conv5", head.conv5) + _conv(f"{prefix}.conv5.4", head.classifier)
 
 
-def _head_targets(head):
-    if isinstance(head, L.EncHead):
-        enc = head.encmodule
-        codes = "head.encmodule.encoding.3"
-        targets = (_cbr("head.conv5", head.conv5) + _cbr("head.encmodule.encoding", enc.conv)
-                   + [_Target(f"{codes}.codewords", enc.encoding.codewords, "copy"),
-                      _Target(f"{codes}.scale", enc.encoding.scale, "copy")]
-                   + _norm("head.encmodule.encoding.4", enc.encoding_bn)
-                   + _dense("head.encmodule.fc.0", enc.fc))
-        if enc.selayer is not None:
-            targets += _dense("head.encmodule.selayer", enc.selayer)
-        return targets + _conv("head.conv6.1", head.classifier)
-    if isinstance(head, L.PSPHead):
-        targets = []
-        for i, conv in enumerate(head.pyramid.convs):
-            targets += _cbr(f"head.conv5.0.conv{i + 1}", conv)
-        return (targets + _conv("head.conv5.1", head.conv.conv)
-                + _norm("head.conv5.2", head.conv.bn) + _conv("head.conv5.5", head.classifier))
-    if isinstance(head, L.ASPPHead):
-        aspp = head.aspp
-        targets = []
-        for i, branch in enumerate(aspp.branches):
-            targets += _cbr(f"head.aspp.b{i}", branch)
-        n = len(aspp.branches)
-        targets += (_conv(f"head.aspp.b{n}.gap.1", aspp.pool_conv.conv)
-                    + _norm(f"head.aspp.b{n}.gap.2", aspp.pool_conv.bn)
-                    + _cbr("head.aspp.project", aspp.project) + _cbr("head.block", head.block))
-        return targets + _conv("head.block.4", head.classifier)
-    if isinstance(head, L.FCNHead):
-        return _fcn_targets("head", head)
-    raise TypeError(f"No official mapping for head {type(head).__name__}.")
+def _enc_head_targets(head):
+    enc = head.encmodule
+    codes = "head.encmodule.encoding.3"
+    targets = (_cbr("head.conv5", head.conv5) + _cbr("head.encmodule.encoding", enc.conv)
+               + [_Target(f"{codes}.codewords", enc.encoding.codewords, "copy"),
+                  _Target(f"{codes}.scale", enc.encoding.scale, "copy")]
+               + _norm("head.encmodule.encoding.4", enc.encoding_bn)
+               + _dense("head.encmodule.fc.0", enc.fc))
+    if enc.selayer is not None:
+        targets += _dense("head.encmodule.selayer", enc.selayer)
+    return targets + _conv("head.conv6.1", head.classifier)
+
+
+def _psp_head_targets(head):
+    targets = []
+    for i, conv in enumerate(head.pyramid.convs):
+        targets += _cbr(f"head.conv5.0.conv{i + 1}", conv)
+    return (targets + _conv("head.conv5.1", head.conv.conv)
+            + _norm("head.conv5.2", head.conv.bn) + _conv("head.conv5.5", head.classifier))
+
+
+def _aspp_head_targets(head):
+    aspp = head.aspp
+    targets = []
+    for i, branch in enumerate(aspp.branches):
+        targets += _cbr(f"head.aspp.b{i}", branch)
+    n = len(aspp.branches)
+    targets += (_conv(f"head.aspp.b{n}.gap.1", aspp.pool_conv.conv)
+                + _norm(f"head.aspp.b{n}.gap.2", aspp.pool_conv.bn)
+                + _cbr("head.aspp.project", aspp.project) + _cbr("head.block", head.block))
+    return targets + _conv("head.block.4", head.classifier)
+
+
+# A head's official checkpoint keys, by its registry name (`models.registry`): the
+# heads `convert_checkpoint` and `keras-fastfcn convert --head` accept.
+HEAD_MAPPINGS = {
+    "encnet": _enc_head_targets,
+    "psp": _psp_head_targets,
+    "deeplab": _aspp_head_targets,
+    "fcn": lambda head: _fcn_targets("head", head),
+}
+
+
+def register_head_mapping(name, targets):
+    """Maps a registered head of your own onto checkpoint keys:
+    `targets(head_layer) -> [_Target]` (see the built-in ones above)."""
+    HEAD_MAPPINGS[name] = targets
+
+
+def _head_targets(name, head):
+    if name not in HEAD_MAPPINGS:
+        raise TypeError(f"No official mapping for head {name!r} "
+                        f"(mapped: {', '.join(HEAD_MAPPINGS)}).")
+    return HEAD_MAPPINGS[name](head)
 
 
 def weight_mapping(model):
@@ -199,7 +222,7 @@ def _targets(model):
     targets = _backbone_targets(encoder, "pretrained.")
     if model.backbone.upsampler is not None:
         targets += _jpu_targets(model.backbone.upsampler)
-    targets += _head_targets(model.head_layer)
+    targets += _head_targets(model.head_name, model.head_layer)
     if model.aux_layer is not None:
         targets += _fcn_targets("auxlayer", model.aux_layer)
     # Every variable must be filled exactly once, or the mapping has a bug.
