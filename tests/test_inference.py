@@ -12,8 +12,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import torch
-import torch.nn.functional as F
+try:  # the parity tests against PyTorch skip without it (pip install -e ".[test]")
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = F = None
+requires_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 
 import keras_fastfcn as kf
 from keras_fastfcn import inference
@@ -136,6 +140,7 @@ def assert_log_close(log_scores, ref, atol=2e-4):
     np.testing.assert_allclose(log_scores, np.log(ref), rtol=0, atol=atol)
 
 
+@requires_torch
 @pytest.mark.parametrize("shape", [(50, 70), (61, 44)])
 def test_slide_ms_flip_matches_official(rng, shape):
     model, w, b = toy_model(rng)
@@ -148,6 +153,7 @@ def test_slide_ms_flip_matches_official(rng, shape):
     assert_log_close(ours, ref)
 
 
+@requires_torch
 def test_slide_single_scale_no_flip_matches_official(rng):
     model, w, b = toy_model(rng)
     image = smooth_image(rng, (45, 83))
@@ -157,6 +163,7 @@ def test_slide_single_scale_no_flip_matches_official(rng):
     assert_log_close(ours[None], ref)
 
 
+@requires_torch
 def test_whole_ms_flip_matches_hand_computation(rng):
     model, w, b = toy_model(rng)
     images = np.stack([smooth_image(rng, (37, 52)) for _ in range(2)])
@@ -209,6 +216,7 @@ def trained_like_model(rng, peak=300.0):
     return model, w, b
 
 
+@requires_torch
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_logits_in_the_hundreds_give_the_official_ensemble(rng, mode):
     # Regression for wrong class maps of trained models: one exp() shift per image
@@ -241,6 +249,7 @@ def test_logits_in_the_hundreds_give_the_official_ensemble(rng, mode):
     assert (plain.argmax(-1) == z.argmax(-1)).all()
 
 
+@requires_torch
 def test_multiscale_log_scores_traces_once_for_any_size(rng):
     model, w, b = toy_model(rng)
     fn = tf.function(
@@ -293,6 +302,7 @@ def test_bad_options_and_inputs(rng):
         predictor(np.zeros((1, 0, 8, 3), "float32"))
 
 
+@requires_torch
 def test_converted_official_model_matches_official_evaluator(tmp_path):
     # End to end on a real FastFCN: the PyTorch stand-in of the official EncNet+JPU
     # (keras_fastfcn/benchmark/torch_reference.py), converted to Keras; our sliding-window MS +
@@ -499,6 +509,7 @@ def test_predictor_freezes_at_most_frozen_shapes_static_traces(rng, monkeypatch)
     assert frozen_calls[-1] == ((1, 30, 40, 3), True) and classes.dtype == np.int32
 
 
+@requires_torch
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_class_map_is_the_argmax_of_the_log_scores(rng, mode):
     """`Predictor.class_map` (what predict / evaluate run; in whole mode the argmax is

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the PyTorch parity tests need PyTorch")
 
 from keras_fastfcn import layers as L
 from keras_fastfcn.layers import resize as kops

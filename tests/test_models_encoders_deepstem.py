@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the PyTorch parity tests need PyTorch")
 
 from keras_fastfcn.benchmark import torch_reference as ref
 from keras_fastfcn.models import registry

@@ -14,7 +14,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the PyTorch parity tests need PyTorch")
 
 import keras_fastfcn as kf
 from keras_fastfcn.benchmark import torch_reference as ref
