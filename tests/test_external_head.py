@@ -101,3 +101,19 @@ def test_train_benchmark_export_and_reload_a_head_of_your_own(tmp_path):
         _run(tmp_path, "predict", "--model", model, "--input", "img.png", "--output", out)
         labels = np.asarray(Image.open(tmp_path / out / "img_labels.png"))
         assert labels.shape == (48, 64)
+
+
+def test_a_data_source_registered_outside(tmp_path):
+    from keras_fastfcn import data
+    from keras_fastfcn.data.sources import folder_source, register_source
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 9 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / "labels" / f"{i}.png")
+    register_source("mine", lambda path, **options: folder_source(path, **options))
+    source = data.get_source(f"mine:{tmp_path}", num_classes=2)
+    assert source.num_classes == 2 and "mine:PATH" in data.sources.SPECS
+    with pytest.raises(ValueError, match="built-in data source"):
+        register_source("folder", folder_source)

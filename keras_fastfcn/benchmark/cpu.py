@@ -4,8 +4,10 @@ import os
 import platform
 import subprocess
 
+from keras_fastfcn.precision import KERAS_PRECISIONS
+
 # The precisions of the benchmark's rows, each with a peak (`flops_per_cycle`).
-BENCHMARK_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+BENCHMARK_PRECISIONS = KERAS_PRECISIONS + ("int8",)  # int8: the exports (`timing`)
 # Peak FLOP per cycle and core, from the widest FMA each ISA extension gives. An FMA
 # counts 2 FLOPs; x86 server cores since Haswell issue 2 FMAs per cycle (AVX-512 on
 # Xeon Gold/Platinum: 2 units; some Xeon Silver/Bronze have 1, AMD Zen 4 runs AVX-512

@@ -37,7 +37,7 @@ from keras_fastfcn.data.sources.files import (FileSource, ade20k_source, camvid_
 
 __all__ = ["Source", "FileSource", "TfdsSource", "DemoSource", "get_source", "folder_source",
            "camvid_source", "voc_source", "ade20k_source", "SPECS", "IGNORE_LABEL",
-           "label_lut", "lazy_parts"]
+           "label_lut", "lazy_parts", "register_source"]
 
 SPECS = ("demo", "camvid", "camvid:PATH", "folder:PATH", "voc:PATH", "ade20k:PATH",
          "tfds:NAME[/CONFIG]", "tfds:PREPARED_DIR")
@@ -52,6 +52,36 @@ _FACTORIES = {
     "ade20k": (ade20k_source, True),
     "tfds": (None, True),  # TfdsSource, imported on use
 }
+
+
+_BUILTIN_KINDS = frozenset(_FACTORIES)
+
+
+def register_source(kind, factory, takes_argument=True, spec=None):
+    """Adds a data source `kind[:ARG]` of your own: `get_source`, the configs'
+    `data.source`, `keras-fastfcn train/evaluate --data` (with `--import MODULE`) and
+    int8 calibration then accept it.
+
+    Args:
+        kind: the spec's name (lower case), not a built-in one.
+        factory: `factory(arg, **options) -> Source` (or `factory(**options)` without
+            an argument).
+        takes_argument: True (`kind:ARG` required), False (no argument) or None
+            (optional).
+        spec: how `--help` and errors list it (default `kind:PATH` or `kind`).
+
+    Example:
+    >>> register_source("mydata", lambda path, **options: folder_source(path, **options))
+    >>> get_source("mydata:/data/mine").name  # doctest: +SKIP
+    """
+    global SPECS
+    kind = str(kind).strip().lower()
+    if kind in _BUILTIN_KINDS:
+        raise ValueError(f"{kind!r} is a built-in data source; register yours under another "
+                         "name.")
+    if kind not in _FACTORIES:
+        SPECS = SPECS + (spec or (f"{kind}:PATH" if takes_argument else kind),)
+    _FACTORIES[kind] = (factory, takes_argument)
 
 
 def _tfds_source():
@@ -120,7 +150,10 @@ def get_source(spec, **options):
         accepted = ["label_dir", "name"]
     elif kind == "ade20k":
         accepted = ["name"]
-    unknown = sorted(set(options) - set(accepted))
+    # A factory that takes **options checks them itself.
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD
+                    for p in inspect.signature(factory).parameters.values())
+    unknown = [] if takes_any else sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"dataset {kind}: unknown option(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(accepted)}.")
