@@ -45,6 +45,11 @@ def test_config_overrides_and_errors(tmp_path):
         training.load_config("no_such_config")
     with pytest.raises(ValueError, match="section.key=value"):
         training.load_config("demo", ["train.epochs"])
+    # Numbers as users write them (YAML 1.1 reads 1e-3 as a string), finite only.
+    assert training.load_config("demo", ["train.lr=1e-3"])["train"]["lr"] == 0.001
+    for value in (".inf", "1e400", ".nan"):
+        with pytest.raises(ValueError, match=r"train.lr must be a finite number"):
+            training.load_config("demo", [f"train.lr={value}"])
 
 
 def _twin_models(rng):

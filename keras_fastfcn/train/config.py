@@ -11,6 +11,7 @@ and the file, before any work starts. Version 0.1 key names (`backbone`,
 
 import copy
 import difflib
+import math
 import os
 
 import yaml
@@ -185,6 +186,11 @@ def _check_type(value, default, dotted, path):
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(default, (list, tuple)):
@@ -233,8 +239,10 @@ def _check_values(cfg, path):
         if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)):
             raise ValueError(f"{path}: {section}.{key} must be "
                              f"{'an int' if integral else 'a number'}, got {value!r}.")
+        if isinstance(value, float) and not math.isfinite(value):  # .inf, .nan
+            raise ValueError(f"{path}: {section}.{key} must be a finite number, got {value!r}.")
         bad = value <= low if exclusive else value < low
-        if bad or (isinstance(value, float) and value != value):  # NaN
+        if bad:
             relation = ">" if exclusive else ">="
             raise ValueError(f"{path}: {section}.{key} must be {relation} {low}"
                              f"{' (or null)' if nullable else ''}, got {value!r}.")
