@@ -371,10 +371,12 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         """
         x, y = self._preprocessed(x, y, kwargs.get("batch_size"))
         validation = kwargs.get("validation_data")
-        if validation is not None:
+        if validation is not None and self.preprocessor is not None:
             if isinstance(validation, (tuple, list)) and len(validation) >= 2:
-                kwargs["validation_data"] = self._preprocessed(
-                    validation[0], validation[1], kwargs.get("batch_size"))
+                # (x, y[, sample_weight]): the weights pass through as they are.
+                kwargs["validation_data"] = (*self._preprocessed(
+                    validation[0], validation[1], kwargs.get("batch_size")),
+                    *validation[2:])
             else:
                 kwargs["validation_data"] = self._preprocessed(
                     validation, None, kwargs.get("batch_size"))[0]
