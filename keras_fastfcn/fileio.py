@@ -7,10 +7,18 @@ complete. A process killed mid-write leaves that temporary behind; the next
 which the training command runs on its output folder before it starts, removes every
 such leftover there. Only temporaries of processes that no longer run are removed (a
 temporary of a live process, e.g. a concurrent export, is left alone).
+
+Two more guards for long writers: `check_free_space` refuses a write that cannot fit
+before it starts (HDF5 can crash the process on a full disk instead of raising), and
+`FolderLock` keeps two trainings out of one output folder.
 """
 
 import contextlib
+import errno
+import json
 import os
+import socket
+import time
 import re
 import shutil
 import tempfile
@@ -114,6 +122,114 @@ def remove_stale_temporaries(folder, name=None):
     return removed
 
 
+def variables_nbytes(variables):
+    """Bytes the values of `variables` take (what a weights file of them holds)."""
+    import numpy as np
+
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+def check_free_space(folder, nbytes, what):
+    """Raises `OSError(ENOSPC)` naming `what` when `folder` has no room for `nbytes`.
+
+    The estimate gets 5% and 1 MiB on top (file-format overhead). Checked before a
+    write starts, so that nothing is half written and the previous file stays as it was.
+
+    Args:
+        folder: where the file or folder will be written (the nearest existing parent
+            is measured).
+        nbytes: int, the payload's size.
+        what: the file being written, for the message.
+
+    Example:
+    >>> check_free_space("runs/demo", 120 * 2**20, "runs/demo/backup/ckpt-000000100")
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    need = int(nbytes * 1.05) + 2**20
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(errno.ENOSPC,
+                      f"No space left on the device of {folder} to write {what}: it needs "
+                      f"about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. Free "
+                      "some space and run the same command again (it resumes from the last "
+                      "checkpoint)")
+
+
+class FolderLock:
+    """An exclusive lock on a folder (`FOLDER/.lock`) held by one process at a time.
+
+    `fcntl.flock` on the lock file: the kernel drops the lock when its process ends,
+    however it ends (a `kill -9` leaves no stale lock). The file records the holder's
+    host, pid and start time for the message another process gets. On systems
+    without `fcntl` (Windows) nothing is locked.
+
+    Args:
+        folder: the folder (created if missing).
+        purpose: what holds it, for the message ("a training run").
+
+    Example:
+    >>> with FolderLock("runs/demo", "a training run"):
+    ...     ...   # a second process entering here fails with OSError naming the lock
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder, purpose="a process"):
+        self.folder, self.purpose = os.fspath(folder), purpose
+        self.path = os.path.join(self.folder, self.NAME)
+        self._file = None
+
+    def acquire(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return self
+        os.makedirs(self.folder, exist_ok=True)
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise OSError(errno.EBUSY,
+                              f"{self.folder} is in use by {self.purpose} ({holder}; lock "
+                              f"{self.path}): wait for it to end, or use another folder") \
+                    from err
+            # The holder before us may have removed the file after we opened it: lock
+            # the file that is at the path now.
+            try:
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self):
+        if self._file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
 def save_model(model, path, include_optimizer=True):
     """`model.save(path)` through `atomic_path`; optionally without the optimizer state.
 
@@ -134,6 +250,10 @@ def save_model(model, path, include_optimizer=True):
     from keras_fastfcn._keras_private import all_layers
 
     synced = [layer for layer in all_layers(model) if getattr(layer, "synchronized", False)]
+    payload = list(model.weights)
+    if include_optimizer and optimizer is not None:
+        payload += list(optimizer.variables)
+    check_free_space(os.path.dirname(os.path.abspath(path)), variables_nbytes(payload), path)
     with atomic_path(path) as tmp:
         for layer in synced:
             layer.synchronized = False

@@ -29,6 +29,12 @@ def files(tmp_path_factory):
     (root / "folder.onnx").mkdir()
     (root / "afile").write_text("x")
     (root / "bad.yaml").write_text("train:\n  epochz: 1\n")
+    for name, classes in (("oneclass", "road\n"), ("dupclasses", "road\nsky\nroad\n")):
+        for sub in ("images", "labels"):
+            (root / name / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(root / name / "images" / "a.png")
+        Image.fromarray(np.zeros((32, 48), np.uint8)).save(root / name / "labels" / "a.png")
+        (root / name / "classes.txt").write_text(classes)
     return root
 
 
@@ -46,6 +52,14 @@ CLI_CASES = [
     ("train --config demo --output-dir {out} --set train.nokey=1", "train.nokey"),
     ("train --config demo --output-dir {out} --set data.loader=torch",
      "data.loader must be one of"),
+    ("train --config demo --output-dir {out} --set data.scale_range=[0.5,.inf]",
+     "finite numbers"),
+    ("train --config demo --output-dir {out} --set data.scale_range=[0.5,1000]",
+     "96000 px per side"),
+    ("train --config demo --output-dir {out} --set data.source=folder:{in}/oneclass",
+     "at least 2 classes"),
+    ("train --config demo --output-dir {out} --set data.source=folder:{in}/dupclasses",
+     "'road' (lines 1, 3)"),
     # predict: inputs, outputs and the model file checked before loading anything
     ("predict --model {in}/model.keras --input {in}/bad.png --output {out}", "bad.png"),
     ("predict --model {in}/model.keras --input {in}/nan.tif --output {out}", "NaN"),
@@ -132,6 +146,7 @@ PYTHON_CASES = [
     (lambda: kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler="jpu3"), "jpu3"),
     (lambda: kf.models.FastFCNBackbone(encoder="tiny_resnet", width=0), "width"),
     (lambda: kf.models.FastFCNImageSegmenter(_backbone(), num_classes=0), "num_classes"),
+    (lambda: kf.models.FastFCNImageSegmenter(_backbone(), num_classes=1), ">= 2"),
     (lambda: kf.models.FastFCNImageSegmenter(_backbone(), 3, head="unet"), "unet"),
     (lambda: _backbone()(np.zeros((0, 32, 32, 3), "float32")), "empty batch"),
     (lambda: _backbone()(np.zeros((1, 0, 32, 3), "float32")), "0 pixels"),

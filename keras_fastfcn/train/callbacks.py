@@ -18,6 +18,8 @@ since the last checkpoint):
   the rows are part of the backup state, so no epoch's row is lost by a kill.
 - `OfficialScore`: `val_score = (val pixAcc + val mIoU) / 2`, the official model
   selection score.
+- `StopOnNonFiniteLoss`: a loss that turns NaN or infinite stops `fit` with
+  `TrainingDiverged` at that step, before any checkpoint or best model holds it.
 
 Order matters: `train.run` passes them to `fit` in the order that keeps these promises
 (score, best model, history, then the backup that records them and commits the best).
@@ -32,8 +34,71 @@ import re
 import shutil
 
 import keras
+import numpy as np
 
-from keras_fastfcn.fileio import atomic_path, remove_stale_temporaries, save_model
+from keras_fastfcn.fileio import (atomic_path, check_free_space, remove_stale_temporaries,
+                                  save_model, variables_nbytes)
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite (`StopOnNonFiniteLoss`).
+
+    Attributes:
+        epoch: the epoch (0-based) of the step.
+        step: the step in the epoch (1-based).
+        loss: the loss value logged at that step.
+    """
+
+    def __init__(self, message, epoch, step, loss):
+        super().__init__(message)
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` at the first step whose loss is NaN or infinite.
+
+    Keras' `TerminateOnNaN` falls short here: it only sets `stop_training`, after
+    which `fit` still validates and ends the epoch, so the callbacks after it would
+    save the diverged weights as a checkpoint and, with a validation score computed
+    from NaN logits (argmax 0 everywhere), as the best model. Raising at the step
+    keeps every file as it was at the last checkpoint. Put it before the callbacks
+    that write.
+
+    Args:
+        monitor: the log key holding the loss.
+
+    Example:
+    >>> model.fit(ds, epochs=2, callbacks=[StopOnNonFiniteLoss(), BestModel("best.keras")])
+    """
+
+    def __init__(self, monitor="loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.step_offset = 0  # steps of the current epoch done before this fit()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.step_offset = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if not math.isfinite(value):
+            step = self.step_offset + batch + 1
+            raise TrainingDiverged(
+                f"Training diverged: the {self.monitor} is {value} at epoch "
+                f"{self._epoch + 1}, step {step}", self._epoch, step, value)
+
+
+def nonfinite_weights(model):
+    """The names of `model`'s weights that hold NaN or inf (empty when all are finite)."""
+    return [v.path for v in model.weights
+            if not np.isfinite(keras.ops.convert_to_numpy(v.value)).all()]
 
 
 class OfficialScore(keras.callbacks.Callback):
@@ -78,8 +143,11 @@ class BestModel(keras.callbacks.Callback):
         return os.path.join(folder, f".{base}.epoch{epoch:05d}.pending.keras")
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        # NaN logits score as class 0 everywhere: a finite score, not a model.
+        if value is None or not math.isfinite(float(value)) \
+                or not math.isfinite(float(logs.get("val_loss", 0.0))):
             return
         value = float(value)
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
@@ -149,16 +217,22 @@ class ResumableBackup(keras.callbacks.Callback):
         chief: bool, whether this process writes.
         history: the `HistoryCSV` whose rows are saved with each checkpoint.
         best: the `BestModel` whose best score is saved with each checkpoint.
+        signature: a JSON-able dict describing the model (its config), saved with each
+            checkpoint so that a resume can tell a checkpoint of another model apart.
+        resumed_from: the name of the checkpoint this run resumed from: it is removed
+            once a newer one is written. Checkpoints of other runs are never removed.
     """
 
     def __init__(self, backup_dir, save_freq, steps_per_epoch, chief=True, history=None,
-                 best=None):
+                 best=None, signature=None, resumed_from=None):
         super().__init__()
         self.backup_dir = backup_dir
         self.save_freq = int(save_freq)
         self.steps_per_epoch = int(steps_per_epoch)
         self.chief = chief
         self.history, self.best = history, best
+        self.signature = signature
+        self._own = [resumed_from] if resumed_from else []
         self.step_offset = 0  # steps of the current epoch done before this fit()
         self._epoch = 0
 
@@ -172,11 +246,24 @@ class ResumableBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.step_offset = 0
+        val_loss = (logs or {}).get("val_loss")
+        if val_loss is not None and not math.isfinite(float(val_loss)):
+            raise TrainingDiverged(
+                f"Training diverged: the validation loss is {float(val_loss)} after epoch "
+                f"{epoch + 1}", epoch, self.steps_per_epoch, float(val_loss))
         self._write(epoch + 1, 0)
 
     def _write(self, epoch, step_in_epoch):
         if not self.chief:
             return
+        bad = nonfinite_weights(self.model)
+        if bad:
+            raise TrainingDiverged(
+                f"Training diverged: {len(bad)} weight tensor(s) hold NaN or inf at epoch "
+                f"{epoch + 1 if step_in_epoch else epoch}, step "
+                f"{step_in_epoch or self.steps_per_epoch} (first: {bad[0]})",
+                epoch if step_in_epoch else epoch - 1, step_in_epoch or self.steps_per_epoch,
+                float("nan"))
         os.makedirs(self.backup_dir, exist_ok=True)
         global_step = epoch * self.steps_per_epoch + step_in_epoch
         name = f"ckpt-{global_step:09d}"
@@ -184,8 +271,12 @@ class ResumableBackup(keras.callbacks.Callback):
                  "steps_per_epoch": self.steps_per_epoch,
                  "history": self.history.rows if self.history is not None else [],
                  "best": self.best.best if self.best is not None else None,
-                 "best_epoch": self.best.best_epoch if self.best is not None else None}
-        with atomic_path(os.path.join(self.backup_dir, name), is_dir=True) as tmp:
+                 "best_epoch": self.best.best_epoch if self.best is not None else None,
+                 "signature": self.signature}
+        folder = os.path.join(self.backup_dir, name)
+        check_free_space(self.backup_dir, variables_nbytes(
+            list(self.model.weights) + list(self.model.optimizer.variables)), folder)
+        with atomic_path(folder, is_dir=True) as tmp:
             self.model.save_weights(os.path.join(tmp, "model.weights.h5"))
             with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
                 json.dump(state, f)
@@ -194,15 +285,20 @@ class ResumableBackup(keras.callbacks.Callback):
                 f.write(name)
         if self.best is not None:
             self.best.commit()  # the checkpoint now records the best epoch
-        for old in os.listdir(self.backup_dir):
-            if old.startswith("ckpt-") and old != name:
+        # Only this run's older checkpoints go: a folder may hold another run's.
+        for old in self._own:
+            if old != name:
                 shutil.rmtree(os.path.join(self.backup_dir, old), ignore_errors=True)
+        self._own = [name]
 
     @staticmethod
     def read_state(backup_dir):
-        """The last checkpoint's state dict (with a `"weights"` path), or None.
+        """The last checkpoint's state dict (with `"weights"` and `"name"`), or None.
 
-        Temporary files a killed run left in `backup_dir` are removed first.
+        Temporary files a killed run left in `backup_dir` are removed first. A
+        damaged checkpoint (a `latest` pointer to nothing, a state file that is not
+        the JSON this class writes, a missing weights file) raises `ValueError`
+        naming the file and the way out.
         """
         if not os.path.isdir(backup_dir):
             return None
@@ -210,9 +306,29 @@ class ResumableBackup(keras.callbacks.Callback):
         pointer = os.path.join(backup_dir, "latest")
         if not os.path.isfile(pointer):
             return None
-        with open(pointer, encoding="utf-8") as f:
-            folder = os.path.join(backup_dir, f.read().strip())
-        with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
-            state = json.load(f)
-        state["weights"] = os.path.join(folder, "model.weights.h5")
+        way_out = (f"it cannot be resumed. Remove {backup_dir} to train from the start in "
+                   "this folder, or use another output folder")
+        with open(pointer, encoding="utf-8", errors="replace") as f:
+            name = f.read().strip()
+        folder = os.path.join(backup_dir, name)
+        state_file = os.path.join(folder, "state.json")
+        weights = os.path.join(folder, "model.weights.h5")
+        if not name.startswith("ckpt-") or not os.path.isfile(state_file):
+            raise ValueError(f"{pointer} names the checkpoint {name!r}, which has no "
+                             f"state.json: {way_out}.")
+        try:
+            with open(state_file, encoding="utf-8") as f:
+                state = json.load(f)
+            if not isinstance(state, dict):
+                raise ValueError(f"a JSON {type(state).__name__}, not an object")
+            missing = [key for key in ("epoch", "step_in_epoch", "global_step",
+                                       "steps_per_epoch") if not isinstance(state.get(key), int)]
+            if missing:
+                raise ValueError(f"no integer {', '.join(missing)}")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"The checkpoint state {state_file} is damaged ({err}): "
+                             f"{way_out}.") from None
+        if not os.path.isfile(weights):
+            raise ValueError(f"The checkpoint {folder} has no model.weights.h5: {way_out}.")
+        state["weights"], state["name"] = weights, name
         return state

@@ -229,6 +229,10 @@ _RANGES = {
 }
 
 
+# The official recipe tops out at 2.0 x 520 px; 8192 px per side is a 200 MB float image.
+MAX_SCALED_SIDE = 8192
+
+
 def _check_values(cfg, path):
     """Every numeric option in range, before any work (so no run starts broken)."""
     for (section, key), (low, exclusive, nullable) in _RANGES.items():
@@ -260,5 +264,15 @@ def _check_values(cfg, path):
         raise ValueError(f"{path}: model.output_stride must be 8, 16, 32 or null, "
                          f"got {model['output_stride']!r}.")
     lo_hi = data["scale_range"]
-    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
-        raise ValueError(f"{path}: data.scale_range must be [low, high] with 0 < low <= high.")
+    numbers = len(lo_hi) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in lo_hi)
+    if not numbers or not 0 < lo_hi[0] <= lo_hi[1]:
+        raise ValueError(f"{path}: data.scale_range must be [low, high], finite numbers with "
+                         f"0 < low <= high, got {lo_hi!r}.")
+    # The augmentation resizes the image's long side to base_size x scale: bound it.
+    if lo_hi[1] * data["base_size"] > MAX_SCALED_SIDE:
+        raise ValueError(
+            f"{path}: data.scale_range high {lo_hi[1]:g} x data.base_size {data['base_size']} "
+            f"= {lo_hi[1] * data['base_size']:.0f} px per side, over the {MAX_SCALED_SIDE} px "
+            "this training resizes to at most; use a smaller high scale or base size.")

@@ -19,6 +19,7 @@ run writes are the same on both: a `.keras` file trained on JAX loads, evaluates
 exports in a TensorFlow process.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -32,11 +33,12 @@ from keras_fastfcn import _keras_private, data
 from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.data.pyloader import EvalBatches, TrainBatches
 from keras_fastfcn.evaluation import evaluate_dataset
-from keras_fastfcn.fileio import atomic_path, remove_stale_temporaries, save_model
+from keras_fastfcn.fileio import FolderLock, atomic_path, remove_stale_temporaries, save_model
 from keras_fastfcn.inference import Predictor
 from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter, registry
 from keras_fastfcn.optimizers import PolyDecay, SegmentationSGD
-from keras_fastfcn.train.callbacks import BestModel, HistoryCSV, OfficialScore, ResumableBackup
+from keras_fastfcn.train.callbacks import (BestModel, HistoryCSV, OfficialScore, ResumableBackup,
+                                           StopOnNonFiniteLoss, TrainingDiverged)
 from keras_fastfcn.train.config import effective_lr, load_config
 from keras_fastfcn.train.distribute import Replicas
 
@@ -189,6 +191,11 @@ def run(config: Union[str, dict], strategy=None,
     registry.upsampler_name(m["upsampler"])
     registry.head(m["head"])
     source = data.get_source(d["source"], **d["options"])
+    if source.num_classes < 2:
+        raise ValueError(
+            f"The data source {d['source']!r} has {source.num_classes} class "
+            f"{list(source.class_names or [])}: a segmentation model needs at least 2 classes "
+            "to tell apart (e.g. background and the object); add the background class.")
     n_train = source.num_examples(d["train_split"])
     global_batch = t["batch_size"]
     steps_per_epoch = t["steps_per_epoch"] or (n_train // global_batch if n_train else None)
@@ -196,16 +203,118 @@ def run(config: Union[str, dict], strategy=None,
         raise ValueError(
             f"Cannot infer steps per epoch: {n_train} training images for a batch of "
             f"{global_batch}; set train.steps_per_epoch or a smaller train.batch_size.")
-    epochs = t["epochs"]
     # JAX's DataParallel gives every device an equal slice of each batch.
     even = replicas.count if replicas.backend == "jax" else 1
     for key, size in (("batch_size", global_batch), ("val_batch_size", t["val_batch_size"])):
         if size and size % even:
             raise ValueError(f"train.{key}={size} does not split evenly over the "
                              f"{even} devices of this run; use a multiple of {even}.")
+    # Every run folder this process writes into is locked and, should the run fail
+    # before its first checkpoint, left as it was found.
+    created = chief and not os.path.isdir(out)
+    lock = FolderLock(out, "a training run").acquire() if chief else None
+    try:
+        before = set(os.listdir(out)) if chief else set()
+        had_checkpoint = chief and os.path.isfile(os.path.join(out, "backup", "latest"))
+        try:
+            return _train(cfg, replicas, source, steps_per_epoch, even, callbacks)
+        except Exception as err:
+            if chief and not had_checkpoint:
+                _discard_unfinished(out, before, created)
+            if isinstance(err, TrainingDiverged):
+                raise _diverged_message(err, cfg, out) from None
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _discard_unfinished(out, before, created):
+    """Removes what a run that failed before its first checkpoint wrote into `out`."""
+    if not os.path.isfile(os.path.join(out, "backup", "latest")):
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+            return
+        for name in set(os.listdir(out)) - before - {FolderLock.NAME}:
+            path = os.path.join(out, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+def _diverged_message(err, cfg, out):
+    backup = os.path.join(out, "backup")
+    state = None
+    with contextlib.suppress(ValueError, OSError):
+        state = ResumableBackup.read_state(backup)
+    step = err.epoch * state["steps_per_epoch"] + err.step if state else None
+    if state and step == state["global_step"] + 1:
+        # The loss of the step after a checkpoint comes from the checkpoint's weights.
+        kept = (f"The last checkpoint ({backup}, step {state['global_step']}) holds the "
+                "weights that gave this loss: remove it, lower train.lr and start again")
+    elif state:
+        kept = (f"The files in {out} are those of the last checkpoint before it ({backup}): "
+                "lower train.lr and run the same command to resume from there, or start "
+                "anew in another output folder")
+    else:
+        kept = (f"No checkpoint was written before it, and {out} holds nothing of this "
+                "run: lower train.lr and start again")
+    return TrainingDiverged(
+        f"{err} (train.lr {cfg['train']['lr']:g}); nothing of the diverged model "
+        f"was saved. {kept}", err.epoch, err.step, err.loss)
+
+
+def _signature(cfg, source):
+    """What a checkpoint's weights depend on: resuming needs the same."""
+    m = cfg["model"]
+    keys = ("encoder", "upsampler", "width", "output_stride", "head", "aux", "se_loss")
+    return {**{f"model.{k}": m[k] for k in keys}, "num_classes": source.num_classes}
+
+
+def _check_resumable(state, backup_dir, signature, steps_per_epoch):
+    if state["steps_per_epoch"] != steps_per_epoch:
+        raise ValueError(
+            f"{backup_dir} was written with {state['steps_per_epoch']} steps per epoch, "
+            f"this config gives {steps_per_epoch}: resume with the same config, or use a "
+            "new output_dir.")
+    recorded = state.get("signature")
+    if recorded is not None and recorded != signature:
+        diff = ", ".join(f"{k} {recorded.get(k)!r} there, {signature.get(k)!r} now"
+                         for k in sorted(set(recorded) | set(signature))
+                         if recorded.get(k) != signature.get(k))
+        raise ValueError(
+            f"{backup_dir} holds a checkpoint of another configuration ({diff}): resume "
+            "with the config it was written with, use another output folder, or remove "
+            f"{backup_dir} to train this configuration from the start here.")
+
+
+def _resume(model, state, backup_dir):
+    try:
+        model.load_weights(state["weights"])
+    except (ValueError, KeyError, OSError) as err:
+        # Keras' message goes on to list every layer: its first line says enough.
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(
+            f"The checkpoint {state['weights']} does not load into this configuration's "
+            f"model ({first}): resume with the config it was written with, use another "
+            f"output folder, or remove {backup_dir} to start over here.") from None
+
+
+def _train(cfg, replicas, source, steps_per_epoch, even, callbacks):
+    chief = replicas.chief
+    t, d = cfg["train"], cfg["data"]
+    out = cfg["output_dir"]
+    global_batch, epochs = t["batch_size"], t["epochs"]
     if chief:
-        os.makedirs(out, exist_ok=True)
         remove_stale_temporaries(out)
+    # A checkpoint that cannot be resumed is refused before the model is built.
+    backup_dir = os.path.join(out, "backup")
+    state = ResumableBackup.read_state(backup_dir) or {}
+    start_epoch, start_step = state.get("epoch", 0), state.get("step_in_epoch", 0)
+    signature = _signature(cfg, source)
+    if state:
+        _check_resumable(state, backup_dir, signature, steps_per_epoch)
     keras.utils.set_random_seed(t["seed"])
     if t["mixed_precision"]:
         keras.mixed_precision.set_global_policy(t["mixed_precision"])
@@ -222,16 +331,8 @@ def run(config: Union[str, dict], strategy=None,
                   "(one XLA program under DataParallel: the official SyncBN)")
         model.optimizer.build(model.trainable_variables)
 
-    backup_dir = os.path.join(out, "backup")
-    state = ResumableBackup.read_state(backup_dir) or {}
-    start_epoch, start_step = state.get("epoch", 0), state.get("step_in_epoch", 0)
     if state:
-        if state["steps_per_epoch"] != steps_per_epoch:
-            raise ValueError(
-                f"{backup_dir} was written with {state['steps_per_epoch']} steps per epoch, "
-                f"this config gives {steps_per_epoch}: resume with the same config, or use a "
-                "new output_dir.")
-        model.load_weights(state["weights"])
+        _resume(model, state, backup_dir)
         print(f"Resuming {cfg['name']} at epoch {start_epoch + 1}, step {start_step}/"
               f"{steps_per_epoch} (global step {state['global_step']}) from {backup_dir}")
 
@@ -241,8 +342,10 @@ def run(config: Union[str, dict], strategy=None,
         best.recover()
     history = HistoryCSV(os.path.join(out, "history.csv"), rows=state.get("history", ()))
     backup = ResumableBackup(backup_dir, t["checkpoint_every"], steps_per_epoch, chief,
-                             history=history, best=best)
-    fit_callbacks = [OfficialScore()]
+                             history=history, best=best, signature=signature,
+                             resumed_from=state.get("name"))
+    guard = StopOnNonFiniteLoss()
+    fit_callbacks = [guard, OfficialScore()]
     if chief:  # other workers would write the same files
         fit_callbacks += [best, history]
         # Keras' TensorBoard callback writes through tf.summary.
@@ -262,7 +365,7 @@ def run(config: Union[str, dict], strategy=None,
     for first, last, steps, offset in phases:
         train_ds, val_ds = datasets(cfg, source, global_batch, first * steps_per_epoch + offset,
                                     val_multiple=even)
-        backup.step_offset = offset
+        backup.step_offset = guard.step_offset = offset
         if replicas.multiworker:
             _keras_private.patch_multiworker_fit(model, next(iter(train_ds.take(1))))
         with replicas.fit_scope():

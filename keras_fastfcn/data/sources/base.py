@@ -24,6 +24,15 @@ def lazy_parts(ds):
     return getattr(ds, "_keras_fastfcn_lazy", None)
 
 
+def duplicate_names(names):
+    """`"'road' (lines 2, 5), ..."` for the names that occur more than once, or ""."""
+    seen = {}
+    for line, name in enumerate(names, 1):
+        seen.setdefault(name, []).append(line)
+    return ", ".join(f"{name!r} (lines {', '.join(map(str, lines))})"
+                     for name, lines in seen.items() if len(lines) > 1)
+
+
 class Source(abc.ABC):
     """A segmentation dataset: splits of (image, label) pairs plus class metadata.
 
@@ -54,6 +63,9 @@ class Source(abc.ABC):
             if len(class_names) != num_classes:
                 raise ValueError(f"{name}: {len(class_names)} class names for "
                                  f"{num_classes} classes.")
+            repeated = duplicate_names(class_names)
+            if repeated:
+                raise ValueError(f"{name}: class names must differ; repeated: {repeated}.")
         if palette is None:
             palette = palettes.get_palette(name, num_classes)
         palette = np.asarray(palette)

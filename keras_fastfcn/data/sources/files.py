@@ -7,7 +7,8 @@ import numpy as np
 
 from keras_fastfcn.data import palettes
 from keras_fastfcn.data.errors import DataError, tagged
-from keras_fastfcn.data.sources.base import Source, _attach_lazy, _bad_values_message, label_lut
+from keras_fastfcn.data.sources.base import (Source, _attach_lazy, _bad_values_message,
+                                           duplicate_names, label_lut)
 from keras_fastfcn.images import IMAGE_EXTENSIONS, ImageError, read_image, read_label
 
 _REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -226,6 +227,10 @@ def folder_source(path, num_classes=None, class_names=None, ignore_index=(),
         class_names, names_from = _read_lines(classes_file), str(classes_file)
         if not class_names:
             raise ValueError(f"{classes_file} is empty")
+        repeated = duplicate_names(class_names)
+        if repeated:
+            raise ValueError(f"{classes_file} names a class more than once: {repeated}; "
+                             "each line names one class, class id = line number - 1")
     if class_names is not None:
         if num_classes is not None and int(num_classes) != len(class_names):
             raise ValueError(f"num_classes={num_classes} but {len(class_names)} class "

@@ -57,7 +57,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
 
     Args:
         backbone: a `FastFCNBackbone`.
-        num_classes: int >= 1.
+        num_classes: int >= 2.
         head: a registered head: `"encnet"`, `"psp"`, `"deeplab"` (ASPP) or `"fcn"`.
         aux: bool, train with the auxiliary FCN head on C4 (official: True).
         se_loss: bool or None (default: True for heads with an SE branch, EncNet).
@@ -99,6 +99,10 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                 raise ValueError(
                     f"backbone must be a keras_fastfcn FastFCNBackbone, got {type(backbone).__name__}.")
             num_classes = check_positive_int(num_classes, "num_classes")
+            if num_classes < 2:
+                # Softmax over one class is 1 everywhere: nothing to learn or predict.
+                raise ValueError("num_classes must be >= 2 (a segmentation model tells "
+                                 "classes apart: 2 for object and background), got 1.")
             spec = registry.head(head)
             se_loss = spec.se_loss if se_loss is None else bool(se_loss)
             if se_loss and not spec.se_loss:
