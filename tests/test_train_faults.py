@@ -197,3 +197,28 @@ def test_folder_in_use_by_another_training_is_refused(tmp_path, capsys):
     with FolderLock(out, "a training run"):  # free again once its holder is gone
         pass
     assert not (out / ".lock").exists()
+
+
+def test_backup_removes_only_its_own_older_checkpoints(tmp_path):
+    """Checkpoints it did not write (another run's, in the same folder) stay; its own
+    older ones, and the one it resumed from, go once a newer one is written."""
+    import keras
+
+    from keras_fastfcn.train.callbacks import ResumableBackup
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    backup = tmp_path / "backup"
+    for name in ("ckpt-000000004", "ckpt-000000007"):  # 7: another run's
+        (backup / name).mkdir(parents=True)
+    callback = ResumableBackup(str(backup), save_freq=1, steps_per_epoch=10,
+                               resumed_from="ckpt-000000004")
+    callback.set_model(model)
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_end(4)  # step 5
+    assert sorted(os.listdir(backup)) == ["ckpt-000000005", "ckpt-000000007", "latest"]
+    callback.on_train_batch_end(5)
+    assert sorted(os.listdir(backup)) == ["ckpt-000000006", "ckpt-000000007", "latest"]
+    state = ResumableBackup.read_state(str(backup))
+    assert state["global_step"] == 6 and state["name"] == "ckpt-000000006"
