@@ -1,10 +1,12 @@
 """The serving graph: checks, multi-scale inference and outputs, written in TF ops.
 
 What every export format runs: images (uint8 or float 0-255, or encoded bytes) are
-checked in the graph (3 channels, non-empty), optionally resized to a fixed network
-size, run through `inference.multiscale_log_scores` (the model's logits for a single
-scale) and turned into the outputs `class_map` (the argmax of the log-scores: exact),
-`probabilities` (their softmax) and `class_names`.
+checked in the graph (3 channels, non-empty; for SavedModels, the pixel limits per
+image and per request, encoded images on the sizes their headers declare, before
+decoding), optionally resized to a fixed network size, run through
+`inference.multiscale_log_scores` (the model's logits for a single scale) and turned
+into the outputs `class_map` (the argmax of the log-scores: exact), `probabilities`
+(their softmax) and `class_names`.
 """
 
 import tensorflow as tf
@@ -79,9 +81,58 @@ def _outputs(log_scores, class_names, probabilities):
     return out
 
 
-def _check_image_tensor(images, signature, max_pixels=None):
+def _pixel_counter(scales, flip, input_size, base_size):
+    """`count(batch, height, width)`: the pixels a request costs, float64 (no overflow).
+
+    Each image counts the larger of its own size (the input, the outputs and their
+    resizes live at that size) and the pixels the network runs on it: at `input_size`
+    when set, the long side mapped to `base_size` when set, summed over `scales`
+    (the scales' branches may run concurrently) and doubled with `flip` (image and
+    mirror run as one batch). One scale of 1.0 without flip counts B x H x W.
+    """
+    factor = sum(s * s for s in scales) * (2.0 if flip else 1.0)
+
+    def count(batch, height, width):
+        b, h, w = (tf.cast(v, tf.float64) for v in (batch, height, width))
+        nh, nw = (float(input_size[0]), float(input_size[1])) if input_size else (h, w)
+        net = nh * nw * factor
+        if base_size is not None:
+            # A 0-pixel header (the decoder refuses the file) must not make a NaN.
+            net *= tf.math.divide_no_nan(float(base_size), tf.maximum(nh, nw)) ** 2
+        return b * tf.maximum(h * w, net)
+
+    return count
+
+
+def _budget_note(scales, flip, input_size, base_size):
+    if tuple(scales) == (1.0,) and not flip and input_size is None and base_size is None:
+        return "batch x height x width"
+    parts = [f"input_size {input_size[0]}x{input_size[1]}"] if input_size else []
+    if base_size is not None:
+        parts.append(f"base_size {base_size}")
+    parts.append("scales " + ",".join(f"{s:g}" for s in scales))
+    if flip:
+        parts.append("flip (x2)")
+    return ("batch x height x width, each image counted at the larger of its own size "
+            "and the pixels the network runs on it: " + ", ".join(parts))
+
+
+def _check_budget(signature, pixels, batch, height, width, budget, note):
+    """An assertion that a request costs at most `budget` pixels (`pixels`, float64)."""
+    message = tf.strings.format(
+        f"{signature}: the request is over this export's budget of {budget} pixels per "
+        f"request ({note}): a batch of {{}} images of {{}}x{{}} (height x width) counts "
+        "{} pixels. Send fewer or smaller images per request, or export with a larger "
+        "max_batch_pixels (by default the same as --max-pixels).",
+        (batch, height, width, pixels))
+    return tf.debugging.Assert(tf.less_equal(pixels, float(budget)), [message])
+
+
+def _check_image_tensor(images, signature, max_pixels=None, budget=None, count=None,
+                        note=""):
     """Asserts `[B, H, W, 3]` with B, H, W > 0 (and H * W <= `max_pixels`, and finite
-    values for floats); returns the images, rank 4, with the checks attached.
+    values for floats, and `count(B, H, W) <= budget`); returns the images, rank 4,
+    with the checks attached.
 
     The signatures take tensors of any rank so that these checks, not a bare
     shape-mismatch or slicing error, answer a wrong request whatever the client
@@ -117,24 +168,88 @@ def _check_image_tensor(images, signature, max_pixels=None):
         checks.append(tf.debugging.Assert(
             tf.reduce_all(tf.math.is_finite(images)),
             [f"{signature}: the images contain NaN or infinite values."]))
+    if budget:
+        # After the per-image checks, so that an image over `max_pixels` gets their
+        # message rather than this one.
+        with tf.control_dependencies(checks):
+            checks = [_check_budget(signature, count(shape[0], shape[1], shape[2]),
+                                    shape[0], shape[1], shape[2], budget, note)]
     with tf.control_dependencies(checks):
         return tf.identity(images)
 
 
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+_JPEG, _PNG, _GIF, _BMP = b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM"
+_IMAGE_MAGIC = (_JPEG, _PNG, _GIF, _BMP)
+_HEADER = 26  # bytes read for a size: a PNG's IHDR ends at 24, a BMP's height at 26
+
+
+def _header_size(data):
+    """The `(height, width)` an encoded image declares (int64), read from its header
+    before any decoding: the size the decoder allocates for it.
+
+    JPEG: its frame header (`tf.io.extract_jpeg_shape`); PNG: the IHDR chunk, which
+    the format requires first (width and height big-endian at bytes 16-24); BMP: the
+    info header fields TF's decoder reads (little-endian int32 width and height at
+    18 and 22; a negative height means top-down rows). `(0, 0)` where no size can be
+    read (a header cut short, a GIF): then the decoder itself refuses the file, or
+    a GIF is refused before (see `_check_header`)."""
+    head = tf.strings.substr(
+        tf.strings.join([tf.strings.substr(data, 0, _HEADER), b"\0" * _HEADER]), 0, _HEADER)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def big_endian(i):
+        return ((b[i] * 256 + b[i + 1]) * 256 + b[i + 2]) * 256 + b[i + 3]
+
+    def little_endian_abs(i):
+        value = ((b[i + 3] * 256 + b[i + 2]) * 256 + b[i + 1]) * 256 + b[i]
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+    zero = tf.zeros([2], tf.int64)
+    png = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), _PNG),
+                         tf.equal(tf.strings.substr(head, 12, 4), b"IHDR"))
+    other = tf.where(png, tf.stack([big_endian(20), big_endian(16)]),
+                     tf.where(tf.equal(tf.strings.substr(head, 0, 2), _BMP),
+                              tf.stack([little_endian_abs(22), little_endian_abs(18)]), zero))
+    return tf.cond(tf.equal(tf.strings.substr(head, 0, 3), _JPEG),
+                   lambda: tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64),
+                   lambda: other)
+
+
+def _check_header(data, max_pixels, limited):
+    """Refuses what is not an image, a GIF when the export has a size limit, and an
+    image whose header declares more than `max_pixels`; returns `_header_size`."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 4), b"\0" * 4]), 0, 4)
+    is_image = tf.reduce_any(tf.stack([
+        tf.equal(tf.strings.substr(head, 0, len(magic)), magic) for magic in _IMAGE_MAGIC]))
+    checks = [tf.debugging.Assert(is_image, [
+        "serving_image_bytes: an input is not an encoded JPEG, PNG, GIF or BMP image "
+        "(send the file's raw bytes, base64-encoded as {\"b64\": ...} over REST). "
+        "Its first bytes:", tf.strings.substr(data, 0, 16)])]
+    if limited:
+        # A GIF's size is not in its header: giflib decodes every frame, each sized in
+        # its own descriptor deep in the stream, before TF keeps the first.
+        checks.append(tf.debugging.Assert(tf.not_equal(head, _GIF), [
+            "serving_image_bytes: GIF images are refused by this export: their decoded "
+            "size (every frame is decoded) cannot be checked against the export's pixel "
+            "limits before decoding. Send PNG or JPEG, or export without limits "
+            "(--max-pixels 0) to accept GIFs unchecked."]))
+    with tf.control_dependencies(checks):
+        size = _header_size(data)
+    if max_pixels:
+        check = tf.debugging.Assert(tf.less_equal(size[0] * size[1], max_pixels), [
+            tf.strings.format(
+                "serving_image_bytes: an image declares {}x{} pixels (height x width) in "
+                f"its header, over this export's limit of {max_pixels} pixels (height x "
+                "width); it was refused before decoding. Send a smaller image, or export "
+                "with a larger --max-pixels.", (size[0], size[1]))])
+        with tf.control_dependencies([check]):
+            size = tf.identity(size)
+    return size
 
 
 def _decode_image(data):
-    """Decodes one encoded image to uint8 `[H, W, 3]` with clear errors."""
-    is_image = tf.reduce_any(tf.stack([
-        tf.equal(tf.strings.substr(data, 0, len(magic)), magic) for magic in _IMAGE_MAGIC
-    ]))
-    check = tf.debugging.Assert(is_image, [
-        "serving_image_bytes: an input is not an encoded JPEG, PNG, GIF or BMP image "
-        "(send the file's raw bytes, base64-encoded as {\"b64\": ...} over REST). "
-        "Its first bytes:", tf.strings.substr(data, 0, 16)])
-    with tf.control_dependencies([check]):
-        image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+    """Decodes one encoded image (checked by `_check_header`) to uint8 `[H, W, 3]`."""
+    image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
     channels = tf.shape(image)[2]
     check = tf.debugging.assert_equal(
         channels, 3,
@@ -144,10 +259,22 @@ def _decode_image(data):
         return tf.ensure_shape(tf.identity(image), [None, None, 3])
 
 
-def _decode_batch(image_bytes):
+def _decode_batch(image_bytes, max_pixels=None, budget=None, count=None, note=""):
+    """Decodes a batch of encoded images after checking each header and, from the
+    headers' sizes, the request's budget: nothing is decoded before they pass."""
     check = tf.debugging.assert_greater(
         tf.size(image_bytes), 0, message="serving_image_bytes: the batch is empty.")
     with tf.control_dependencies([check]):
+        image_bytes = tf.identity(image_bytes)
+    sizes = tf.map_fn(lambda data: _check_header(data, max_pixels, bool(max_pixels or budget)),
+                      image_bytes, fn_output_signature=tf.TensorSpec([2], tf.int64))
+    checks = [sizes]
+    if budget:
+        pixels = tf.reduce_sum(count(tf.ones_like(sizes[:, 0]), sizes[:, 0], sizes[:, 1]))
+        checks = [_check_budget("serving_image_bytes", pixels, tf.size(image_bytes),
+                                sizes[0, 0], sizes[0, 1], budget, note)]
+    with tf.control_dependencies(checks):
+        image_bytes = tf.identity(image_bytes)
         first = _decode_image(image_bytes[0])
     size = tf.shape(first)[:2]
 
@@ -166,8 +293,13 @@ def _decode_batch(image_bytes):
 
 def serving_endpoints(model, class_names=None, probabilities=True, scales=(1.0,),
                       flip=False, input_size=None, base_size=None, align_corners=True,
-                      max_pixels=None):
+                      max_pixels=None, max_batch_pixels=None):
     """The three serving functions and their input signatures, keyed by signature name.
+
+    Both limits are checked before the network runs, and `serving_image_bytes`
+    checks them on the sizes the images' headers declare, before decoding anything
+    (JPEG, PNG and BMP; with a limit set, GIFs are refused: their decoded size is not
+    in their header).
 
     Args:
         model: a logits model (`inference.prepare`'s, folded or not).
@@ -175,6 +307,10 @@ def serving_endpoints(model, class_names=None, probabilities=True, scales=(1.0,)
         probabilities: bool, include the `probabilities` output.
         scales, flip, input_size, base_size, align_corners: see `make_forward`.
         max_pixels: None, or the largest image (height x width) accepted.
+        max_batch_pixels: None, or the most pixels one request may carry: batch x
+            height x width, each image counted at the larger of its own size and the
+            pixels the network runs on it (at `input_size`, or the long side at
+            `base_size`, summed over `scales`, doubled with `flip`).
 
     Returns:
         dict `{signature name: (function, [tf.TensorSpec])}`, ready for
@@ -185,16 +321,20 @@ def serving_endpoints(model, class_names=None, probabilities=True, scales=(1.0,)
     >>> tf.function(fn, input_signature=spec)(tf.zeros((1, 64, 64, 3), tf.uint8))
     """
     forward = make_forward(model, scales, flip, input_size, base_size, align_corners)
+    count = _pixel_counter(scales, flip, input_size, base_size)
+    note = _budget_note(scales, flip, input_size, base_size)
 
     def serve(images, signature):
-        images = _check_image_tensor(images, signature, max_pixels)
+        images = _check_image_tensor(images, signature, max_pixels, max_batch_pixels,
+                                     count, note)
         return _outputs(forward(images), class_names, probabilities)
 
     def serving_default(image_tensor):
         return serve(image_tensor, "serving_default")
 
     def serving_image_bytes(image_bytes):
-        return serve(_decode_batch(image_bytes), "serving_image_bytes")
+        images = _decode_batch(image_bytes, max_pixels, max_batch_pixels, count, note)
+        return serve(images, "serving_image_bytes")
 
     def serving_float(image_tensor):
         return serve(image_tensor, "serving_float")

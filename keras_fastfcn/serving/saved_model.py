@@ -15,9 +15,19 @@ TF Serving's REST row format requires every output to share the batch dimension)
 `serving_image_bytes` decodes with `tf.io.decode_image`, which ignores EXIF
 orientation: send upright pixels (`keras_fastfcn.serving.client` applies the EXIF
 orientation before sending, as every reader of the package does).
+
+Two limits keep one request from exhausting the server's memory, both refused with
+the signature's own message before the network runs: `max_pixels` per image
+(height x width) and `max_batch_pixels` per request (batch x height x width, counted
+at the sizes the network runs; by default the same number as `max_pixels`, so that a
+request never costs more than one image at the limit). `serving_image_bytes` checks
+both on the sizes the JPEG/PNG/BMP headers declare, before decoding: a small file
+that declares 40000 x 40000 pixels is refused without being decoded. With a limit
+set it refuses GIFs, whose decoded size is not in their header.
 """
 
 import json
+import numbers
 import os
 
 import keras
@@ -47,9 +57,18 @@ def write_saved_model(endpoints, path):
     archive.write_out(path, verbose=False)
 
 
+def _pixel_limit(name, value):
+    if value is None:
+        return None
+    if (isinstance(value, (bool, str)) or not isinstance(value, numbers.Real)
+            or int(value) != value or value < 1):
+        raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}.")
+    return int(value)
+
+
 def export_saved_model(model, output, overwrite=False, probabilities=True, scales=(1.0,),
                        flip=False, input_size=None, base_size=None, fold_bn=True,
-                       max_pixels=MAX_PIXELS, precision="fp32"):
+                       max_pixels=MAX_PIXELS, precision="fp32", max_batch_pixels="auto"):
     """Writes a SavedModel for TF Serving at `output` (`BASE` or `BASE/VERSION`).
 
     The version folder is written next to its final place and renamed into it,
@@ -69,6 +88,13 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
         max_pixels: requests with an image over this many pixels (height x width)
             fail with a clear error instead of exhausting the server's memory
             (default 2048 x 2048; None: no limit).
+        max_batch_pixels: the budget of one request: batch x height x width, each
+            image counted at the larger of its own size and the pixels the network
+            runs on it (at `input_size`, or its long side at `base_size`, summed over
+            `scales`, doubled with `flip`). `"auto"` (default): `max_pixels`, so a
+            request costs at most what one image at the limit does (a batch of 4
+            images of 1024 x 1024, or 1 of 2048 x 2048, by default). None: no limit.
+            Recorded in the export's metadata (`options.max_batch_pixels`).
         precision: `"fp32"`, `"bf16"` or `"fp16"` (Keras mixed precision in the
             graph; outputs stay float32). TensorFlow has no int8 kernels for this
             graph: int8 is a TFLite / ONNX export.
@@ -82,17 +108,18 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
     """
     check_export_precision("saved_model", precision, None)
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
+    max_pixels = _pixel_limit("max_pixels", max_pixels)
+    max_batch_pixels = (max_pixels if max_batch_pixels == "auto"
+                        else _pixel_limit("max_batch_pixels", max_batch_pixels))
     target, version = check_saved_model_target(output, overwrite)
-    if max_pixels is not None and int(max_pixels) < 1:
-        raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}.")
     net, info = prepare(model, fold_bn, precision, native_resizes=True)
     endpoints = serving_endpoints(
         net, info.class_names, probabilities, scales, flip, input_size, base_size,
-        info.align_corners, max_pixels)
+        info.align_corners, max_pixels, max_batch_pixels)
     options = dict(probabilities=probabilities, scales=list(scales), flip=flip,
                    input_size=list(input_size) if input_size else None,
                    base_size=base_size, fold_bn=bool(fold_bn), max_pixels=max_pixels,
-                   precision=precision)
+                   max_batch_pixels=max_batch_pixels, precision=precision)
 
     with atomic_path(target, is_dir=True) as tmp:
         write_saved_model(endpoints, tmp)
