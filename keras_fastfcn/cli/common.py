@@ -146,7 +146,8 @@ def predictor_from_args(model, args):
         jit_compile={"off": False, "on": True}.get(args.jit_compile, args.jit_compile),
         fold_batchnorm=True,  # a model read from a file: its weights do not change
         precision=getattr(args, "precision", "fp32"),
-        freeze=bool(getattr(args, "freeze", False)))
+        freeze=bool(getattr(args, "freeze", False)),
+        max_pixels=getattr(args, "max_pixels", inference.MAX_PIXELS))
 
 
 class DeprecatedAlias(argparse.Action):

@@ -22,8 +22,8 @@ import json
 import os
 
 from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
-                                      check_output_file, open_predictor, positive_int,
-                                      refuse_export_flags)
+                                      check_output_file, max_pixels, open_predictor,
+                                      positive_int, refuse_export_flags)
 from keras_fastfcn.data.sources import SPECS  # no TensorFlow import: the CLI stays quick
 
 METRIC_DEFINITIONS = {
@@ -46,6 +46,11 @@ def add_arguments(parser):
     parser.add_argument("--output", default=None, metavar="FILE.json",
                         help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--max-pixels", type=max_pixels, default=4096 * 4096, metavar="N",
+                        help="the largest network input (height x width) after --scales / "
+                             "--ms / --base-size: an image that would need more is refused "
+                             "(with its name) instead of exhausting memory. 0 = no limit "
+                             "(default 16777216 = 4096^2: Cityscapes at --ms fits)")
     add_inference_arguments(parser)
 
 

@@ -13,6 +13,11 @@ Inputs: one image file or a folder (its top-level `.jpg .jpeg .png .bmp .webp .t
 (`keras_fastfcn.images`: EXIF orientation applied; 16-bit, grayscale and RGBA
 converted to 8-bit RGB with a warning).
 
+Memory: `--max-pixels` bounds the network input. Larger images are shrunk to it; if
+the scales (`--scales`, `--ms`), `--base-size` or, in slide mode, `--crop-size` (the
+image padded to at least the window size) would make an image's network input larger,
+the command says which option, the size and the budget, before the model loads.
+
 Bad input policy: every input is opened and decoded *before* the first prediction;
 if any fails (not an image, truncated, unreadable), the command names it and exits
 with status 1 without creating the output folder or writing anything. Outputs are
@@ -74,20 +79,56 @@ def _output_names(files):
 
 
 def _validate(files):
-    """Decodes every input once; returns the conversion notes, raises on a bad input."""
-    bad, notes = [], []
+    """Decodes every input once; returns the conversion notes and each image's
+    `(height, width)`, raises on a bad input."""
+    bad, notes, sizes = [], [], {}
     for f in files:
         try:
-            _, note = read_image(f)
+            image, note = read_image(f)
         except ImageError as err:
             bad.append(str(err))
             continue
+        sizes[f] = image.shape[:2]
         if note:
             notes.append(f"{f}: {note}")
     if bad:
         more = f" ({len(bad) - 1} more bad input(s))" if len(bad) > 1 else ""
         raise ValueError(f"{bad[0].rstrip('.')}{more}; nothing was written.")
-    return notes
+    return notes, sizes
+
+
+def _scales(args):
+    from keras_fastfcn.inference import MS_SCALES
+
+    if args.ms and args.scales is not None:
+        raise ValueError("--ms and --scales are exclusive: --ms means --scales "
+                         f"{','.join(str(s) for s in MS_SCALES)} --flip.")
+    return MS_SCALES if args.ms else (args.scales or (1.0,))
+
+
+def _check_sizes(files, sizes, args):
+    """Raises, before the model loads, if the network input of an image (shrunk to
+    `--max-pixels` as `_predict_labels` shrinks it) would exceed `--max-pixels` at
+    some scale (in slide mode: the image padded to the window size), or be empty."""
+    from keras_fastfcn.inference import fit_to_pixels
+    from keras_fastfcn.inference.ensemble import check_network_input
+
+    scales = _scales(args)
+    if args.mode == "slide" and args.crop_size < 2:
+        raise ValueError(f"--crop-size must be >= 2 for --mode slide, got {args.crop_size}.")
+    names = {"scales": "--ms" if args.ms else "--scales", "base_size": "--base-size",
+             "crop_size": "--crop-size", "max_pixels": "--max-pixels",
+             "no_limit": "--max-pixels 0", "whole": "--mode whole",
+             "shrink": "lower --max-pixels"}
+    for f in files:
+        height, width = sizes[f]
+        run_h, run_w = fit_to_pixels(height, width, args.max_pixels)
+        try:
+            check_network_input(run_h, run_w, scales, args.base_size, args.mode,
+                                args.crop_size, args.max_pixels, names)
+        except ValueError as err:
+            shrunk = "" if (run_h, run_w) == (height, width) else f", run at {run_w}x{run_h}"
+            raise ValueError(f"{f} ({width}x{height}{shrunk}): {err}") from None
 
 
 def add_arguments(parser):
@@ -102,9 +143,11 @@ def add_arguments(parser):
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="opacity of the colour mask in the overlay (default 0.5)")
     parser.add_argument("--max-pixels", type=max_pixels, default=2048 * 2048, metavar="N",
-                        help="larger images are shrunk to N pixels (aspect kept) for the "
-                             "network and the class map is resized back (nearest); bounds "
-                             "memory on huge photos. 0 = no limit (default 4194304 = 2048^2)")
+                        help="the largest network input (height x width): larger images "
+                             "are shrunk to N pixels (aspect kept) and the class map resized "
+                             "back (nearest); --scales, --ms, --base-size or --crop-size that "
+                             "would make the input larger are refused before the model loads. "
+                             "0 = no limit (default 4194304 = 2048^2)")
     add_inference_arguments(parser)
 
 
@@ -153,13 +196,19 @@ def run(args):
                          "inputs next time).")
     check_model_file(args.model)
     refuse_export_flags(args)
-    notes = _validate(files)
+    notes, sizes = _validate(files)
+    from keras_fastfcn.serving.runtime import is_export
+
+    if not is_export(args.model):  # an export runs at the sizes it was exported for
+        _check_sizes(files, sizes, args)
 
     from PIL import Image
 
-    from keras_fastfcn import visualize
+    from keras_fastfcn import inference, visualize
 
     predictor, info = open_predictor(args)
+    if isinstance(predictor, inference.Predictor):  # the budget `_check_sizes` checked
+        predictor.max_pixels = args.max_pixels
     # An export that did not record its class count (a TFLite file without the
     # probabilities output): the generated palette over every uint8 class index.
     palette, class_names = visualize.palette_and_names(info.num_classes or 256,
@@ -167,11 +216,12 @@ def run(args):
     for note in notes:  # only once the command is going to run
         _warn(note)
 
-    os.makedirs(out_dir, exist_ok=True)
     print(f"Predicting {len(files)} image(s) with {args.model}: {predictor.describe()}")
     for f in files:
         image, _ = read_image(f)
         labels = _predict_labels(predictor, image, args.max_pixels, f)
+        # Created once the first outputs exist: a failed first image leaves no folder.
+        os.makedirs(out_dir, exist_ok=True)
         if labels.max(initial=0) >= len(palette):  # only where the class count is unknown
             palette, class_names = visualize.palette_and_names(int(labels.max()) + 1)
         stem = os.path.join(out_dir, names[f])

@@ -65,8 +65,8 @@ MODES = ("whole", "slide")
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-# The largest network input (height x width) `keras-fastfcn predict` runs and a
-# SavedModel accepts by default: 2048 x 2048. A ResNet-50 FastFCN at that size peaks
+# The largest network input (height x width) `keras-fastfcn predict` and a `Predictor`
+# run and a SavedModel accepts by default: 2048 x 2048. A ResNet-50 FastFCN at that size peaks
 # at a few GB; a 100-megapixel photo run whole would need tens (docs/prediction.md: "Large images").
 MAX_PIXELS = 2048 * 2048
 
@@ -109,6 +109,89 @@ def scaled_size(height, width, scale, base_size=None):
     if height > width:
         return long_size, int(1.0 * width * long_size / height + 0.5)
     return int(1.0 * height * long_size / width + 0.5), long_size
+
+
+# How the options are named in `check_network_input`'s messages: the Python
+# arguments; the CLI passes its flags.
+API_NAMES = {"scales": "scales", "base_size": "base_size", "crop_size": "crop_size",
+             "max_pixels": "max_pixels", "no_limit": "max_pixels=None",
+             "whole": "mode='whole'",
+             "shrink": "shrink the images first (inference.fit_to_pixels)"}
+
+
+def check_network_input(height, width, scales=(1.0,), base_size=None, mode="whole",
+                        crop_size=None, max_pixels=MAX_PIXELS, names=None):
+    """Raises a ValueError if predicting an image of `(height, width)` would build a
+    network input over `max_pixels` (height x width), or an empty one.
+
+    The network input is, per scale, the image resized to `scaled_size`; in
+    `"slide"` mode, that image padded to at least `crop_size` on each side, as the
+    official evaluator pads it (its windows, `crop_size x crop_size` each, overlap by
+    a third, so they hold at most about 2.25 times as many pixels; one window when
+    the image fits in it). A `Predictor` checks this before any model work; the
+    sizes are computed, nothing is allocated. The message names the option that
+    makes the input too large, the size, the budget and how to raise it.
+
+    Args:
+        height, width: the image's size.
+        scales, base_size, mode, crop_size: as `Predictor`.
+        max_pixels: the budget; None checks only that no side becomes 0.
+        names: how the message names the options (`API_NAMES`, the default; the CLI
+            passes its flags).
+
+    Example:
+    >>> check_network_input(64, 64, scales=(100.0,))
+    Traceback (most recent call last):
+    ValueError: scales: at scale 100, the network input for a 64x64 image would be ...
+    """
+    names = dict(API_NAMES, **(names or {}))
+    budget = None if max_pixels is None else int(max_pixels)
+    base = max(height, width) if base_size is None else base_size
+    worst = None  # (pixels, scale, (h, w) of the network input)
+    for scale in scales:
+        long_side = float(base) * scale
+        # Beyond any budget, and beyond what the integer sizes below (math.ceil of
+        # inf) and a readable message can hold.
+        if not long_side < 1e15:
+            if budget is None and not math.isfinite(long_side):
+                raise ValueError(f"{names['scales']}: scale {scale:g} makes a {width}x{height} "
+                                 "image too large to compute its size.")
+            worst = (math.inf, scale, None)
+            break
+        size = scaled_size(height, width, scale, base_size)
+        if min(size) < 1:
+            raise ValueError(
+                f"{names['scales']}: at scale {scale:g} a {width}x{height} image would be "
+                f"{size[1]}x{size[0]}, an empty network input; use larger scales"
+                + ("" if base_size is None else f" or a larger {names['base_size']}") + ".")
+        net = (max(size[0], crop_size), max(size[1], crop_size)) if mode == "slide" else size
+        if worst is None or net[0] * net[1] > worst[0]:
+            worst = (net[0] * net[1], scale, net)
+    if budget is None or worst[0] <= budget:
+        return
+    _, scale, net = worst
+    shape = ("more than 1e15 pixels long" if net is None
+             else f"{net[1]}x{net[0]} = {net[0] * net[1]} pixels")
+    what = "the image padded to the windows" if mode == "slide" else "the network input"
+    if mode == "slide" and int(crop_size) ** 2 > budget:
+        crop = int(crop_size)
+        lead = f"{names['crop_size']} {crop}: every window is {crop}x{crop} = {crop * crop} pixels"
+        fix = f"use a smaller {names['crop_size']} (official: 480)"
+    elif base_size is not None:
+        lead = f"{names['base_size']} {base_size}: at scale {scale:g}, {what} would be {shape}"
+        fix = f"use a smaller {names['base_size']} or smaller scales"
+    elif scale > 1:
+        lead = (f"{names['scales']}: at scale {scale:g}, {what} for a {width}x{height} image "
+                f"would be {shape}")
+        fix = f"use smaller scales or a {names['base_size']}"
+    else:
+        lead = f"a {width}x{height} image: {what} would be {shape}"
+        # Within the budget itself, an image is over it only through the window
+        # padding (a long thin image padded to crop_size across).
+        fix = (f"use a smaller {names['crop_size']} or {names['whole']}" if mode == "slide"
+               and height * width <= budget else names["shrink"])
+    raise ValueError(f"{lead}, over the budget of {names['max_pixels']} {budget}; {fix}, or "
+                     f"raise {names['max_pixels']} ({names['no_limit']}: no limit).")
 
 
 def _scaled_size_tensor(height, width, scale, base_size):

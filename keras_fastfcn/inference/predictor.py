@@ -14,8 +14,9 @@ from keras_fastfcn._keras_private import is_functional
 from keras_fastfcn.layers.resize import log_resize_bilinear, resize_bilinear
 
 from keras_fastfcn.inference.prepare import prepare
-from keras_fastfcn.inference.ensemble import (MODES, STRIDE_RATE, _add_scale, _check_scales, 
-                                              _logits_with_flip, multiscale_log_scores,
+from keras_fastfcn.inference.ensemble import (MAX_PIXELS, MODES, STRIDE_RATE, _add_scale,
+                                              _check_scales, _logits_with_flip,
+                                              check_network_input, multiscale_log_scores,
                                               scaled_size)
 from keras_fastfcn.inference.tracing import _check_jit, _CompiledForward, _TracedGraph
 from keras_fastfcn.models.segmentation_model import logits_model, model_info
@@ -61,6 +62,13 @@ class Predictor:
             (about 8 s more tracing and 3 GB more peak resident memory for EncNet
             R50): it pays from a few hundred images of one size on. `__call__` and
             `class_map` trace separate graphs, so using both freezes two copies.
+        max_pixels: the largest network input (height x width) it runs: per scale
+            the resized image, in `"slide"` mode that image padded to at least
+            `crop_size` on each side (as the official evaluator pads it; every
+            window is `crop_size x crop_size`). A call that would build a larger
+            one raises a ValueError naming the option, the size and the budget,
+            before any model work (`check_network_input`). Default `MAX_PIXELS`
+            (2048 x 2048), as a SavedModel; None: no limit.
 
     Example:
     >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
@@ -75,20 +83,23 @@ class Predictor:
                  crop_size: Optional[int] = None, base_size: Optional[int] = None,
                  align_corners: Optional[bool] = None, pad_value: float = 0.0,
                  jit_compile: Union[bool, str] = False, fold_batchnorm: bool = False,
-                 precision: str = "fp32", freeze: bool = False):
+                 precision: str = "fp32", freeze: bool = False,
+                 max_pixels: Optional[int] = MAX_PIXELS):
         if mode not in MODES:
             raise ValueError(f"Unknown inference mode {mode!r}: expected one of {MODES}.")
         self.scales = _check_scales(scales)
         if mode == "slide":
             if crop_size is None:
                 raise ValueError("mode='slide' needs crop_size (the window size, e.g. 480).")
-            crop_size = int(crop_size)
-            if crop_size < 2:
-                raise ValueError(f"crop_size must be >= 2, got {crop_size}.")
+            # 2: the window stride, int(2/3 * crop_size), must be at least 1.
+            crop_size = _whole_number(crop_size, "crop_size", 2)
         if base_size is not None:
-            base_size = int(base_size)
-            if base_size < 1:
-                raise ValueError(f"base_size must be a positive int or None, got {base_size}.")
+            base_size = _whole_number(base_size, "base_size", 1)
+        self.max_pixels = None if max_pixels is None else _whole_number(max_pixels,
+                                                                        "max_pixels", 1)
+        pad_value = np.broadcast_to(np.asarray(pad_value, np.float64), (3,))
+        if not np.isfinite(pad_value).all():
+            raise ValueError(f"pad_value must be finite, got {pad_value.tolist()}.")
         self.model = logits_model(model)
         self.fold_batchnorm = bool(fold_batchnorm) and is_functional(self.model)
         self.precision = precision
@@ -102,7 +113,7 @@ class Predictor:
         if align_corners is None:
             align_corners = model_info(model).align_corners
         self.align_corners = bool(align_corners)
-        self.pad_value = tuple(float(v) for v in np.broadcast_to(pad_value, (3,)))
+        self.pad_value = tuple(float(v) for v in pad_value)
         self.jit_compile = _check_jit(jit_compile)
         self.freeze = bool(freeze) and keras.config.backend() == "tensorflow"
         self._net = self.model
@@ -203,9 +214,21 @@ class Predictor:
                 f"images must be (batch, height, width, 3) RGB, got shape {tuple(images.shape)}.")
         if images.dtype.kind not in "iuf":
             raise ValueError(f"images must be numeric 0-255 RGB, got dtype {images.dtype}.")
-        if images.shape[1] == 0 or images.shape[2] == 0:
+        if 0 in images.shape:
             raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}.")
-        return images.astype(np.float32), single
+        check_network_input(images.shape[1], images.shape[2], self.scales, self.base_size,
+                            self.mode, self.crop_size, self.max_pixels)
+        dtype = images.dtype
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, below
+            images = images.astype(np.float32, copy=False)
+        # Integers are always finite: only floats pay for the one pass.
+        if dtype.kind == "f" and not np.isfinite(images).all():
+            inf = "infinite" if dtype.itemsize <= 4 else "infinite (or beyond float32)"
+            raise ValueError(
+                f"images contain {int(np.isnan(images).sum())} NaN and "
+                f"{int(np.isinf(images).sum())} {inf} value(s); the model needs finite "
+                "0-255 RGB.")
+        return images, single
 
     # ------------------------------------------------------------------ slide
 
@@ -282,6 +305,19 @@ class Predictor:
         return acc
 
 
+def _whole_number(value, name, low):
+    """`value` as an int >= `low`, else a ValueError naming `name`: `int()` alone would
+    truncate 2.5, and raise OverflowError (not a ValueError) for inf."""
+    try:
+        number = int(value)
+        whole = bool(number == value)  # not 2.5, nor a string
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or number < low:
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}.")
+    return number
+
+
 _PREDICTORS = weakref.WeakKeyDictionary()
 
 
@@ -302,7 +338,7 @@ def predict(model: keras.Model, images, mode: str = "whole", scales: Sequence[fl
         crop_size: window size (required for `"slide"`).
         base_size: long side at scale 1.0 (None: the image's own).
         **kwargs: more `Predictor` options (`align_corners`, `pad_value`,
-            `jit_compile`).
+            `jit_compile`, `max_pixels`).
 
     Returns:
         float32 backend tensor of log-scores (the logits themselves for one scale

@@ -397,7 +397,10 @@ def final_evaluation(model, source, split):
         `val_IoU_per_class`.
     """
     # Folded as `evaluate` does: the model is final here.
-    res = evaluate_dataset(Predictor(model, fold_batchnorm=True), source.examples(split),
+    # No pixel budget: the validation images are the run's own, and a refusal after
+    # hours of training would lose the run's results.
+    res = evaluate_dataset(Predictor(model, fold_batchnorm=True, max_pixels=None),
+                           source.examples(split),
                            model.num_classes, ignore_label=source.ignore_label, verbose=0)
     return {"val_pixAcc": float(res["pixAcc"]), "val_mIoU": float(res["mIoU"]),
             "val_mIoU_present": float(res["mIoU_present"]),
