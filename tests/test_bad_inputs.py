@@ -55,7 +55,7 @@ CLI_CASES = [
     ("train --config demo --output-dir {out} --set data.scale_range=[0.5,.inf]",
      "finite numbers"),
     ("train --config demo --output-dir {out} --set data.scale_range=[0.5,1000]",
-     "96000 px per side"),
+     "96000 px on the short side"),
     ("train --config demo --output-dir {out} --set data.source=folder:{in}/oneclass",
      "at least 2 classes"),
     ("train --config demo --output-dir {out} --set data.source=folder:{in}/dupclasses",

@@ -41,7 +41,7 @@ _EXPORTS = {
 _EXPORTS.update({name: "keras_fastfcn.data.sources" for name in (
     "IGNORE_LABEL", "SPECS", "FileSource", "Source", "TfdsSource", "DemoSource",
     "ade20k_source", "camvid_source", "folder_source", "get_source", "label_lut",
-    "voc_source")})
+    "voc_source", "cityscapes_source")})
 
 
 def __getattr__(name):

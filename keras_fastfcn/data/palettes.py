@@ -7,8 +7,8 @@ Known names (case-insensitive): `pascal_voc` (21 classes, the standard VOC bit-s
 palette), `pcontext` (Pascal Context, 59 classes), `ade20k` (ADE20K / SceneParse150,
 150 classes, the standard ADE palette), `ade20k_instance100` (the 100 categories of
 the ADE20K instance annotations, which is what tfds `scene_parse150` holds),
-`camvid` (11 classes) and `demo` (the generated demo dataset, 5 classes). Any other
-name gets a generated palette of distinct colours.
+`camvid` (11 classes), `cityscapes` (the 19 train classes) and `demo` (the generated
+demo dataset, 5 classes). Any other name gets a generated palette of distinct colours.
 
 Example:
 >>> from keras_fastfcn.data import palettes
@@ -162,6 +162,18 @@ _CAMVID_PALETTE = (
     (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
     (0, 128, 192))
 
+# Cityscapes: the 19 classes with a trainId in cityscapesScripts' helpers/labels.py,
+# in trainId order, with its colours (the ones mmsegmentation's CityscapesDataset uses).
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+    "bus", "train", "motorcycle", "bicycle")
+_CITYSCAPES_PALETTE = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32))
+
 DEMO_CLASSES = ("background", "circle", "rectangle", "triangle", "ring")
 _DEMO_PALETTE = ((0, 0, 0), (220, 20, 60), (0, 170, 80), (30, 90, 230), (240, 200, 0))
 
@@ -179,6 +191,7 @@ _DATASETS = {
     "ade20k": (ADE20K_CLASSES, lambda: _ADE20K_PALETTE),
     "ade20k_instance100": (ADE20K_INSTANCE_CLASSES, _ade_instance_palette),
     "camvid": (CAMVID_CLASSES, lambda: _CAMVID_PALETTE),
+    "cityscapes": (CITYSCAPES_CLASSES, lambda: _CITYSCAPES_PALETTE),
     "demo": (DEMO_CLASSES, lambda: _DEMO_PALETTE),
 }
 _ALIASES = {
@@ -186,6 +199,7 @@ _ALIASES = {
     "pcontext": "pascal_context", "pcontext59": "pascal_context",
     "ade": "ade20k", "ade20k150": "ade20k",
     "scene_parse150": "ade20k_instance100",
+    "citys": "cityscapes",  # PyTorch-Encoding's name for it
 }
 
 

@@ -229,7 +229,7 @@ _RANGES = {
 }
 
 
-# The official recipe tops out at 2.0 x 520 px; 8192 px per side is a 200 MB float image.
+# The official recipe tops out at 2.0 x 520 px; 8192 px a side is a 800 MB float image.
 MAX_SCALED_SIDE = 8192
 
 
@@ -270,9 +270,10 @@ def _check_values(cfg, path):
     if not numbers or not 0 < lo_hi[0] <= lo_hi[1]:
         raise ValueError(f"{path}: data.scale_range must be [low, high], finite numbers with "
                          f"0 < low <= high, got {lo_hi!r}.")
-    # The augmentation resizes the image's long side to base_size x scale: bound it.
+    # The augmentation resizes the image's short side to base_size x scale: bound it.
     if lo_hi[1] * data["base_size"] > MAX_SCALED_SIDE:
         raise ValueError(
             f"{path}: data.scale_range high {lo_hi[1]:g} x data.base_size {data['base_size']} "
-            f"= {lo_hi[1] * data['base_size']:.0f} px per side, over the {MAX_SCALED_SIDE} px "
-            "this training resizes to at most; use a smaller high scale or base size.")
+            f"= {lo_hi[1] * data['base_size']:.0f} px on the short side, over the "
+            f"{MAX_SCALED_SIDE} px this training resizes to at most; use a smaller high scale "
+            "or base size.")

@@ -9,6 +9,7 @@
 | `"folder:PATH"` | your data: `PATH/[SPLIT/]images/*.jpg|png` + `PATH/[SPLIT/]labels/*.png` |
 | `"voc:PATH"` | Pascal VOC 2012 segmentation as extracted (`VOCdevkit/VOC2012`) |
 | `"ade20k:PATH"` | ADE20K / SceneParse150 as extracted (`ADEChallengeData2016`) |
+| `"cityscapes:PATH"` | Cityscapes 19 classes as extracted (`leftImg8bit/` + `gtFine/`) |
 | `"tfds:NAME[/CONFIG]"` | a tensorflow-datasets dataset (`data_dir=`, `download=`) |
 | `"tfds:DIR"` | an already prepared tfds dataset folder (no builder code needed) |
 
@@ -17,8 +18,9 @@ Every source has `name`, `num_classes`, `class_names`, `palette` (`uint8 (C, 3)`
 `(image uint8 (H, W, 3), label int32 (H, W))`, and `num_examples(split)`. Labels hold
 class ids `0..C-1` and 255 (ignore); a source maps its raw label values to these
 (e.g. ADE20K's 0 = "other" -> 255 and 1..150 -> 0..149, as the official
-encoding/datasets/ade20k.py does) and rejects any other value with a `DataError`
-naming the file.
+encoding/datasets/ade20k.py does; Cityscapes' labelIds 0..33 -> the 19 train ids of
+cityscapesScripts' labels.py) and rejects any other value with a `DataError` naming
+the file.
 
 Example:
 >>> from keras_fastfcn import data
@@ -32,15 +34,16 @@ import os
 
 from keras_fastfcn.data.sources.demo import DemoSource
 from keras_fastfcn.data.sources.base import IGNORE_LABEL, Source, label_lut, lazy_parts
+from keras_fastfcn.data.sources.cityscapes import cityscapes_source
 from keras_fastfcn.data.sources.files import (FileSource, ade20k_source, camvid_source,
                                               folder_source, voc_source)
 
 __all__ = ["Source", "FileSource", "TfdsSource", "DemoSource", "get_source", "folder_source",
-           "camvid_source", "voc_source", "ade20k_source", "SPECS", "IGNORE_LABEL",
-           "label_lut", "lazy_parts", "register_source"]
+           "camvid_source", "voc_source", "ade20k_source", "cityscapes_source", "SPECS",
+           "IGNORE_LABEL", "label_lut", "lazy_parts", "register_source"]
 
 SPECS = ("demo", "camvid", "camvid:PATH", "folder:PATH", "voc:PATH", "ade20k:PATH",
-         "tfds:NAME[/CONFIG]", "tfds:PREPARED_DIR")
+         "cityscapes:PATH", "tfds:NAME[/CONFIG]", "tfds:PREPARED_DIR")
 
 
 # spec kind -> (factory, whether it takes ":ARG": True, False, or None = optional)
@@ -50,6 +53,7 @@ _FACTORIES = {
     "folder": (folder_source, True),
     "voc": (voc_source, True),
     "ade20k": (ade20k_source, True),
+    "cityscapes": (cityscapes_source, True),
     "tfds": (None, True),  # TfdsSource, imported on use
 }
 
@@ -108,8 +112,8 @@ def get_source(spec, **options):
 
     Args:
         spec: `"demo"`, `"camvid"`, `"camvid:PATH"`, `"folder:PATH"`, `"voc:PATH"`,
-            `"ade20k:PATH"`, `"tfds:NAME[/CONFIG]"`, `"tfds:PREPARED_DIR"`, or a
-            `Source` (returned as is).
+            `"ade20k:PATH"`, `"cityscapes:PATH"`, `"tfds:NAME[/CONFIG]"`,
+            `"tfds:PREPARED_DIR"`, or a `Source` (returned as is).
         **options: passed to the source (e.g. `num_classes=`, `ignore_index=` for
             folders; `data_dir=`, `download=` for tfds; `size=`, `seed=` for demo).
 
@@ -148,7 +152,7 @@ def get_source(spec, **options):
         accepted = sorted(set(accepted) | set(_accepted_options(folder_source)))
     elif kind == "voc":
         accepted = ["label_dir", "name"]
-    elif kind == "ade20k":
+    elif kind in ("ade20k", "cityscapes"):
         accepted = ["name"]
     # A factory that takes **options checks them itself.
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD

@@ -102,7 +102,7 @@ class Source(abc.ABC):
         """
         raise ValueError(
             f"dataset {self.name!r} ({type(self).__name__}) is read through tf.data only: "
-            "install tensorflow, or use a folder, camvid, voc, ade20k or demo source.")
+            "install tensorflow, or use a folder, camvid, cityscapes, voc, ade20k or demo source.")
 
     def examples(self, split):
         """Iterates `split` in order as numpy `(image, label)` pairs: through `example()`

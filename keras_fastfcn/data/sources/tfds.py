@@ -9,12 +9,13 @@ import tensorflow as tf
 from keras_fastfcn.data import palettes
 from keras_fastfcn.data.errors import tagged
 from keras_fastfcn.data.sources.base import Source, _attach_lazy, label_lut
+from keras_fastfcn.data.sources.cityscapes import LABEL_ID_TO_TRAIN_ID
 
 
 # --------------------------------------------------------------------------- tfds
 # How to read a segmentation dataset from tensorflow-datasets. Keys checked against
-# the builders of tensorflow-datasets 4.9 (datasets/scene_parse150 and
-# object_detection/voc.py).
+# the builders of tensorflow-datasets 4.9 (datasets/scene_parse150, datasets/cityscapes
+# and object_detection/voc.py).
 _TFDS_KNOWN = {
     # FeaturesDict(image: Image(None, None, 3) jpeg, annotation: Image(None, None, 3)
     # png); splits train (20,210) and test (2,000: the ADE20K validation images).
@@ -26,6 +27,17 @@ _TFDS_KNOWN = {
                            reduce_zero_label=True, num_classes=100,
                            class_names=palettes.ADE20K_INSTANCE_CLASSES,
                            split_aliases={"val": "test"}),
+    # Prepared by hand (MANUAL_DOWNLOAD_INSTRUCTIONS: leftImg8bit_trainvaltest.zip and
+    # gtFine_trainvaltest.zip in the manual folder). FeaturesDict(image_id, image_left:
+    # Image(1024, 2048, 3), segmentation_label: Image(1024, 2048, 1) of labelIds;
+    # config semantic_segmentation_extra: gtCoarse labelIds, same ids). Splits train,
+    # validation, test; the test labels are placeholders (no public labels), so test is
+    # left out. labelIds -> the 19 train ids as cityscapes:PATH does.
+    "cityscapes": dict(image_key="image_left", label_key="segmentation_label",
+                       label_channel=0, num_classes=19,
+                       class_names=palettes.CITYSCAPES_CLASSES,
+                       label_map=LABEL_ID_TO_TRAIN_ID, split_aliases={"val": "validation"},
+                       unlabelled_splits=("test",)),
 }
 # Builders without segmentation masks, with where to go instead.
 _TFDS_NO_MASKS = {
@@ -68,8 +80,10 @@ class TfdsSource(Source):
     `tfds.load` default).
 
     Known datasets need no options: `scene_parse150` (see `_TFDS_KNOWN` notes: 100
-    ADE20K instance categories, split `val` = tfds `test`). Others need `label_key`
-    (an image feature of class ids) and `num_classes`.
+    ADE20K instance categories, split `val` = tfds `test`) and `cityscapes` (19
+    classes, labelIds mapped as `cityscapes:PATH` does, split `val` = tfds
+    `validation`). Others need `label_key` (an image feature of class ids) and
+    `num_classes`.
 
     Args:
         spec: name or prepared folder.
@@ -127,6 +141,8 @@ class TfdsSource(Source):
             class_names = known.get("class_names")
         if reduce_zero_label is None:
             reduce_zero_label = known.get("reduce_zero_label", False)
+        if label_map is None and int(num_classes) == known.get("num_classes"):
+            label_map = known.get("label_map")
         self._label_channel = label_channel if label_channel is not None else \
             known.get("label_channel", 0)
         self._split_aliases = dict(known.get("split_aliases", {}))
@@ -135,8 +151,15 @@ class TfdsSource(Source):
                 raise FileNotFoundError(
                     f"tfds:{spec} is not prepared in {builder.data_dir}; pass "
                     f"download=True or data_dir= where it is prepared")
-            builder.download_and_prepare()
-        splits = tuple(builder.info.splits.keys())
+            try:
+                builder.download_and_prepare()
+            except AssertionError as err:
+                # tfds asserts when the files of a manual download are missing
+                # (cityscapes): one line with its instructions, not a traceback.
+                raise FileNotFoundError(f"tfds:{spec} is not prepared: "
+                                        f"{' '.join(str(err).split())}") from None
+        splits = tuple(s for s in builder.info.splits.keys()
+                       if s not in known.get("unlabelled_splits", ()))
         splits += tuple(a for a, s in self._split_aliases.items()
                         if s in splits and a not in splits)
         super().__init__(name or tfds_name, num_classes, class_names, palette, splits)
