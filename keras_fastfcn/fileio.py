@@ -122,6 +122,46 @@ def remove_stale_temporaries(folder, name=None):
     return removed
 
 
+@contextlib.contextmanager
+def removing_new_folders(path):
+    """Removes, if the block fails, `path` and the folders above it that the block
+    created (when they are empty): a failed export leaves nothing at its output path,
+    not even the folder its target check made.
+
+    Example:
+    >>> with removing_new_folders("exports/new/fastfcn.onnx"):
+    ...     export_onnx(model, "exports/new/fastfcn.onnx")  # a failure removes exports/new
+    """
+    missing, probe = [], os.path.abspath(os.fspath(path))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        missing.append(probe)  # deepest first
+        probe = os.path.dirname(probe)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            if os.path.lexists(folder):
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty (or not a folder): someone else's now
+                    break
+        raise
+
+
+def scratch_folder(output):
+    """A temporary folder beside `output` (a `tempfile.TemporaryDirectory`), named as
+    `fileio.atomic_path` names its temporaries, so that if the process is killed, the
+    next write of `output` removes it.
+
+    Example:
+    >>> with scratch_folder("fastfcn.tflite") as tmp:  # .fastfcn.tflite.PID.RANDOM.tmp
+    ...     write_saved_model(endpoints, tmp)
+    """
+    parent, name = os.path.split(os.path.abspath(os.fspath(output)))
+    return tempfile.TemporaryDirectory(prefix=f".{name}.{os.getpid()}.", suffix=".tmp",
+                                       dir=parent)
+
+
 def variables_nbytes(variables):
     """Bytes the values of `variables` take (what a weights file of them holds)."""
     import numpy as np

@@ -359,16 +359,20 @@ def test_unwritable_folder(fcn_model, tmp_path):
 
 
 def test_failed_export_leaves_nothing(fcn_model, tmp_path, monkeypatch):
-    def broken_save(obj, path, signatures=None, options=None):
+    """A write that fails half way leaves nothing: not the version folder, not the
+    base folder the export created."""
+    def broken_write(endpoints, path):
         with open(os.path.join(path, "saved_model.pb"), "wb") as f:
             f.write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(tf.saved_model, "save", broken_save)
+    from keras_fastfcn.serving import saved_model
+
+    monkeypatch.setattr(saved_model, "write_saved_model", broken_write)
     base = tmp_path / "demo"
     with pytest.raises(OSError, match="disk full"):
         export.export_saved_model(fcn_model, str(base / "7"))
-    assert os.listdir(base) == []
+    assert os.listdir(tmp_path) == []
 
 
 def test_resolve_version_dir(tmp_path):

@@ -125,7 +125,12 @@ def open_predictor(args):
     from keras_fastfcn.serving.runtime import ExportPredictor, is_export
 
     if is_export(args.model):
-        predictor = ExportPredictor(args.model)
+        try:
+            predictor = ExportPredictor(args.model)
+        except RuntimeError as err:  # its runtime is not installed: the message says which
+            from keras_fastfcn.cli import CommandError
+
+            raise CommandError(str(err)) from None
         return predictor, predictor.info()
     model = inference.load_model(args.model)
     return predictor_from_args(model, args), inference.model_info(model)

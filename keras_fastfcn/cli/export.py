@@ -9,9 +9,11 @@ Example:
     keras-fastfcn export --model model.keras --format onnx --output fastfcn.onnx --ms
 """
 
+import argparse
 import os
 import time
 
+from keras_fastfcn.cli import CommandError
 from keras_fastfcn.cli.common import check_model_file, max_pixels, positive_int, scales
 from keras_fastfcn.serving.formats import FORMATS, check_export_precision, export_precisions
 
@@ -46,6 +48,12 @@ def add_arguments(parser):
                         help="saved_model: refuse (with a clear error) images over N pixels "
                              "(height x width), so one huge request cannot exhaust the "
                              "server's memory; 0 = no limit (default 4194304 = 2048^2)")
+    parser.add_argument("--max-batch-pixels", type=max_pixels, default=argparse.SUPPRESS,
+                        metavar="N",
+                        help="saved_model: refuse requests over N pixels in all (batch x "
+                             "height x width, at the network's scales), checked from the "
+                             "image headers before decoding; 0 = no limit (default: the "
+                             "--max-pixels value)")
     parser.add_argument("--fold-bn", dest="fold_bn", action="store_true", default=True,
                         help="fold BatchNorm into the convolutions (default)")
     parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false")
@@ -93,7 +101,15 @@ def run(args):
     if args.format == "onnx":
         from keras_fastfcn.serving.onnx import require_onnx
 
-        require_onnx(quantize=args.precision != "fp32")
+        try:
+            require_onnx(quantize=args.precision != "fp32")
+        except RuntimeError as err:  # a missing package: the message says what to install
+            raise CommandError(str(err)) from None
+    calibration_source = None
+    if args.precision == "int8":  # a bad spec or a missing folder, before the model load
+        from keras_fastfcn import data
+
+        calibration_source = data.get_source(args.calibration_data)
     check_model_file(args.model)
 
     from keras_fastfcn import inference, serving
@@ -107,6 +123,7 @@ def run(args):
         options["opset"] = args.opset
     if args.format == "saved_model":
         options["max_pixels"] = args.max_pixels
+        options["max_batch_pixels"] = getattr(args, "max_batch_pixels", "auto")
     options["precision"] = args.precision
     if keep_float is not None:
         options["keep_float"] = keep_float
@@ -114,9 +131,12 @@ def run(args):
         from keras_fastfcn.precision import calibration_images
 
         options["calibration"] = calibration_images(
-            args.calibration_data, args.calibration_images,
+            calibration_source, args.calibration_images,
             size=args.input_size if args.format == "tflite" else None)
-    path = serving.export(model, args.output, args.format, **options)
+    try:
+        path = serving.export(model, args.output, args.format, **options)
+    except RuntimeError as err:  # the converter's (the exporters name it and the output)
+        raise CommandError(str(err)) from err
     print(f"exported {args.format} to {path} in {time.perf_counter() - start:.1f} s")
     if args.format == "saved_model":
         print(f"signatures: {', '.join(serving.SIGNATURES)}; serve with: "

@@ -14,6 +14,7 @@ Example:
 
 import importlib
 
+from keras_fastfcn.fileio import removing_new_folders
 from keras_fastfcn.serving.formats import FORMATS, get_format, register_format  # noqa: F401
 # Loaded on first use, so that `keras_fastfcn.serving.client` imports no TensorFlow.
 _EXPORTS = {
@@ -45,7 +46,8 @@ def export(model, output: str, format: str = "saved_model", **options) -> str:
         format: a registered format (`keras_fastfcn.serving.formats.FORMATS`).
         **options: the exporter's options (`scales`, `flip`, `input_size`, ...).
     """
-    return get_format(format).export_function()(model, output, **options)
+    with removing_new_folders(output):  # BASE of a SavedModel, the folder of a file
+        return get_format(format).export_function()(model, output, **options)
 
 
 __all__ = ["FORMATS", "export", "get_format", "register_format"] + sorted(_EXPORTS)

@@ -20,15 +20,15 @@ padding + valid convolution (`fold.pad_dilated_depthwise`), so that tf2onnx expo
 as one dilated `Conv` instead of SpaceToDepth/DepthToSpace around an undilated one.
 """
 
+import contextlib
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from keras_fastfcn._keras_private import all_layers
-from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.fileio import atomic_path, removing_new_folders, scratch_folder
 from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.graph import fixed_function
 from keras_fastfcn.inference.prepare import prepare
@@ -97,18 +97,25 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
     if int(opset) < 17:
         raise ValueError(f"opset must be >= 17, got {opset}.")
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
-    output = check_target_file(output, overwrite, ".onnx")
+    output = check_target_file(output, overwrite, ".onnx", create=False)
     net, info = prepare(model, fold_bn, pad_dilations=True, native_resizes=True)
     if keep_float is None:
         keep_float = default_keep_float(net) if precision == "int8" else ()
     fn, spec = fixed_function(net, probabilities, scales, flip, input_size, base_size,
                               info.align_corners)
-    proto, _ = tf2onnx.convert.from_function(
-        tf.function(fn, input_signature=[spec], autograph=False),
-        input_signature=[spec], opset=int(opset))
-    _rename_onnx_outputs(proto, ["class_map"] + (["probabilities"] if probabilities else []))
-    _name_onnx_dims(proto)
-    _fuse_pad_into_conv(proto)
+    try:
+        with _lean_tf2onnx():
+            proto, _ = tf2onnx.convert.from_function(
+                tf.function(fn, input_signature=[spec], autograph=False),
+                input_signature=[spec], opset=int(opset))
+        _rename_onnx_outputs(proto, ["class_map"] + (["probabilities"] if probabilities else []))
+        _name_onnx_dims(proto)
+        _fuse_pad_into_conv(proto)
+        # An op tf2onnx cannot convert stays a TensorFlow op: the checker names it.
+        onnx.checker.check_model(proto)
+    except Exception as err:
+        raise RuntimeError(f"ONNX conversion failed, nothing was written to {output}: "
+                           f"{type(err).__name__}: {_first_line(err)}") from err
     options = dict(probabilities=probabilities, scales=list(scales), flip=flip,
                    input_size=list(input_size) if input_size else None,
                    base_size=base_size, fold_bn=bool(fold_bn), opset=int(opset),
@@ -124,14 +131,59 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
     proto.producer_name = "keras_fastfcn (tf2onnx)"
-    onnx.checker.check_model(proto)
-    with atomic_path(output) as tmp:
+    with removing_new_folders(output), atomic_path(output) as tmp:
         if precision == "fp32":
             onnx.save(proto, tmp)
         else:
             _quantize(proto, tmp, precision, calibration,
-                      float_node_names(proto, keep_float) if keep_float else ())
+                      float_node_names(proto, keep_float) if keep_float else (), output)
     return output
+
+
+def _first_line(err, limit=300):
+    return (str(err).strip().splitlines() or [""])[0][:limit]
+
+
+@contextlib.contextmanager
+def _lean_tf2onnx():
+    """Runs tf2onnx without the copies of the weights its optimizer passes pile up.
+
+    After each pass (36 on a FastFCN graph) tf2onnx rewrites every node's NodeProto
+    attributes in place, and upb (protobuf's C runtime) frees a removed field only
+    with its message: every pass added a copy of every weight to the nodes, 3.5 GB
+    for the 100 MB of an R50 EncNet. Each node gets a fresh NodeProto instead. tf2onnx
+    also deep-copies the graph before each pass to roll a failing one back; those
+    copies are reference cycles that only a full garbage collection frees (3 GB more):
+    `TF2ONNX_CATCH_ERRORS=FALSE` turns them off (as tf2onnx does for large models), so
+    a failing pass fails the export instead of being skipped. A value the user set is
+    kept.
+    """
+    from tf2onnx import constants
+    from tf2onnx.graph import Node
+
+    original = getattr(Node, "update_proto", None)
+
+    def update_proto(self, *args, **kwargs):
+        old = getattr(self, "_op", None)
+        if old is not None:
+            del old.attribute[:]  # rewritten by `original` from the node's own attributes
+            self._op = type(old)()
+            self._op.CopyFrom(old)
+        return original(self, *args, **kwargs)
+
+    key = getattr(constants, "ENV_TF2ONNX_CATCH_ERRORS", "TF2ONNX_CATCH_ERRORS")
+    set_here = key not in os.environ
+    if set_here:
+        os.environ[key] = "FALSE"
+    if original is not None:  # another tf2onnx: converts as it is
+        Node.update_proto = update_proto
+    try:
+        yield
+    finally:
+        if original is not None:
+            Node.update_proto = original
+        if set_here:
+            os.environ.pop(key, None)
 
 
 # What static int8 keeps in float by default: the class scores, i.e. the classifier's
@@ -245,9 +297,10 @@ def float_node_names(proto, keep_float):
     return sorted(names, key=order.get)
 
 
-def _quantize(proto, path, precision, calibration, exclude=()):
+def _quantize(proto, path, precision, calibration, exclude=(), output=None):
     """Writes `proto` quantized to int8 at `path` (ONNX Runtime quantization), the
-    nodes named in `exclude` left in float."""
+    nodes named in `exclude` left in float; its scratch files go beside `output` (the
+    final path, `path` by default)."""
     import onnx
     from onnxruntime import quantization as q
 
@@ -259,8 +312,7 @@ def _quantize(proto, path, precision, calibration, exclude=()):
             image = next(self._images, None)
             return None if image is None else {"images": image[None].astype("float32")}
 
-    with tempfile.TemporaryDirectory(prefix=".onnx-quant-",
-                                     dir=os.path.dirname(os.path.abspath(path))) as tmp:
+    with scratch_folder(output or path) as tmp:
         source = os.path.join(tmp, "fp32.onnx")
         onnx.save(proto, source)
         if precision == "int8_dynamic":

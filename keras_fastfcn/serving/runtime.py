@@ -29,6 +29,39 @@ def is_export(path):
     return format_of_file(os.fspath(path)) is not None
 
 
+# What `keras-fastfcn export` writes, in the words of the errors for other files.
+EXPECTED = ("one input 'images' float32 (batch, height, width, 3), RGB 0-255, and an "
+            "output 'class_map' int32 (batch, height, width)")
+_ONNX_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(int64)": "int64",
+               "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
+
+
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def _check_interface(path, title, inputs, outputs, note=""):
+    """A `ValueError` naming `path` and its first difference from an export's inputs and
+    outputs (`{name: (dtype, shape)}`, a dim an int or a name)."""
+    problem = None
+    image, labels = inputs.get("images"), outputs.get("class_map")
+    if list(inputs) != ["images"]:
+        problem = f"its inputs are {list(inputs)}"
+    elif labels is None:
+        problem = f"its outputs are {list(outputs)}"
+    elif len(image[1]) != 4:
+        problem = f"its input 'images' has rank {len(image[1])} (shape {list(image[1])})"
+    elif isinstance(image[1][-1], int) and image[1][-1] != 3:
+        problem = f"its input 'images' has {image[1][-1]} channels (shape {list(image[1])})"
+    elif image[0] != "float32":
+        problem = f"its input 'images' is {image[0]}"
+    elif len(labels[1]) != 3 or labels[0] not in ("int32", "int64"):
+        problem = f"its output 'class_map' is {labels[0]} of shape {list(labels[1])}"
+    if problem is not None:
+        raise ValueError(f"{path} is not a keras-fastfcn {title} export{note}: {problem}; "
+                         f"an export has {EXPECTED}.")
+
+
 class ExportPredictor:
     """Calls an exported `.onnx` / `.tflite` model on `(B, H, W, 3)` 0-255 RGB images and
     returns its `class_map` output, `(B, H, W)` int32.
@@ -63,6 +96,8 @@ class ExportPredictor:
             raise FileNotFoundError(f"Model file not found: {path}")
         if not is_export(path):
             raise ValueError(f"{path} is not an .onnx or .tflite export.")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1 (or None: every core), got {threads}.")
         self.path = path
         self.threads = int(threads or os.cpu_count() or 1)
         self.format = format_of_file(path).name
@@ -82,24 +117,56 @@ class ExportPredictor:
                                                  providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types
             raise ValueError(f"{self.path} is not a readable ONNX model: "
-                             f"{str(err).splitlines()[0][:200]}") from None
-        inputs = self._session.get_inputs()
-        outputs = [o.name for o in self._session.get_outputs()]
-        if [i.name for i in inputs] != ["images"] or "class_map" not in outputs:
-            raise ValueError(f"{self.path} is not a keras_fastfcn export (input 'images', "
-                             f"output 'class_map'); its inputs: {[i.name for i in inputs]}, "
-                             f"outputs: {outputs}.")
-        shape = inputs[0].shape
+                             f"{_first_line(err)}") from None
+        meta = self._session.get_modelmeta().custom_metadata_map
+        ours = "keras_fastfcn_export" in meta
+        _check_interface(
+            self.path, "ONNX",
+            {i.name: (_ONNX_TYPES.get(i.type, i.type), i.shape)
+             for i in self._session.get_inputs()},
+            {o.name: (_ONNX_TYPES.get(o.type, o.type), o.shape)
+             for o in self._session.get_outputs()},
+            "" if ours else " (no keras_fastfcn_export metadata)")
+        shape = self._session.get_inputs()[0].shape
         self.input_size = (tuple(shape[1:3]) if all(isinstance(d, int) for d in shape[1:3])
                            else None)
-        meta = self._session.get_modelmeta().custom_metadata_map
-        if "class_names" in meta:
-            self.class_names = json.loads(meta["class_names"]) or None
-        if "dataset" in meta:
-            self.dataset = json.loads(meta["dataset"]) or None
-        if "num_classes" in meta:
-            self.num_classes = int(meta["num_classes"])
-        self.options = json.loads(meta.get("keras_fastfcn_export", "{}"))
+        self._read_metadata(meta)
+        if self.num_classes is None:  # a file of the user's: the scores' size, if fixed
+            scores = {o.name: o.shape for o in self._session.get_outputs()}.get("probabilities")
+            if scores and isinstance(scores[-1], int):
+                self.num_classes = scores[-1]
+
+    def _read_metadata(self, meta):
+        """Class names, count, dataset and export options from the ONNX metadata; a
+        `ValueError` naming the file and the key where one does not parse."""
+
+        def read(key, parse, valid, expected):
+            if key not in meta:
+                return None
+            try:
+                value = parse(meta[key])
+            except (ValueError, TypeError):
+                value = valid = None
+            if valid is None or not valid(value):
+                raise ValueError(f"{self.path}: its metadata {key!r} is {meta[key][:80]!r}, "
+                                 f"not {expected}; export the model again with "
+                                 "keras-fastfcn export.")
+            return value
+
+        names = read("class_names", json.loads,
+                     lambda v: v is None or (isinstance(v, list)
+                                             and all(isinstance(n, str) for n in v)),
+                     "a JSON list of class names")
+        count = read("num_classes", int, lambda v: v >= 1, "a class count >= 1")
+        dataset = read("dataset", json.loads, lambda v: v is None or isinstance(v, str),
+                       "a JSON dataset name")
+        options = read("keras_fastfcn_export", json.loads, lambda v: isinstance(v, dict),
+                       "a JSON object of export options")
+        if names and count and len(names) != count:
+            raise ValueError(f"{self.path}: its metadata names {len(names)} classes but "
+                             f"num_classes is {count}.")
+        self.class_names, self.num_classes = names or None, count
+        self.dataset, self.options = dataset or None, options or {}
 
     def _open_tflite(self):
         import tensorflow as tf
@@ -108,18 +175,35 @@ class ExportPredictor:
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
             try:
                 interpreter = tf.lite.Interpreter(self.path, num_threads=self.threads)
-            except ValueError as err:
+            except Exception as err:  # ValueError, or RuntimeError from the flatbuffer
                 raise ValueError(f"{self.path} is not a readable TFLite model: "
-                                 f"{str(err)[:200]}") from None
-        runner = interpreter.get_signature_runner()
-        details = runner.get_input_details()
-        if "images" not in details or "class_map" not in runner.get_output_details():
-            raise ValueError(f"{self.path} is not a keras_fastfcn TFLite export (input "
-                             f"'images', output 'class_map').")
-        self.input_size = tuple(int(d) for d in details["images"]["shape"][1:3])
-        probabilities = runner.get_output_details().get("probabilities")
+                                 f"{_first_line(err)}") from None
+        signatures = interpreter.get_signature_list()
+        if "serving_default" in signatures:
+            key = "serving_default"
+        elif len(signatures) == 1:
+            key = next(iter(signatures))
+        else:
+            found = f"the signatures {sorted(signatures)}" if signatures else "no signature"
+            raise ValueError(f"{self.path} is not a keras-fastfcn TFLite export: it has "
+                             f"{found}; an export has a 'serving_default' signature with "
+                             f"{EXPECTED}.")
+        runner = interpreter.get_signature_runner(key)
+
+        def io(details):
+            return {name: (np.dtype(d["dtype"]).name, [int(v) for v in d["shape"]])
+                    for name, d in details.items()}
+
+        inputs, outputs = io(runner.get_input_details()), io(runner.get_output_details())
+        _check_interface(self.path, "TFLite", inputs, outputs)
+        if inputs["images"][1][0] != 1:
+            raise ValueError(f"{self.path}: its input 'images' has shape "
+                             f"{inputs['images'][1]}; a TFLite export takes one image "
+                             "(1, height, width, 3).")
+        self.input_size = tuple(inputs["images"][1][1:3])
+        probabilities = outputs.get("probabilities")
         if probabilities is not None:
-            self.num_classes = int(probabilities["shape"][-1])
+            self.num_classes = int(probabilities[1][-1])
         self._runner = runner
 
     def __call__(self, images):
@@ -134,7 +218,13 @@ class ExportPredictor:
                 f"was exported); this one is {images.shape[1]}x{images.shape[2]}. Export it "
                 "again with --input-size for this data, or without it (ONNX: any size).")
         if self.format == "onnx":
-            return self._session.run(["class_map"], {"images": images})[0]
+            try:
+                return self._session.run(["class_map"], {"images": images})[0]
+            except Exception as err:
+                if type(err).__name__ != "InvalidArgument":  # ORT's bad-input error
+                    raise
+                raise ValueError(f"{self.path} cannot run on images of shape {images.shape}: "
+                                 f"{_first_line(err)}") from None
         return np.concatenate([self._runner(images=image[None])["class_map"]
                                for image in images])
 

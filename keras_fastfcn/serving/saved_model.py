@@ -32,7 +32,7 @@ import os
 
 import keras
 
-from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.fileio import atomic_path, removing_new_folders
 from keras_fastfcn.inference import MAX_PIXELS
 from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.graph import SIGNATURE_INPUTS, SIGNATURES, serving_endpoints
@@ -111,7 +111,7 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
     max_pixels = _pixel_limit("max_pixels", max_pixels)
     max_batch_pixels = (max_pixels if max_batch_pixels == "auto"
                         else _pixel_limit("max_batch_pixels", max_batch_pixels))
-    target, version = check_saved_model_target(output, overwrite)
+    target, version = check_saved_model_target(output, overwrite, create=False)
     net, info = prepare(model, fold_bn, precision, native_resizes=True)
     endpoints = serving_endpoints(
         net, info.class_names, probabilities, scales, flip, input_size, base_size,
@@ -121,7 +121,7 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
                    base_size=base_size, fold_bn=bool(fold_bn), max_pixels=max_pixels,
                    max_batch_pixels=max_batch_pixels, precision=precision)
 
-    with atomic_path(target, is_dir=True) as tmp:
+    with removing_new_folders(target), atomic_path(target, is_dir=True) as tmp:
         write_saved_model(endpoints, tmp)
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata(model, info, "saved_model", options,

@@ -11,15 +11,13 @@ quantization), where quantizing them costs accuracy (`benchmarks/PRECISION.md`);
 class map's ARG_MAX then reads float scores too. By default (`keep_float=None`) that
 is `DEFAULT_KEEP_FLOAT`, the layers measured to lose the most."""
 
-import os
-import tempfile
 import warnings
 
-from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.fileio import atomic_path, removing_new_folders, scratch_folder
 from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.graph import fixed_function
-from keras_fastfcn.serving.onnx import (_scope_matches, _strip_call_suffix, check_keep_float,
-                                       default_keep_float)
+from keras_fastfcn.serving.onnx import (_first_line, _scope_matches, _strip_call_suffix,
+                                       check_keep_float, default_keep_float)
 from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.saved_model import write_saved_model
 from keras_fastfcn.serving.targets import check_options, check_target_file
@@ -76,41 +74,42 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
                              "(input_size=(H, W)).")
         input_size = (h, w)
     scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
-    output = check_target_file(output, overwrite, ".tflite")
+    output = check_target_file(output, overwrite, ".tflite", create=False)
     net, info = prepare(model, fold_bn, native_resizes=True)
     if keep_float is None:
         keep_float = default_keep_float(net, DEFAULT_KEEP_FLOAT) if precision == "int8" else ()
     fn, spec = fixed_function(net, probabilities, scales, flip, input_size, base_size,
                               info.align_corners, batch=1)
-    # Through a temporary SavedModel written like the TF Serving export:
-    # converting a concrete function that captures Keras variables directly
-    # silently drops the weights in this TF version.
-    with tempfile.TemporaryDirectory(prefix=".tflite-", dir=os.path.dirname(
-            os.path.abspath(output))) as tmp_dir:
-        write_saved_model( {"serving_default": (fn, [spec])}, tmp_dir)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            tmp_dir, signature_keys=["serving_default"])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if precision != "fp32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if precision == "fp16":
-            converter.target_spec.supported_types = [tf.float16]
-        if precision == "int8":
-            converter.representative_dataset = lambda: (
-                [image[None].astype("float32")] for image in calibration)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
-        try:
-            if keep_float:
-                flatbuffer = _selectively_quantized(tmp_dir, converter, calibration,
-                                                    keep_float)
-            else:
-                flatbuffer = converter.convert()
-        except ValueError:
-            raise
-        except Exception as err:
-            raise RuntimeError(f"TFLite conversion failed: {err}") from err
-    with atomic_path(output) as tmp:
+    with removing_new_folders(output), atomic_path(output) as tmp:
+        # Through a temporary SavedModel written like the TF Serving export:
+        # converting a concrete function that captures Keras variables directly
+        # silently drops the weights in this TF version.
+        with scratch_folder(output) as saved_model_dir:
+            write_saved_model({"serving_default": (fn, [spec])}, saved_model_dir)
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                saved_model_dir, signature_keys=["serving_default"])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if precision != "fp32":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if precision == "fp16":
+                converter.target_spec.supported_types = [tf.float16]
+            if precision == "int8":
+                converter.representative_dataset = lambda: (
+                    [image[None].astype("float32")] for image in calibration)
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                       tf.lite.OpsSet.TFLITE_BUILTINS]
+            try:
+                if keep_float:
+                    flatbuffer = _selectively_quantized(saved_model_dir, converter,
+                                                        calibration, keep_float)
+                else:
+                    flatbuffer = converter.convert()
+            except ValueError:
+                raise
+            except Exception as err:
+                raise RuntimeError(f"TFLite conversion failed, nothing was written to "
+                                   f"{output}: {type(err).__name__}: "
+                                   f"{_first_line(err)}") from err
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
     return output
