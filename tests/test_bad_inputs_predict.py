@@ -7,6 +7,9 @@ forward replaced the same way, so a regression fails at once instead of allocati
 the gigabytes the options ask for.
 """
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -213,3 +216,33 @@ def test_predictor_bad_options(options, fragment, conv):
 def test_predictor_refuses_an_empty_batch(conv):
     with pytest.raises(ValueError, match="must not be empty"):
         inference.Predictor(conv).class_map(np.zeros((0, 16, 16, 3), np.uint8))
+
+
+# Peak resident memory of a whole `keras-fastfcn predict` process that is refused: about
+# TensorFlow's start (0.7 GB); the cases were killed at a 5 GB cap before the budget.
+MEMORY_CAP_MB = 1500
+
+
+@pytest.mark.parametrize("extra", [["--scales", "100"], ["--base-size", "1000000"],
+                                   ["--mode", "slide", "--flip", "--crop-size", "100000"]],
+                         ids=["scales", "base-size", "slide-crop"])
+def test_refused_process_stays_under_its_memory_budget(extra, files, tmp_path):
+    """The case as a user runs it, a process of its own: refused in one line, with its
+    peak resident memory measured."""
+
+    out = tmp_path / "out"
+    # A wrapper process whose only child is the command: its RUSAGE_CHILDREN peak is
+    # the command's.
+    wrapper = ("import resource, subprocess, sys; "
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "sys.stderr.write(r.stderr); "
+               "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, "-m", "keras_fastfcn", "predict",
+         "--model", str(files / "conv.keras"), "--input", str(files / "img.png"),
+         "--output", str(out), *extra], capture_output=True, text=True, timeout=300)
+    code, peak_kb = map(int, proc.stdout.split())
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert code == 1 and len(errors) == 1 and "budget" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
+    assert peak_kb / 1024 < MEMORY_CAP_MB, f"peak {peak_kb / 1024:.0f} MB"
