@@ -10,6 +10,8 @@ layer, head, upsampler and export format passes, written once.
   `.keras` round trip with the same logits.
 - `run_export_test`: a confident tiny model exported to a format, run by its runtime
   (or loaded, for a SavedModel), with the Keras class map (near-ties allowed).
+- `run_cli` / `assert_one_line_error`: a `keras-fastfcn` command in process, and the
+  one-line error every bad input must end in.
 
 `tests/test_harness.py` feeds every registered part through them; a part added
 without a case there fails its coverage test.
@@ -121,3 +123,21 @@ def run_export_test(tmp_path, fmt, seed=5):
     near_tie = top2[..., 1] - top2[..., 0] <= 1e-4 * np.abs(logits).max()
     assert class_map.shape == logits.shape[:3]
     assert ((class_map == logits.argmax(-1)) | near_tie).all(), fmt
+
+
+def run_cli(capsys, *argv):
+    """`keras-fastfcn ARGV` in this process: `(exit code, stdout, stderr)`."""
+    from keras_fastfcn import cli
+
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *fragments):
+    """Exit code 1 and exactly one line on stderr, holding every fragment."""
+    assert rc == 1
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

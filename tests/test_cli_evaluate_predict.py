@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import keras_fastfcn
-from keras_fastfcn import cli, data, inference
+from harness import assert_one_line_error, run_cli
+from keras_fastfcn import data, inference
 from keras_fastfcn.metrics import SegmentationMetric
 
 NAMES = ["sky", "road", "car"]
@@ -53,18 +54,6 @@ def folder_spec(tmp_path_factory, examples):
     return f"folder:{root}"
 
 
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 1
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------------ evaluate

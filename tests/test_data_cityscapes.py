@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_fastfcn import cli, data
+from harness import assert_one_line_error, run_cli
+from keras_fastfcn import data
 from keras_fastfcn.data.errors import DataError
 
 H, W = 32, 64
@@ -74,18 +75,6 @@ def root(tmp_path):
     return _make_cityscapes(tmp_path / "cityscapes")
 
 
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 1
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------------ mapping
