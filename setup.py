@@ -35,6 +35,16 @@ setup(
         "test": ["pytest", "pytest-xdist", "tf2onnx>=1.16", "onnxruntime", "onnx",
                  "torch==2.13.0", "jax[cpu]"],
         "jax": ["jax"],
+        # The mmsegmentation parity tests (tests/test_convert_mmseg.py; skipped without
+        # it). Their declared dependencies pull opencv-python, matplotlib and 7 more
+        # packages, which the model code never uses; the light way (5.6 MB of wheels,
+        # 35 MB installed, no OpenCV) is
+        #   pip install --no-deps mmengine==0.10.7 mmcv-lite==2.1.0 mmsegmentation==1.2.2 \
+        #       addict yapf platformdirs ftfy regex wcwidth
+        # (mmseg 1.2.2 asserts mmcv < 2.2; ftfy and regex are imported by mmseg.utils but
+        # not declared).
+        "mmseg": ["torch>=2.5", "mmengine==0.10.7", "mmcv-lite==2.1.0",
+                  "mmsegmentation==1.2.2", "ftfy", "regex"],
     },
     entry_points={"console_scripts": ["keras-fastfcn=keras_fastfcn.cli:main"]},
 )

@@ -32,6 +32,7 @@ LAYER_CASES = {
             [(1, 16, 16, 8), (1, 8, 8, 16), (1, 4, 4, 32)]),
     "JPUX": (lambda: L.JPUX(width=64), [(1, 16, 16, 8), (1, 8, 8, 16), (1, 4, 4, 32)]),
     "JUM": (lambda: L.JUM(32), [(1, 4, 4, 16), (1, 8, 8, 8)]),
+    "MMSegASPPHead": (lambda: L.MMSegASPPHead(3, dilations=(1, 2), channels=16), (1, 8, 8, 32)),
     "NativeBilinearResize": (lambda: fold.NativeBilinearResize(),
                              [(1, 4, 5, 8), (1, 13, 17, 3)]),
     "PSPHead": (lambda: L.PSPHead(3, bins=(1, 2)), (1, 8, 8, 32)),
@@ -75,6 +76,8 @@ def test_upsampler(upsampler, tmp_path, tiny_backbone):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_export_format(fmt, tmp_path, tiny_backbone):
-    if fmt == "onnx" and importlib.util.find_spec("tf2onnx") is None:
+    if fmt in ("onnx", "openvino") and importlib.util.find_spec("tf2onnx") is None:
         pytest.skip("tf2onnx is not installed (pip install -e '.[export]')")
+    if fmt == "openvino" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install -e '.[openvino]')")
     run_export_test(tmp_path, fmt)

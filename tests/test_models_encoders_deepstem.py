@@ -126,3 +126,66 @@ def test_deepstem_registration_and_errors():
     with pytest.raises(ValueError, match="built-in"):
         registry.register_encoder("resnet50", build_resnet_deepstem, "torch")
     assert torch_module_path("layer3_0_downsample_1") == "layer3.0.downsample.1"
+
+
+# ------------------------------------------------ mmsegmentation's ResNetV1c ("resnet50_v1c")
+
+
+def test_resnet50_v1c_is_mmsegmentations_d32_layout():
+    """Half-width deep stem; stages 3 and 4 keep stride 2 *and* dilate (first blocks by
+    half), as mmsegmentation's FastFCN backbone (strides (1, 2, 2, 2), dilations
+    (1, 1, 2, 4), contract_dilation=True)."""
+    assert registry.encoder("resnet50_v1c").preprocessing == "torch"
+    model = registry.build_encoder("resnet50_v1c")
+    assert model.name == "resnet50_v1c_os32"
+    strides, channels = _strides(model, hw=(64, 96))
+    assert strides == [4, 8, 16, 32] and channels == [256, 512, 1024, 2048]
+    conv = {layer.name: layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    assert [conv[n].filters for n in ("conv1_0", "conv1_3", "conv1_6")] == [32, 32, 64]
+    assert conv["layer1_0_conv1"].kernel.shape[2] == 64
+    assert conv["layer3_0_conv2"].strides == (2, 2)
+    assert conv["layer3_0_conv2"].dilation_rate == (1, 1)
+    assert conv["layer3_5_conv2"].dilation_rate == (2, 2)
+    # Stride 2 with dilation 2: padding 2, every second row/column, an undilated conv.
+    assert model.get_layer("layer4_0_conv2_pad").padding == ((2, 2), (2, 2))
+    assert model.get_layer("layer4_0_conv2_subsample").strides == (2, 2)
+    assert conv["layer4_0_conv2"].strides == (1, 1)
+    assert conv["layer4_0_conv2"].dilation_rate == (1, 1)
+    assert conv["layer4_0_downsample_0"].strides == (2, 2)
+    assert conv["layer4_2_conv2"].dilation_rate == (4, 4)
+    # mmsegmentation's ResNetV1c-50 without its (unused) fc: resnet50s' 23,631,808 minus
+    # the narrower stem (84,064) and layer1's narrower input (4,096 + 16,384).
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 23_527_264
+    # At output stride 8 / 16 it is mmsegmentation's d8 / d16 layout (= the official one).
+    assert _strides(registry.build_encoder("resnet50_v1c", output_stride=8))[0] == [4, 8, 8, 8]
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (17, 23), (18, 21)])
+def test_stride2_dilated_conv_matches_pytorch(hw):
+    """`Conv2d(3, stride=2, padding=2, dilation=2)` (ResNetV1c-d32's layer4.0.conv2), which
+    Keras' Conv2D cannot take, built as subsampling + undilated conv: same values."""
+    from keras_fastfcn.models.encoders.resnet_deepstem import _strided_conv3x3
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, *hw, 4).astype("float32")
+    w = rng.randn(5, 4, 3, 3).astype("float32")
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2),
+                                              torch.from_numpy(w), stride=2, padding=2,
+                                              dilation=2).permute(0, 2, 3, 1).numpy()
+    inputs = keras.Input((None, None, 4))
+    model = keras.Model(inputs, _strided_conv3x3(inputs, 5, "c", stride=2, dilation=2))
+    model.get_layer("c").kernel.assign(w.transpose(2, 3, 1, 0))
+    got = np.asarray(model(x))
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=64 * np.finfo("float32").eps
+                               * np.abs(expected).max())
+
+
+def test_v1c_options_are_checked():
+    with pytest.raises(ValueError, match="stride-32 network"):
+        build_resnet_deepstem((1, 1, 1, 1), output_stride=8, dilations=(1, 1, 2, 4))
+    with pytest.raises(ValueError, match="stem_widths must be 3 positive ints"):
+        build_resnet_deepstem((1, 1, 1, 1), stem_widths=(32, 64))
+    with pytest.raises(ValueError, match="official code knows 1, 2, 4"):
+        build_resnet_deepstem((1, 1, 1, 1), dilations=(1, 1, 3, 4))

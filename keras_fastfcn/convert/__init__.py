@@ -6,6 +6,10 @@ deep-stem ResNet, with JPU, JPU_X or a dilated backbone) map one to one onto
 the state dict has exactly one Keras variable (`mapping.py`), and the model's
 configuration is read off the checkpoint's keys (`checkpoint.py`).
 
+mmsegmentation's FastFCN models (ResNetV1c + JPU + its PSP / ASPP / Enc heads) have a
+converter of their own, `keras_fastfcn.convert.mmseg.convert_mmseg_checkpoint`
+(`keras-fastfcn convert --format mmseg`, preset checkpoint format `"mmseg"`).
+
 Example:
 >>> from keras_fastfcn.convert import convert_checkpoint
 >>> model = convert_checkpoint("encnet_res50_pcontext.pth.tar", dataset="pcontext",

@@ -74,6 +74,26 @@ def load_state_dict(path):
     >>> sd["head.conv6.1.bias"].shape  # doctest: +SKIP
     (59,)
     """
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path):
+    """Reads a checkpoint into its state dict (as `load_state_dict`) and its metadata.
+
+    Args:
+        path: `.pth` / `.pth.tar` file: a bare state dict, or a dict with
+            `"state_dict"` and optionally `"meta"` (mmsegmentation and mmcv/mmengine
+            checkpoints keep the class names there).
+
+    Returns:
+        `(state_dict, meta)`: `{key: np.ndarray}` and the `"meta"` dict (`{}` when
+        the file has none).
+
+    Example:
+    >>> sd, meta = load_checkpoint("fastfcn_r50-d32_jpu_psp.pth")  # doctest: +SKIP
+    >>> meta.get("CLASSES")[:2]  # doctest: +SKIP
+    ('road', 'sidewalk')
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
@@ -96,7 +116,9 @@ def load_state_dict(path):
             "If it pickles objects other than tensors, re-save just the weights in a "
             "trusted environment: torch.save(torch.load(f)['state_dict'], 'weights.pth')."
         ) from err
+    meta = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict.")
@@ -115,7 +137,7 @@ def load_state_dict(path):
         if tensor.is_floating_point():
             tensor = tensor.float()
         out[key] = tensor.numpy()
-    return out
+    return out, meta
 
 
 def _numpy_scalar_globals():

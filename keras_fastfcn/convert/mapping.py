@@ -40,14 +40,23 @@ _UNUSED_PREFIXES = ("pretrained.fc.",)
 
 
 class _Target:
-    """One Keras variable and the official key (and layout) that fills it."""
+    """One Keras variable and the official key (and layout) that fills it.
 
-    __slots__ = ("key", "variable", "layout")
+    `permutation`: optional `(axis, index)` in the PyTorch layout, applied first:
+    `array.take(index, axis)` (a checkpoint whose channels come in another order,
+    e.g. mmsegmentation's JPU concatenation, see `convert.mmseg`).
+    """
 
-    def __init__(self, key, variable, layout):
+    __slots__ = ("key", "variable", "layout", "permutation")
+
+    def __init__(self, key, variable, layout, permutation=None):
         self.key, self.variable, self.layout = key, variable, layout
+        self.permutation = permutation
 
     def to_keras(self, array):
+        if self.permutation is not None:
+            axis, index = self.permutation
+            array = np.take(array, index, axis=axis)
         if self.layout == "conv":  # (out, in, kh, kw) -> (kh, kw, in, out)
             return np.transpose(array, (2, 3, 1, 0))
         if self.layout == "depthwise":  # (C, 1, kh, kw) -> (kh, kw, C, 1)
@@ -225,11 +234,16 @@ def _targets(model):
     targets += _head_targets(model.head_name, model.head_layer)
     if model.aux_layer is not None:
         targets += _fcn_targets("auxlayer", model.aux_layer)
-    # Every variable must be filled exactly once, or the mapping has a bug.
+    return check_coverage(model, targets)
+
+
+def check_coverage(model, targets, what="official"):
+    """`targets`, after checking that they fill every variable of `model` exactly once
+    (otherwise the mapping has a bug: `RuntimeError`)."""
     seen = {id(t.variable) for t in targets}
     left = [v.path for v in model.weights if id(v) not in seen]
     if left or len(seen) != len(targets):
-        raise RuntimeError(f"Internal error: the official mapping does not cover {left}.")
+        raise RuntimeError(f"Internal error: the {what} mapping does not cover {left}.")
     return targets
 
 
@@ -293,11 +307,18 @@ def load_official_weights(model, state_dict, skip_prefixes=(), description=None,
     ...                       skip_prefixes=("auxlayer.", "head.encmodule.selayer."))
     """
     targets = _targets(model)
+    return load_targets(targets, state_dict, skip_prefixes,
+                        description or f"model {model.name!r}", hint)
+
+
+def load_targets(targets, state_dict, skip_prefixes=(), description="the model", hint=""):
+    """Copies `state_dict` into the variables of `targets` (`_Target`s), all or nothing:
+    any missing or unexpected key or shape mismatch raises `CheckpointMismatchError`
+    naming all of them first. Returns the number of tensors copied."""
     missing, unexpected, mismatched = _match(targets, state_dict, skip_prefixes)
     if missing or unexpected or mismatched:
         hint = "\n".join(h for h in (hint, _hint(unexpected)) if h)
-        raise CheckpointMismatchError(description or f"model {model.name!r}", missing,
-                                      unexpected, mismatched, hint)
+        raise CheckpointMismatchError(description, missing, unexpected, mismatched, hint)
     for t in targets:
         t.variable.assign(t.to_keras(state_dict[t.key]).astype(t.variable.dtype))
     return len(targets)

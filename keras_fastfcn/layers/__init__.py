@@ -21,6 +21,7 @@ from keras_fastfcn.layers.heads import (
     PyramidPooling,
     adaptive_avg_pool2d,
 )
+from keras_fastfcn.layers.heads_mmseg import MMSegASPPHead
 from keras_fastfcn.layers.jpu import JPU, JPUX, JUM, DilatedBranch
 from keras_fastfcn.layers.preprocessing import ImageNormalization, check_image_batch
 from keras_fastfcn.layers.resize import (
@@ -36,6 +37,6 @@ DeepLabV3Head = ASPPHead
 __all__ = [
     "ASPP", "ASPPHead", "BilinearResize", "ConvBNReLU", "DeepLabV3Head", "DilatedBranch",
     "EncHead", "EncModule", "Encoding", "FCNHead", "ImageNormalization", "JPU", "JPUX",
-    "JPU_X", "JUM", "PSPHead", "PyramidPooling", "SeparableConvBN", "adaptive_avg_pool2d",
+    "JPU_X", "JUM", "MMSegASPPHead", "PSPHead", "PyramidPooling", "SeparableConvBN", "adaptive_avg_pool2d",
     "check_image_batch", "log_add_exp", "log_resize_bilinear", "resize_bilinear",
 ]

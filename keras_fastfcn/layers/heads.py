@@ -347,7 +347,9 @@ class EncHead(_ClassifierMixin, keras.layers.Layer):
     """EncNet head: conv5 (512) + BN + ReLU -> EncModule -> Dropout2d(0.1) -> conv1x1.
 
     conv5 is 1x1 on JPU features (`jpu=True`, as the official EncHead when a JPU
-    is used) and 3x3 on a dilated backbone's C5. The official `lateral` (FPN-like)
+    is used) and 3x3 on a dilated backbone's C5. mmsegmentation's `EncHead` (its
+    FastFCN models, registered head `"mmseg_encnet"`) is `jpu=False` on JPU features:
+    its bottleneck is 3x3 whatever the input. The official `lateral` (FPN-like)
     option is not implemented: no FastFCN recipe uses it, and with JPU its C4 input
     would sit at stride 16, not 8.
 

@@ -194,7 +194,8 @@ def load_backbone(cls, preset, load_weights=True, checkpoint=None):
 # converter registers its own (`register_checkpoint_reader`); a format's module is
 # named here and imported the first time a preset of that format is converted, so the
 # models never import the converter (which imports the models).
-CHECKPOINT_FORMATS = {"official": "keras_fastfcn.convert"}
+CHECKPOINT_FORMATS = {"official": "keras_fastfcn.convert",
+                      "mmseg": "keras_fastfcn.convert.mmseg"}
 _READERS = {}
 
 

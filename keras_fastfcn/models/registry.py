@@ -160,6 +160,13 @@ def _register_builtins():
             return resnet_deepstem.build_resnet_deepstem(
                 _depth, output_stride, weights, name=f"{_name}_os{output_stride}")
         register_encoder(name, deepstem, "torch")
+    for name, depth in resnet_deepstem.V1C_DEPTHS.items():
+        # mmsegmentation's mean/std (RGB 123.675, 116.28, 103.53 / 58.395, 57.12,
+        # 57.375) is the ImageNet mean/std times 255: "torch" normalization.
+        def v1c(output_stride, weights, _depth=depth, _name=name):
+            return resnet_deepstem.build_resnet_v1c(
+                _depth, output_stride, weights, name=f"{_name}_os{output_stride}")
+        register_encoder(name, v1c, "torch")
 
     register_upsampler("jpu", lambda width, align_corners, remat, name: L.JPU(
         width, align_corners=align_corners, remat=remat, name=name))
@@ -176,6 +183,12 @@ def _register_builtins():
                   L.ASPPHead(num_classes, name=name), aliases=("deeplabv3", "aspp"))
     register_head("fcn", lambda num_classes, *, se_loss, upsampled, align_corners, name:
                   L.FCNHead(num_classes, name=name))
+    # mmsegmentation's FastFCN heads (its PSPHead is "psp" with align_corners=False).
+    register_head("mmseg_aspp", lambda num_classes, *, se_loss, upsampled, align_corners, name:
+                  L.MMSegASPPHead(num_classes, name=name))
+    register_head("mmseg_encnet", lambda num_classes, *, se_loss, upsampled, align_corners,
+                  name: L.EncHead(num_classes, se_loss=se_loss, jpu=False, name=name),
+                  se_loss=True, aliases=("mmseg_enc",))
     for kind, table in (("encoder", ENCODERS), ("upsampler", UPSAMPLERS), ("head", HEADS)):
         _BUILTIN.update((kind, name) for name in table)
 
