@@ -28,8 +28,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_fastfcn.benchmark import (RUNTIME_NAMES, ratios, runtime_notes,  # noqa: E402
+from keras_fastfcn.benchmark import (BENCHMARK_PRECISIONS, RUNTIME_NAMES,  # noqa: E402
+                                     peak_gflops, ratios, row_precision, runtime_notes,
                                      upgrade_results)
+from keras_fastfcn.benchmark.cpu import peak_clock, peak_formula  # noqa: E402
 from keras_fastfcn.fileio import atomic_path  # noqa: E402
 
 RESULT_HEADER = ["head", "encoder", "upsampler", "precision", "latency (s)", "FPS",
@@ -56,9 +58,12 @@ def _method(size, crop, batch):
             "out. Throughput: images/s at the batch given. GFLOP/s: FLOPs / batch-1 latency, "
             "and its share of the CPU's peak for the precision. Official PyTorch: the official "
             "module structure timed in the same run (same size, batch 1, same protocol; bf16 "
-            "under `torch.autocast`). Training memory: peak RSS of a child process running "
-            f"one step at crop {crop}, batch {batch} (main + aux + SE losses), and its growth "
-            "during the step.")
+            "under `torch.autocast`). The peak: cores x clock x FLOP/cycle/core of the "
+            "microarchitecture (docs/benchmarking.md); where the machine reports only its "
+            "nominal clock (a virtual machine), at the highest boost clock of its "
+            "microarchitecture's parts, so the share is a lower bound. Training memory: peak "
+            f"RSS of a child process running one step at crop {crop}, batch {batch} (main + "
+            "aux + SE losses), and its growth during the step.")
 
 
 def _result_cells(r):
@@ -106,12 +111,27 @@ def _ratio_cells(r):
 
 
 def _cpu_line(cpu):
-    peaks = ", ".join(f"{p} {v:.0f}" for p, v in cpu.get("peak_gflops_s", {}).items() if v)
-    line = (f"CPU: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz'] or 0:.0f} MHz "
-            f"({cpu['mhz_source']}); ISA: {' '.join(cpu['flags'])}.")
+    """The CPU, the peak's clock and the peaks, from the current table (`peak_gflops`):
+    a file keeps the measurements, not a peak worked out with an older table."""
+    mhz, source = peak_clock(cpu)
+    peaks = ", ".join(f"{p} {v:.0f}" for p in BENCHMARK_PRECISIONS
+                      if (v := peak_gflops(p, cpu)))
+    line = (f"CPU: {cpu['model']}, {cpu['cores']} cores at {mhz or 0:.0f} MHz "
+            f"({source}); ISA: {' '.join(cpu['flags'])}.")
     if peaks:
-        line += f" Peak GFLOP/s ({cpu['peak_formula']}): {peaks}."
+        line += f" Peak GFLOP/s ({peak_formula(cpu)}): {peaks}."
     return line
+
+
+def _with_peak(row, cpu):
+    """The row with its share of `cpu`'s peak worked out again (a copy; the file is not
+    changed): the measured GFLOP/s over the current table's peak."""
+    if not cpu or "achieved_gflops_s" not in row:
+        return row
+    peak = peak_gflops(row_precision(row), cpu)
+    if not peak:
+        return row
+    return dict(row, peak_gflops_s=peak, peak_fraction=row["achieved_gflops_s"] / peak)
 
 
 def write_report(payload, out_dir, title="CPU"):
@@ -122,7 +142,7 @@ def write_report(payload, out_dir, title="CPU"):
     if cpu:
         lines += [_cpu_line(cpu), ""]
     lines += [_method(payload["size"], payload["train_crop"], payload["train_batch"]), ""]
-    lines += _table(RESULT_HEADER, [_result_cells(r) for r in results])
+    lines += _table(RESULT_HEADER, [_result_cells(_with_peak(r, cpu)) for r in results])
     lines += ["", "Ratios against the dilated output-stride-8 model (DilatedFCN) of the same "
               "head, encoder and precision (official PyTorch: the same ratio of the official "
               "code):", ""]
@@ -270,7 +290,7 @@ def _machine_section(payload):
             vs = _speedup(ratio)
             if "throughput_speedup" in ratio:
                 vs += f"; batch {r['throughput_batch']}: {ratio['throughput_speedup']:.2f}x"
-        rows.append(_result_cells(r) + [vs, str(r["run"])])
+        rows.append(_result_cells(_with_peak(r, cpu)) + [vs, str(r["run"])])
     lines += ["", *_table(RESULT_HEADER + ["vs OS8 (same run)", "run"], rows)]
     if payload.get("notes"):  # the older runs of each row ("replaced") stay in the file
         lines += ["", "Notes:", ""] + [f"- {n}" for n in payload["notes"]]

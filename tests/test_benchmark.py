@@ -174,6 +174,85 @@ def test_flops_per_cycle(flags, precision, expected):
     assert benchmark.flops_per_cycle(flags, precision) == expected
 
 
+_SKX = ["avx2", "fma", "avx512f", "avx512_vnni"]
+_SPR = _SKX + ["avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni"]
+_ZEN4 = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"]
+
+
+@pytest.mark.parametrize("vendor, family, model, flags, name, expected", [
+    # (fp32, bf16, fp16, int8) FLOP/cycle/core
+    ("GenuineIntel", 6, 0x55, _SKX, "Intel Skylake-SP / Cascade Lake / Cooper Lake",
+     (64, 64, 64, 256)),
+    ("GenuineIntel", 6, 0x6A, _SKX, "Intel Ice Lake-SP", (64, 64, 64, 256)),
+    ("GenuineIntel", 6, 0x8F, _SPR, "Intel Sapphire Rapids (AMX)", (64, 1024, 128, 2048)),
+    ("GenuineIntel", 6, 0xCF, _SPR, "Intel Emerald Rapids (AMX)", (64, 1024, 128, 2048)),
+    ("GenuineIntel", 6, 0xAD, _SPR + ["amx_fp16"], "Intel Granite Rapids (AMX-FP16)",
+     (64, 1024, 1024, 2048)),
+    # A model the table lacks, with AMX (a hypervisor's number): told by the flags.
+    ("GenuineIntel", 6, 167, _SPR, "Intel Sapphire Rapids (AMX)", (64, 1024, 128, 2048)),
+    ("AuthenticAMD", 0x17, 0x01, ["avx2", "fma"], "AMD Zen / Zen+", (16, 16, 16, 32)),
+    ("AuthenticAMD", 0x17, 0x31, ["avx2", "fma"], "AMD Zen 2", (32, 32, 32, 64)),
+    ("AuthenticAMD", 0x19, 0x01, ["avx2", "fma"], "AMD Zen 3", (32, 32, 32, 64)),
+    ("AuthenticAMD", 0x19, 0x11, _ZEN4, "AMD Zen 4", (32, 64, 32, 128)),
+    ("AuthenticAMD", 0x19, 0xA0, _ZEN4, "AMD Zen 4", (32, 64, 32, 128)),
+    ("AuthenticAMD", 0x19, 0x61, _ZEN4, "AMD Zen 4 (client die)", (32, 64, 32, 128)),
+    ("AuthenticAMD", 0x19, 0x11, ["avx2", "fma", "avx512f"], "AMD Zen 4",
+     (32, 32, 32, 64)),  # AVX512-BF16 / VNNI masked by the hypervisor: not used
+    ("AuthenticAMD", 0x1A, 0x02, _ZEN4 + ["avx_vnni"], "AMD Zen 5", (64, 128, 64, 256)),
+    ("AuthenticAMD", 0x1A, 0x44, _ZEN4 + ["avx_vnni"], "AMD Zen 5 (client die)",
+     (64, 128, 64, 256)),
+    ("AuthenticAMD", 0x1A, 0x24, _ZEN4 + ["avx_vnni"], "AMD Zen 5 (256-bit datapath)",
+     (32, 64, 32, 128)),
+    ("CentaurHauls", 7, 0x3B, ["avx2", "fma"], None, (32, 32, 32, 64)),  # flags only
+])
+def test_flops_per_cycle_per_microarchitecture(vendor, family, model, flags, name, expected):
+    info = {"vendor": vendor, "family": family, "model_number": model, "all_flags": flags}
+    arch = benchmark.cpu.microarchitecture(info)
+    assert (arch.name if arch else None) == name
+    assert tuple(benchmark.flops_per_cycle(flags, p, arch)
+                 for p in ("fp32", "bf16", "fp16", "int8")) == expected
+
+
+def test_peak_clock_is_a_maximum_never_the_nominal_clock_of_a_known_cpu():
+    """A VM reports only its nominal clock; turbo runs faster, so the peak takes the
+    highest boost of the microarchitecture's parts (of its EPYC parts for an EPYC)."""
+    nominal = {"model": "AMD EPYC", "vendor": "AuthenticAMD", "family": 0x19,
+               "model_number": 0x11, "cores": 2, "mhz": 2596.1,
+               "mhz_source": "/proc/cpuinfo cpu MHz", "all_flags": _ZEN4}
+    mhz, source = benchmark.cpu.peak_clock(nominal)
+    assert mhz == 4400.0 and "AMD Zen 4 EPYC parts" in source and "2596" in source
+    # This EPYC measured 186 GFLOP/s fp32, 349 bf16, 693 G int8 ops/s: above its
+    # nominal-clock peaks (166, 333, 665), under these.
+    for precision, measured in (("fp32", 186), ("bf16", 349), ("int8", 693)):
+        assert measured < benchmark.peak_gflops(precision, nominal)
+    assert benchmark.peak_gflops("fp32", nominal) == pytest.approx(2 * 4.4 * 32)
+    ryzen = dict(nominal, model="AMD Ryzen Threadripper 7960X")
+    assert benchmark.cpu.peak_clock(ryzen)[0] == 5300.0
+    turbo = dict(nominal, mhz=3700.0, mhz_source="lscpu CPU max MHz")
+    assert benchmark.cpu.peak_clock(turbo) == (3700.0, "lscpu CPU max MHz")
+    unknown = dict(nominal, vendor="CentaurHauls", model="VIA", all_flags=["avx2", "fma"])
+    mhz, source = benchmark.cpu.peak_clock(unknown)
+    assert mhz == 2596.1 and "nominal clock" in source and "over 100%" in source
+    # Written before family/model were recorded: told by the vendor and flags.
+    old = {"model": "Intel(R) Xeon(R) Processor", "cores": 2, "mhz": 2599.998,
+           "mhz_source": "/proc/cpuinfo cpu MHz", "flags": _SPR}
+    assert benchmark.peak_gflops("fp32", old) == pytest.approx(2 * 4.8 * 64)
+    assert "told by the ISA flags" in benchmark.cpu.peak_formula(old)
+
+
+def test_recorded_results_render_under_100_percent_of_peak(tmp_path):
+    """RESULTS.md works out each row's share of peak again with the current table and
+    clock: no stored row may exceed its CPU's peak."""
+    import glob
+    import re
+
+    files = sorted(glob.glob(os.path.join(REPO, "benchmarks", "results", "*.json")))
+    assert report.main(files + ["--output", str(tmp_path)]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    shares = [float(v) for v in re.findall(r"\(([0-9.]+)%\)", text)]
+    assert shares and max(shares) <= 100.0, max(shares)
+
+
 def test_peak_gflops():
     spr = {"cores": 2, "mhz": 3000.0,
            "all_flags": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]}
@@ -186,6 +265,7 @@ def test_peak_gflops():
         benchmark.flops_per_cycle({"avx2"}, "fp64")
     info = benchmark.cpu_info()
     assert info["cores"] >= 1 and isinstance(info["flags"], list)
+    assert {"vendor", "family", "model_number", "microarchitecture", "nominal_mhz"} <= set(info)
 
 
 def test_cli_rejects_unknown_names():

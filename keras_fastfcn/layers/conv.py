@@ -13,6 +13,72 @@ GN_EPSILON = 1e-5
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
+# How SeparableConvBN computes its depthwise conv: as `keras.layers.DepthwiseConv2D`
+# calls it (False), as kernel_size**2 shifted multiply-adds (`depthwise_shifted`,
+# True), or "auto": shifted on the JAX backend, the conv elsewhere. XLA's CPU
+# depthwise conv is slow: on (1, 64, 64, 1536), 2 shared cores of an AMD EPYC (Zen 4),
+# it took 270-330 ms where the shifted form took 15-40 ms (dilations 1-8), and forward
+# + gradients 7.4-10.1 s against 0.27-0.33 s; a whole JPU (width 512, 64x64 at stride
+# 8, batch 1) 2.5 s against 1.3 s at inference, 41 s against 9.2 s in training. On
+# TensorFlow the conv is the faster form (JPU 0.67 s against 0.87 s, training 2.4 s
+# against 2.7 s). Medians of interleaved runs, benchmarks/depthwise_jax.py. Same
+# weights (`conv1`'s kernel) and serialization either way; the values differ by float
+# rounding only (another summation order). Read when a call is traced.
+SHIFTED_DEPTHWISE = "auto"
+
+
+def _shifted_depthwise():
+    """Whether SeparableConvBN uses `depthwise_shifted` (`SHIFTED_DEPTHWISE`)."""
+    if SHIFTED_DEPTHWISE == "auto":
+        return keras.backend.backend() == "jax"  # faster in training too
+    return bool(SHIFTED_DEPTHWISE)
+
+
+def depthwise_shifted(inputs, kernel, dilation_rate=1, bias=None):
+    """A stride-1, `"same"`, channels-last depthwise conv (depth multiplier 1) as a sum
+    of shifted copies of the input times the kernel's taps.
+
+    `keras.ops.depthwise_conv`'s values up to float rounding. XLA on CPU (the JAX
+    backend) runs a dilated depthwise conv far slower than these fused
+    multiply-adds; see `SHIFTED_DEPTHWISE`.
+
+    Args:
+        inputs: NHWC tensor.
+        kernel: `(kh, kw, channels, 1)`, a `DepthwiseConv2D` kernel.
+        dilation_rate: int or `(rate_h, rate_w)`.
+        bias: optional `(channels,)` tensor, added.
+
+    Example:
+    >>> x = keras.ops.ones((1, 8, 8, 4))
+    >>> depthwise_shifted(x, keras.ops.ones((3, 3, 4, 1)), 2).shape
+    (1, 8, 8, 4)
+    """
+    rates = ((dilation_rate, dilation_rate) if isinstance(dilation_rate, int)
+             else tuple(dilation_rate))
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    # "same" for stride 1: the odd pixel of padding at the bottom / right, as
+    # TensorFlow and XLA split it.
+    total = (rates[0] * (kh - 1), rates[1] * (kw - 1))
+    padded = keras.ops.pad(inputs, [[0, 0], [total[0] // 2, total[0] - total[0] // 2],
+                                    [total[1] // 2, total[1] - total[1] // 2], [0, 0]])
+    dtype = keras.backend.standardize_dtype(padded.dtype)
+    if dtype in ("float16", "bfloat16"):
+        # Accumulate in float32, as the convolutions do: nine 16-bit roundings would
+        # be several ulps off them.
+        padded, kernel = (keras.ops.cast(t, "float32") for t in (padded, kernel))
+    out = None
+    for i in range(kh):
+        # Each tap's window ends `total - offset` before the padded end (None: at it),
+        # so no slice needs the (possibly dynamic) input size.
+        rows = slice(i * rates[0], (i * rates[0] - total[0]) or None)
+        for j in range(kw):
+            cols = slice(j * rates[1], (j * rates[1] - total[1]) or None)
+            tap = padded[:, rows, cols, :] * kernel[i, j, :, 0]
+            out = tap if out is None else out + tap
+    if bias is not None:
+        out = out + keras.ops.cast(bias, out.dtype)
+    return keras.ops.cast(out, dtype)
+
 
 def make_norm(norm, name, axis=-1, groups=32, dtype=None):
     """A BatchNorm (PyTorch defaults) or GroupNorm layer, by name."""
@@ -104,6 +170,10 @@ class SeparableConvBN(keras.layers.Layer):
     are updated once per call, from the first forward pass). Inference is not
     affected.
 
+    On the JAX backend the depthwise conv runs as nine shifted multiply-adds on
+    `conv1`'s kernel (`depthwise_shifted`; the module's `SHIFTED_DEPTHWISE` says
+    when): XLA's own CPU depthwise conv is several times slower.
+
     Call arguments:
         inputs: NHWC tensor.
         training: bool, training mode (batch statistics; remat applies).
@@ -162,9 +232,23 @@ class SeparableConvBN(keras.layers.Layer):
         return (out, passed) if chain else out
 
     def _forward(self, inputs, training=None):
-        x = self.conv1(inputs)
+        x = self._depthwise(inputs)
         x = self.bn(x, training=training)
         return self.pointwise(x)
+
+    def _depthwise(self, inputs):
+        """`conv1` on `inputs`, in the form `SHIFTED_DEPTHWISE` picks. `conv1` may be
+        another layer by now (BN folding: a new one with the BN's scale in its kernel;
+        the ONNX export: a padded subclass): only a plain `"same"`, stride-1
+        `DepthwiseConv2D` is rewritten, on its own kernel, bias and activation."""
+        conv = self.conv1
+        if not (_shifted_depthwise() and type(conv) is keras.layers.DepthwiseConv2D
+                and conv.padding == "same" and tuple(conv.strides) == (1, 1)
+                and conv.depth_multiplier == 1 and conv.data_format == "channels_last"):
+            return conv(inputs)
+        out = depthwise_shifted(inputs, conv.kernel, conv.dilation_rate,
+                                conv.bias if conv.use_bias else None)
+        return conv.activation(out)
 
     def _rematerialized_call(self, inputs, chain=False):
         # The rematerialized function must be pure: it runs twice (forward and
