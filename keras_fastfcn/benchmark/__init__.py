@@ -41,7 +41,9 @@ one model's memory and thread pools do not bias the next; all run on the same in
   counts 2); the same count at every precision.
 - Achieved GFLOP/s (FLOPs / batch-1 latency, and at the throughput batch) against this
   CPU's peak for the precision (`peak_gflops`): cores x clock x FLOP/cycle/core, the
-  FLOP/cycle/core from the ISA flags of `/proc/cpuinfo` (`flops_per_cycle`).
+  FLOP/cycle/core from the microarchitecture's row of `cpu.MICROARCHITECTURES` (vendor,
+  family, model; the ISA flags for an unknown CPU), the clock its boost clock where the
+  machine reports only the nominal one (`flops_per_cycle`, `peak_clock`).
 - Anchor: where PyTorch is installed, the official module structure
   (`keras_fastfcn.benchmark.torch_reference`: deep-stem ResNet, same head and JPU / dilated
   OS8, random weights, a normalized random image) timed in the same run, same size,
