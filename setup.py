@@ -35,6 +35,8 @@ setup(
         "test": ["pytest", "pytest-xdist", "tf2onnx>=1.16", "onnxruntime", "onnx",
                  "torch==2.13.0", "jax[cpu]"],
         "jax": ["jax"],
+        # keras-fastfcn export --format openvino (the IR is converted from the ONNX export)
+        "openvino": ["openvino>=2026.4", "nncf>=3.4", "tf2onnx>=1.16", "onnx"],
         # The mmsegmentation parity tests (tests/test_convert_mmseg.py; skipped without
         # it). Their declared dependencies pull opencv-python, matplotlib and 7 more
         # packages, which the model code never uses; the light way (5.6 MB of wheels,

@@ -114,7 +114,7 @@ def test_no_import_circle():
 # `keras-fastfcn --help`, every command's parser and the TF Serving client load, which
 # must not load Keras or TensorFlow (their import is what makes `--help` instant).
 HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "onnx", "onnxruntime", "tf2onnx",
-         "jax", "keras.src.backend.tensorflow")
+         "jax", "keras.src.backend.tensorflow", "openvino", "nncf")
 LIGHT_ENTRY_POINTS = """
 import importlib, json, sys
 import keras_fastfcn, keras_fastfcn.cli, keras_fastfcn.serving.client, keras_fastfcn.images

@@ -1,5 +1,11 @@
-"""A whole benchmark run: one child process per configuration, rows, ratios to the\ndilated output-stride-8 model, and the results file."""
+"""A whole benchmark run: one child process per configuration, rows, ratios to the\ndilated output-stride-8 model, and the results file.
 
+With `run_benchmarks(openvino=True)` (or `"auto"`: where openvino is installed), each
+fp32, bf16 and int8 row also times the OpenVINO export of its configuration at that
+precision (`measure_openvino_speed`): `openvino_*` columns beside the row's own runtime,
+as the official PyTorch anchor's `torch_*` ones."""
+
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,6 +33,86 @@ def _child(kind, config, options):
     return {"error": " | ".join(tail) or f"exit code {proc.returncode}"}
 
 
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def openvino_available(precision="fp32"):
+    """Why the OpenVINO columns of a `precision` row cannot be measured here (a
+    missing package, a precision it has no export of), or None when they can."""
+    if precision not in OPENVINO_PRECISIONS:
+        return f"no OpenVINO {precision} export"
+    needed = ["openvino", "tf2onnx", "onnx"] + (["nncf"] if precision == "int8" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    return f"not installed: {', '.join(missing)}" if missing else None
+
+
+def measure_openvino_speed(head, encoder, upsampler, size=512, num_classes=59,
+                           precision="fp32", warmup=3, min_runs=5, min_seconds=10.0,
+                           throughput_batch=8, threads=None):
+    """Latency and throughput of one configuration's OpenVINO export (in this process).
+
+    The configuration's model (`configs._build`) is exported as `keras-fastfcn export
+    --format openvino --precision PRECISION --no-probabilities` writes it (int8: NNCF,
+    calibrated on `timing.INT8_CALIBRATION_IMAGES` random images, as the int8 rows'
+    exports) and run through `serving.runtime.ExportPredictor`, as `predict` /
+    `evaluate --model FILE.xml` run it: batch 1 with the timing protocol of
+    `timing.measure_speed`, then batch `throughput_batch`.
+
+    Args:
+        head, encoder, upsampler, size, num_classes, warmup, min_runs, min_seconds:
+            as `timing.measure_speed`.
+        precision: `"fp32"`, `"bf16"` or `"int8"`.
+        throughput_batch: batch of the throughput run; 0 skips it.
+        threads: CPU threads of OpenVINO (None: every core).
+
+    Returns:
+        A dict: `latency_s`, `latency_min_s`, `runs`, `export_s`, `inference_precision`
+        (what OpenVINO compiled for: bf16 runs as f32 on CPUs without bf16), the
+        throughput columns and `openvino_version`.
+
+    Example:
+    >>> measure_openvino_speed("encnet", "resnet50", "jpu", size=128, min_seconds=1)
+    """
+    import tempfile
+    import time
+
+    import numpy as np
+    import openvino
+
+    from keras_fastfcn import serving
+    from keras_fastfcn.benchmark.configs import _build
+    from keras_fastfcn.benchmark.timing import INT8_CALIBRATION_IMAGES, _throughput, _time
+    from keras_fastfcn.serving.runtime import ExportPredictor
+
+    why = openvino_available(precision)
+    if why:
+        raise RuntimeError(f"OpenVINO {precision}: {why}")
+    seg = _build(head, encoder, upsampler, num_classes)
+    rng = np.random.RandomState(0)
+    options = {}
+    if precision == "int8":
+        options["calibration"] = [rng.uniform(0, 255, (size, size, 3)).astype("uint8")
+                                  for _ in range(INT8_CALIBRATION_IMAGES)]
+    image = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
+    with tempfile.TemporaryDirectory(prefix="kf-openvino-") as work:
+        start = time.perf_counter()
+        path = serving.export(seg, os.path.join(work, "model.xml"), format="openvino",
+                              precision=precision, probabilities=False, **options)
+        del seg
+        predictor = ExportPredictor(path, threads=threads)
+        export_s = time.perf_counter() - start
+        median, fastest, runs = _time(lambda: predictor(image), warmup, min_runs,
+                                      min_seconds)
+        row = {"latency_s": median, "latency_min_s": fastest, "runs": runs,
+               "export_s": export_s, "inference_precision": predictor.inference_precision,
+               "openvino_version": openvino.get_version().split("-")[0]}
+        if throughput_batch:
+            batch = rng.uniform(0, 255, (int(throughput_batch), size, size, 3)).astype(
+                "float32")
+            row.update(_throughput(lambda: predictor(batch), throughput_batch, min_seconds))
+    return row
+
+
 def row_precision(row):
     """A result row's precision (rows written before the precision axis are fp32)."""
     return row.get("precision", "fp32")
@@ -39,7 +125,7 @@ def _key(row):
 def run_benchmarks(heads, encoders, upsamplers, size=512, crop=480, batch=2, memory=True,
                    min_seconds=10.0, log=print, done=(), on_result=None,
                    precisions=("fp32",), throughput_batch=8, torch_anchor=True, cpu=None,
-                   xla="auto", freeze=False, int8_runtime="auto"):
+                   xla="auto", freeze=False, int8_runtime="auto", openvino=False):
     """Measures every configuration; returns a list of result dicts.
 
     Args:
@@ -63,6 +149,10 @@ def run_benchmarks(heads, encoders, upsamplers, size=512, crop=480, batch=2, mem
         freeze: `measure_speed`'s `freeze` (weights frozen into the timed graphs).
         int8_runtime: `measure_int8_speed`'s `runtime` (`"auto"`: TFLite and ONNX
             Runtime, the faster kept).
+        openvino: also time each fp32, bf16 and int8 row's OpenVINO export at that
+            precision (`measure_openvino_speed`: the `openvino_*` columns): True (a row
+            says `openvino_error` where it cannot run), `"auto"` (where openvino is
+            installed: `openvino_available`) or False.
 
     Example:
     >>> rows = run_benchmarks(["encnet"], ["resnet50"], ["jpu", "os8"], size=128,
@@ -102,6 +192,10 @@ def run_benchmarks(heads, encoders, upsamplers, size=512, crop=480, batch=2, mem
                             _add_peak(row, cpu)
                             if torch_anchor:
                                 _add_torch(row, config, size, min_seconds, cpu)
+                            if openvino:
+                                _add_openvino(row, config, size, min_seconds,
+                                              throughput_batch, cpu,
+                                              required=openvino is True)
                         if memory and precision == "fp32" and "error" not in row:
                             row.update(_child("measure_train_memory", config,
                                               {"crop": crop, "batch": batch}))
@@ -146,6 +240,32 @@ def _add_torch(row, config, size, min_seconds, cpu):
     row["speedup_vs_torch"] = anchor["latency_s"] / row["latency_s"]
 
 
+def _add_openvino(row, config, size, min_seconds, throughput_batch, cpu, required=None):
+    """The row's configuration and precision as an OpenVINO export (`openvino_*`:
+    latency at batch 1, throughput at `throughput_batch`, and the speed-up over the
+    row's own latency); nothing where it cannot run here, unless `required`."""
+    precision = row_precision(row)
+    why = openvino_available(precision)
+    if why:
+        if required:
+            row["openvino_error"] = why
+        return
+    result = _child("run.measure_openvino_speed", config, {
+        "size": size, "min_seconds": min_seconds, "precision": precision,
+        "throughput_batch": throughput_batch, "threads": cpu.get("cores")})
+    if "error" in result:
+        row["openvino_error"] = result["error"]
+        return
+    row["openvino_latency_s"] = result["latency_s"]
+    row["openvino_inference_precision"] = result["inference_precision"]
+    row["openvino_export_s"] = result["export_s"]
+    row["openvino_version"] = result["openvino_version"]
+    if "throughput_ips" in result:
+        row["openvino_throughput_ips"] = result["throughput_ips"]
+        row["openvino_throughput_batch"] = result["throughput_batch"]
+    row["openvino_speedup"] = row["latency_s"] / result["latency_s"]
+
+
 def runtime_notes(row, leave_out=(), error_chars=None):
     """An int8 row's runtimes as text: `"TFLite 0.080 s"` for each one timed and
     `"ONNX Runtime failed: ..."` for each one that failed (its error cut to
@@ -175,6 +295,15 @@ def _row_text(row):
     if "torch_latency_s" in row:
         text += (f"  official PyTorch {row['torch_latency_s']:.3f} s "
                  f"({row['speedup_vs_torch']:.2f}x)")
+    if "openvino_latency_s" in row:
+        text += (f"  OpenVINO {row['openvino_latency_s']:.3f} s "
+                 f"(runs {row['openvino_inference_precision']}, "
+                 f"{row['openvino_speedup']:.2f}x)")
+        if "openvino_throughput_ips" in row:
+            text += (f" {row['openvino_throughput_ips']:.2f} img/s at batch "
+                     f"{row['openvino_throughput_batch']}")
+    elif "openvino_error" in row:
+        text += f"  OpenVINO failed: {row['openvino_error'][:120]}"
     return text + f"  train peak {mem}"
 
 
@@ -205,6 +334,8 @@ def ratios(results, reference="os8"):
             item["throughput_speedup"] = row["throughput_ips"] / ref["throughput_ips"]
         if "torch_latency_s" in row and "torch_latency_s" in ref:
             item["torch_speedup"] = ref["torch_latency_s"] / row["torch_latency_s"]
+        if "openvino_latency_s" in row and "openvino_latency_s" in ref:
+            item["openvino_speedup"] = ref["openvino_latency_s"] / row["openvino_latency_s"]
         if "train_peak_rss_gb" in row and "train_peak_rss_gb" in ref:
             item["memory_ratio"] = row["train_peak_rss_gb"] / ref["train_peak_rss_gb"]
             item["step_growth_ratio"] = row["train_step_growth_gb"] / ref["train_step_growth_gb"]

@@ -65,6 +65,9 @@ def add_arguments(parser):
     parser.add_argument("--no-torch", action="store_true",
                         help="do not time the official PyTorch structure (the anchor column; "
                              "timed only where torch is installed)")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time each fp32 / bf16 / int8 row as an OpenVINO export "
+                             "(openvino_* columns; needs pip install -e '.[openvino]')")
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized: 128 px, crop 96, encnet x resnet50 x (jpu, os8)")
     parser.add_argument("--output", default="benchmarks", help="folder for results.json")
@@ -110,7 +113,7 @@ def run(args):
         memory=not args.no_memory, min_seconds=min_seconds, done=done,
         precisions=precisions, throughput_batch=args.throughput_batch,
         torch_anchor=not args.no_torch, cpu=cpu, xla=args.xla, freeze=args.freeze,
-        int8_runtime=args.int8_runtime,
+        int8_runtime=args.int8_runtime, openvino=args.openvino,
         on_result=lambda rows: benchmark.write_results(rows, args.output, machine, size, crop,
                                                        args.batch, cpu))
     for r in benchmark.ratios(results):

@@ -1,4 +1,4 @@
-"""`keras-fastfcn export`: SavedModel (TF Serving), ONNX or TFLite from a `.keras` model.
+"""`keras-fastfcn export`: SavedModel (TF Serving), ONNX, TFLite or OpenVINO from a `.keras` model.
 
 Everything about the output (exists? writable? the right kind? tf2onnx installed?)
 is checked before the model is loaded; the export itself is atomic (a version folder
@@ -7,6 +7,7 @@ or file appears complete or not at all).
 Example:
     keras-fastfcn export --model model.keras --output saved_models/fastfcn
     keras-fastfcn export --model model.keras --format onnx --output fastfcn.onnx --ms
+    keras-fastfcn export --model model.keras --format openvino --output fastfcn.xml
 """
 
 import argparse
@@ -27,7 +28,8 @@ def add_arguments(parser):
                         help="export format (default: saved_model)")
     parser.add_argument("--output", required=True,
                         help="saved_model: BASE (next version) or BASE/VERSION; "
-                             "onnx/tflite: a .onnx / .tflite file")
+                             "onnx/tflite: a .onnx / .tflite file; openvino: NAME.xml "
+                             "(its weights go to NAME.bin)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing version folder or file")
     parser.add_argument("--no-probabilities", dest="probabilities", action="store_false",
@@ -67,11 +69,11 @@ def add_arguments(parser):
     parser.add_argument("--calibration-images", type=positive_int, default=100, metavar="N",
                         help="int8: number of calibration images (default 100)")
     parser.add_argument("--keep-float", default=None, metavar="LAYER,...",
-                        help="int8 (onnx, tflite): Keras layers left in float32, e.g. "
-                             "classifier,logits, or 'none' to quantize every layer (default: "
-                             "the layers measured to lose accuracy, benchmarks/PRECISION.md; "
-                             "onnx: classifier,logits; tflite: also preprocessing,encoding,"
-                             "encoding_bn)")
+                        help="int8 (onnx, tflite, openvino): Keras layers left in float32, "
+                             "e.g. classifier,logits, or 'none' to quantize every layer "
+                             "(default: the layers measured to lose accuracy, "
+                             "benchmarks/PRECISION.md; onnx and openvino: classifier,logits; "
+                             "tflite: also preprocessing,encoding,encoding_bn)")
 
 
 def run(args):
@@ -86,25 +88,33 @@ def run(args):
     check_export_precision(args.format, args.precision, args.calibration_data)
     keep_float = None
     if args.keep_float is not None:
-        if args.format not in ("onnx", "tflite"):
-            raise ValueError(f"--keep-float applies to int8 onnx and tflite exports, "
-                             f"not to --format {args.format}.")
+        if args.format not in ("onnx", "tflite", "openvino"):
+            raise ValueError(f"--keep-float applies to int8 onnx, tflite and openvino "
+                             f"exports, not to --format {args.format}.")
         from keras_fastfcn.serving.onnx import check_keep_float
 
         names = [n.strip() for n in args.keep_float.split(",")]
         keep_float = check_keep_float([] if names == ["none"] else names, args.precision)
     if args.format == "saved_model":
         targets.check_saved_model_target(args.output, args.overwrite, create=False)
-    else:
-        targets.check_target_file(args.output, args.overwrite, f".{args.format}",
-                                  create=False)
-    if args.format == "onnx":
-        from keras_fastfcn.serving.onnx import require_onnx
+    elif args.format == "openvino":  # NAME.xml and NAME.bin
+        from keras_fastfcn.serving.openvino import check_openvino_target
 
-        try:
+        check_openvino_target(args.output, args.overwrite)
+    else:
+        targets.check_target_file(args.output, args.overwrite, FORMATS[args.format].suffix,
+                                  create=False)
+    try:  # a missing package: the message says what to install
+        if args.format == "onnx":
+            from keras_fastfcn.serving.onnx import require_onnx
+
             require_onnx(quantize=args.precision != "fp32")
-        except RuntimeError as err:  # a missing package: the message says what to install
-            raise CommandError(str(err)) from None
+        elif args.format == "openvino":
+            from keras_fastfcn.serving.openvino import require_openvino
+
+            require_openvino(quantize=args.precision == "int8")
+    except RuntimeError as err:
+        raise CommandError(str(err)) from None
     calibration_source = None
     if args.precision == "int8":  # a bad spec or a missing folder, before the model load
         from keras_fastfcn import data
@@ -130,14 +140,15 @@ def run(args):
     if args.precision == "int8":
         from keras_fastfcn.precision import calibration_images
 
+        # A fixed-size export is calibrated at its size: its input is that size.
         options["calibration"] = calibration_images(
-            calibration_source, args.calibration_images,
-            size=args.input_size if args.format == "tflite" else None)
+            calibration_source, args.calibration_images, size=args.input_size)
     try:
         path = serving.export(model, args.output, args.format, **options)
     except RuntimeError as err:  # the converter's (the exporters name it and the output)
         raise CommandError(str(err)) from err
-    print(f"exported {args.format} to {path} in {time.perf_counter() - start:.1f} s")
+    weights = f" (weights: {os.path.splitext(path)[0]}.bin)" if args.format == "openvino" else ""
+    print(f"exported {args.format} to {path}{weights} in {time.perf_counter() - start:.1f} s")
     if args.format == "saved_model":
         print(f"signatures: {', '.join(serving.SIGNATURES)}; serve with: "
               f"--model_base_path={os.path.abspath(os.path.dirname(path))}")

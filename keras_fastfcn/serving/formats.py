@@ -6,7 +6,7 @@ when an export is written.
 
 Example:
 >>> sorted(FORMATS)
-['onnx', 'saved_model', 'tflite']
+['onnx', 'openvino', 'saved_model', 'tflite']
 >>> FORMATS["tflite"].precisions
 ('fp32', 'fp16', 'int8', 'int8_dynamic')
 """
@@ -27,7 +27,8 @@ class ExportFormat:
         title: how messages name it (`"a SavedModel"`, `"ONNX"`).
         exporter: `"module:function"`, `function(model, output, **options) -> path`.
         precisions: the precisions it holds, in `precision.PRECISIONS` order.
-        suffix: the file suffix of a one-file export (None: a folder).
+        suffix: the file suffix of a one-file export (None: a folder; OpenVINO's
+            `.xml` has its weights in a `.bin` beside it).
         runtime: the `serving.runtime.ExportPredictor` runner of its files (None: run
             by its own server, as TF Serving runs a SavedModel).
         precision_help: one line on its precisions for `--help`.
@@ -102,3 +103,7 @@ register_format(ExportFormat(
     "tflite", "TFLite", "keras_fastfcn.serving.tflite:export_tflite",
     ("fp32", "fp16", "int8", "int8_dynamic"), suffix=".tflite", runtime="tflite",
     precision_help="fp32, fp16 (weights), int8 (full integer), int8_dynamic"))
+register_format(ExportFormat(
+    "openvino", "OpenVINO", "keras_fastfcn.serving.openvino:export_openvino",
+    ("fp32", "bf16", "int8"), suffix=".xml", runtime="openvino",
+    precision_help="fp32, bf16 (the runtime's inference precision), int8 (NNCF)"))

@@ -1,6 +1,7 @@
-"""Running an exported model (ONNX Runtime, TFLite) where a Keras predictor would run.
+"""Running an exported model (ONNX Runtime, TFLite, OpenVINO) where a Keras predictor would run.
 
-`keras-fastfcn evaluate --model m.onnx` (or `.tflite`) scores the export itself, so the
+`keras-fastfcn evaluate --model m.onnx` (or `.tflite`, or an OpenVINO `.xml`) scores the
+export itself, so the
 accuracy of an int8 / fp16 file is measured by the same code and metrics as the
 `.keras` model it came from; `keras-fastfcn predict --model m.onnx` predicts with it.
 The export's inference options (scales, flip, input size, precision) were fixed when it
@@ -20,13 +21,34 @@ import numpy as np
 from keras_fastfcn.inference import ModelInfo
 from keras_fastfcn.serving.formats import FORMATS, format_of_file
 
-# The one-file formats that run in process (`serving.formats`: ONNX, TFLite).
+# The file formats that run in process (`serving.formats`: ONNX, TFLite, OpenVINO).
 EXPORT_SUFFIXES = tuple(f.suffix for f in FORMATS.values() if f.suffix and f.runtime)
 
 
+def _ir_files(folder):
+    return sorted(name for name in os.listdir(folder) if name.lower().endswith(".xml"))
+
+
 def is_export(path):
-    """True if `path` names an export this module runs (by its suffix)."""
-    return format_of_file(os.fspath(path)) is not None
+    """True if `path` names an export this module runs (by its suffix), or is a folder
+    holding an OpenVINO IR (`.xml`)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return bool(_ir_files(path))
+    return format_of_file(path) is not None
+
+
+def resolve_export(path):
+    """The export file of `path`: itself, or the one `.xml` IR of a folder (a
+    `ValueError` naming them when the folder holds several)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    found = _ir_files(path)
+    if len(found) != 1:
+        raise ValueError(f"{path} holds {len(found)} OpenVINO IRs ({', '.join(found)}); "
+                         "give the .xml file to run.")
+    return os.path.join(path, found[0])
 
 
 # What `keras-fastfcn export` writes, in the words of the errors for other files.
@@ -34,6 +56,8 @@ EXPECTED = ("one input 'images' float32 (batch, height, width, 3), RGB 0-255, an
             "output 'class_map' int32 (batch, height, width)")
 _ONNX_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(int64)": "int64",
                "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
+# OpenVINO's inference precisions an export may record (`serving.openvino`).
+_OPENVINO_HINTS = ("f32", "bf16", "f16")
 
 
 def _first_line(err):
@@ -63,24 +87,28 @@ def _check_interface(path, title, inputs, outputs, note=""):
 
 
 class ExportPredictor:
-    """Calls an exported `.onnx` / `.tflite` model on `(B, H, W, 3)` 0-255 RGB images and
-    returns its `class_map` output, `(B, H, W)` int32.
+    """Calls an exported `.onnx` / `.tflite` / OpenVINO `.xml` model on `(B, H, W, 3)`
+    0-255 RGB images and returns its `class_map` output, `(B, H, W)` int32.
 
-    ONNX Runtime runs the batch at once (dynamic sizes unless the export fixed them);
-    TFLite one image at a time, at its fixed input size. Images of another size than a
-    fixed-size export's are a `ValueError` (resizing would score another image than the
-    label's).
+    ONNX Runtime and OpenVINO run the batch at once (dynamic sizes unless the export
+    fixed them); TFLite one image at a time, at its fixed input size. Images of another
+    size than a fixed-size export's are a `ValueError` (resizing would score another
+    image than the label's). OpenVINO compiles the IR for the CPU with the inference
+    precision its export recorded (fp32 and int8: `f32`, bf16: `bf16`; OpenVINO's own
+    default is bf16 on CPUs with bf16 hardware).
 
     Args:
-        path: the `.onnx` or `.tflite` file (from `keras-fastfcn export`).
+        path: the `.onnx`, `.tflite` or `.xml` file (from `keras-fastfcn export`), or a
+            folder holding one `.xml` (with its `.bin`).
         threads: CPU threads of the runtime (None: every core).
 
     Attributes:
-        format: `"onnx"` or `"tflite"`.
-        num_classes: from the export's metadata (ONNX) or its probabilities output
-            (TFLite); None when it has neither.
+        format: `"onnx"`, `"tflite"` or `"openvino"`.
+        num_classes: from the export's metadata (ONNX, OpenVINO) or its probabilities
+            output; None when it has neither.
         class_names: list or None.
-        dataset: the dataset name recorded at export (ONNX), for its palette; or None.
+        dataset: the dataset name recorded at export (ONNX, OpenVINO), for its palette;
+            or None.
         input_size: `(H, W)` of a fixed-size export (every TFLite file), else None.
         options: the export's options (`precision`, `scales`, ...) where recorded.
 
@@ -95,7 +123,9 @@ class ExportPredictor:
         if not os.path.exists(path):
             raise FileNotFoundError(f"Model file not found: {path}")
         if not is_export(path):
-            raise ValueError(f"{path} is not an .onnx or .tflite export.")
+            raise ValueError(f"{path} is not an export: expected a "
+                             f"{', '.join(EXPORT_SUFFIXES)} file.")
+        path = resolve_export(path)
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1 (or None: every core), got {threads}.")
         self.path = path
@@ -206,6 +236,67 @@ class ExportPredictor:
             self.num_classes = int(probabilities[1][-1])
         self._runner = runner
 
+    def _open_openvino(self):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeError("Running an OpenVINO model needs openvino: "
+                               "pip install 'keras_fastfcn[openvino]'") from None
+        weights = os.path.splitext(self.path)[0] + ".bin"
+        if not os.path.isfile(weights):
+            raise ValueError(f"{self.path}: its weights file {weights} is missing; an "
+                             "OpenVINO IR is the .xml and the .bin beside it.")
+        core = ov.Core()
+        try:
+            model = core.read_model(self.path, weights)
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ValueError(f"{self.path} is not a readable OpenVINO model: "
+                             f"{_first_line(err)}") from None
+
+        def io(ports):
+            return {port.get_any_name() if port.get_names() else f"#{i}": (
+                _ov_type(port.get_element_type()),
+                [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+                if port.get_partial_shape().rank.is_static else [])
+                for i, port in enumerate(ports)}
+
+        key = "keras_fastfcn"
+        meta = ({name: model.get_rt_info([key, name]).astype(str)
+                 for name in ("class_names", "num_classes", "dataset", "keras_fastfcn_export",
+                              "inference_precision_hint")
+                 if model.has_rt_info([key, name])} if model.has_rt_info(key) else {})
+        inputs, outputs = io(model.inputs), io(model.outputs)
+        _check_interface(self.path, "OpenVINO", inputs, outputs,
+                         "" if "keras_fastfcn_export" in meta
+                         else " (no keras_fastfcn_export runtime info)")
+        shape = inputs["images"][1]
+        self.input_size = (tuple(shape[1:3]) if all(isinstance(d, int) for d in shape[1:3])
+                           else None)
+        self._read_metadata(meta)
+        scores = outputs.get("probabilities")
+        if self.num_classes is None and scores and isinstance(scores[1][-1], int):
+            self.num_classes = scores[1][-1]
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
+        hint = meta.get("inference_precision_hint")
+        if hint is not None and hint not in _OPENVINO_HINTS:
+            raise ValueError(f"{self.path}: its runtime info 'inference_precision_hint' is "
+                             f"{hint[:80]!r}, not one of {list(_OPENVINO_HINTS)}; export the "
+                             "model again with keras-fastfcn export.")
+        if hint:  # without one (a file of the user's) OpenVINO picks: bf16 where it can
+            config["INFERENCE_PRECISION_HINT"] = hint
+        try:
+            compiled = core.compile_model(model, "CPU", config)
+        except Exception as err:
+            raise ValueError(f"{self.path}: OpenVINO cannot compile it for the CPU: "
+                             f"{_first_line(err)}") from None
+        # What it runs: the hint's own default where none was recorded, and f32 where
+        # the CPU has no bf16.
+        self.inference_precision = compiled.get_property(
+            "INFERENCE_PRECISION_HINT").get_type_name()
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._class_map = compiled.output("class_map")
+
     def __call__(self, images):
         """The class map `(B, H, W)` int32 of `images` `(B, H, W, 3)`, 0-255 RGB."""
         images = np.asarray(images, np.float32)
@@ -225,6 +316,14 @@ class ExportPredictor:
                     raise
                 raise ValueError(f"{self.path} cannot run on images of shape {images.shape}: "
                                  f"{_first_line(err)}") from None
+        if self.format == "openvino":
+            try:
+                result = self._request.infer({"images": images})
+            except RuntimeError as err:  # e.g. a batch other than a foreign IR's fixed one
+                raise ValueError(f"{self.path} cannot run on images of shape {images.shape}: "
+                                 f"{_first_line(err)}") from None
+            # A copy: the request's output tensor is overwritten by its next call.
+            return np.array(result[self._class_map], np.int32)
         return np.concatenate([self._runner(images=image[None])["class_map"]
                                for image in images])
 
@@ -243,6 +342,16 @@ class ExportPredictor:
     def describe(self):
         """One line naming the export (printed by the CLI)."""
         precision = self.options.get("precision", "not recorded")
+        if getattr(self, "inference_precision", None):  # what OpenVINO compiled it for
+            precision += f" (runs {self.inference_precision})"
         size = f"{self.input_size[0]}x{self.input_size[1]}" if self.input_size else "any size"
         return (f"{self.format} export, precision={precision}, input {size}, "
                 f"{self.threads} threads")
+
+
+def _ov_type(element_type):
+    """An OpenVINO element type as a numpy dtype name (`"float32"`, `"int32"`)."""
+    try:
+        return np.dtype(element_type.to_dtype()).name
+    except Exception:  # a type numpy has no name for (bf16, u1, dynamic)
+        return element_type.get_type_name()

@@ -1,0 +1,306 @@
+"""OpenVINO export: an IR (`NAME.xml` + `NAME.bin`) with the ONNX export's interface.
+
+Input `images` float32 `[B, H, W, 3]` RGB 0-255 (B, H, W dynamic, or H, W fixed with
+`input_size`); outputs `class_map` int32 and `probabilities`. Class names, the class
+count and the export options (`precision` among them) are in the IR's runtime info
+(`rt_info["keras_fastfcn"]`, the keys of the ONNX export's metadata).
+
+The graph is the ONNX export's (`serving.onnx.export_onnx`, written to a scratch folder)
+converted by `openvino.convert_model`. Converting the `tf.function` directly is 3x
+quicker, but OpenVINO's TensorFlow frontend keeps TensorFlow's SpaceToBatch /
+BatchToSpace around each dilated JPU convolution (tf2onnx folds them into one dilated
+`Conv`), which the CPU plugin runs with reference kernels (about 9% of the fp32
+EncNet+JPU R50 time), and it names convolutions `Convolution_N`, without the Keras
+layer scopes that `keep_float` is matched against.
+
+Precisions: `"fp32"` and `"bf16"` write the same float32 IR with the precision and
+OpenVINO's `INFERENCE_PRECISION_HINT` for it (`f32` / `bf16`; int8: `f32`, for its
+float layers) recorded as `rt_info["keras_fastfcn"]["inference_precision_hint"]`, which
+`serving.runtime.ExportPredictor` compiles with. OpenVINO reads no hint from an IR and
+runs it in bf16 by default on CPUs with bf16 hardware (AVX512-BF16, AMX): a runtime of
+your own must pass `{"INFERENCE_PRECISION_HINT": "f32"}` to get an fp32 export's fp32
+results. `"int8"` is NNCF
+post-training quantization (`nncf.quantize`) calibrated on `calibration` images, with the
+layers `keep_float` (by default the ONNX int8 export's: the classifier and the logits
+upsampling) in NNCF's `ignored_scope`.
+"""
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from keras_fastfcn.fileio import atomic_path, removing_new_folders, scratch_folder
+from keras_fastfcn.serving import onnx as onnx_export
+from keras_fastfcn.serving.formats import check_export_precision
+from keras_fastfcn.serving.onnx import (DEFAULT_KEEP_FLOAT, DEFAULT_OPSET, _first_line,
+                                       _scope_matches, _strip_call_suffix, check_keep_float,
+                                       require_onnx)
+from keras_fastfcn.serving.targets import check_options, check_target_file
+
+# OpenVINO's name of each precision's inference precision (int8: its float parts).
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+RT_INFO_KEY = "keras_fastfcn"
+
+
+def require_openvino(quantize=False):
+    """Raises a clear `RuntimeError` (before any slow work) unless openvino (and for
+    int8 nncf) and the ONNX converters the export goes through import."""
+    try:
+        import openvino  # noqa: F401
+
+        if quantize:
+            import nncf  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            f"OpenVINO export needs openvino{' and nncf' if quantize else ''} ({err.name} "
+            "is missing): pip install 'keras_fastfcn[openvino]'") from None
+    try:
+        require_onnx()
+    except RuntimeError as err:
+        raise RuntimeError(f"OpenVINO export goes through ONNX: {err}") from None
+
+
+def bin_path(xml):
+    """The weights file that OpenVINO reads with the IR `xml` (`NAME.bin`)."""
+    return os.path.splitext(os.fspath(xml))[0] + ".bin"
+
+
+def check_openvino_target(output, overwrite):
+    """`output` as the `.xml` path of a new IR; raises unless it ends in `.xml` and
+    neither it nor its `.bin` exists (unless `overwrite`)."""
+    output = check_target_file(output, overwrite, ".xml", create=False)
+    weights = bin_path(output)
+    if os.path.isdir(weights):
+        raise IsADirectoryError(f"{weights} (the weights file of {output}) is a folder.")
+    if os.path.exists(weights) and not overwrite:
+        raise FileExistsError(f"{weights} already exists (the weights file of {output}); "
+                              "pass --overwrite (overwrite=True) to replace it.")
+    return output
+
+
+def export_openvino(model, output, overwrite=False, probabilities=True, scales=(1.0,),
+                    flip=False, input_size=None, base_size=None, fold_bn=True,
+                    precision="fp32", calibration=None, keep_float=None):
+    """Writes an OpenVINO IR to `output` (`NAME.xml`, and its weights `NAME.bin`).
+
+    Input `images` float32 `[B, H, W, 3]` RGB 0-255, B, H, W dynamic or H, W fixed
+    to `input_size`; outputs `class_map` int32 `[B, H, W]` and (unless
+    `probabilities=False`) `probabilities` float32 `[B, H, W, C]`. Class names and
+    export options are stored in the IR's runtime info (`rt_info["keras_fastfcn"]`).
+    Both files appear complete or not at all (the `.bin` is renamed into place just
+    before the `.xml`).
+
+    Args:
+        model: a segmentation model (see `export_saved_model`).
+        output: path ending in `.xml`.
+        overwrite: replace an existing IR.
+        probabilities, scales, flip, base_size, fold_bn: as `export_saved_model`.
+        input_size: None (dynamic) or `(H, W)` (a fixed input size).
+        precision: `"fp32"`, `"bf16"` (the runtime's inference precision, recorded
+            here) or `"int8"` (NNCF, calibrated).
+        calibration: for `"int8"`, a list of uint8 `(H, W, 3)` images (at
+            `input_size` when it is set).
+        keep_float: for `"int8"`, Keras layer names (or `/`-joined paths) whose ops
+            NNCF leaves in float (`ignored_scope`); each must name some ops. None: the
+            ONNX export's `DEFAULT_KEEP_FLOAT` where the model has those layers; `()`:
+            every op NNCF quantizes.
+
+    Returns:
+        The path of the `.xml` written.
+
+    Example:
+    >>> export_openvino(model, "fastfcn.xml")
+    'fastfcn.xml'
+    >>> export_openvino(model, "int8.xml", precision="int8", calibration=images)
+    'int8.xml'
+    """
+    check_export_precision("openvino", precision, calibration)
+    keep_float = check_keep_float(keep_float, precision)
+    require_openvino(quantize=precision == "int8")
+    import openvino as ov
+
+    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
+    output = check_openvino_target(output, overwrite)
+    if precision == "int8":
+        calibration = _check_calibration(calibration, input_size)
+    with removing_new_folders(output):
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with scratch_folder(output) as tmp:
+            onnx_path = os.path.join(tmp, "model.onnx")
+            try:
+                onnx_export.export_onnx(
+                    model, onnx_path, probabilities=probabilities, scales=scales, flip=flip,
+                    input_size=input_size, base_size=base_size, fold_bn=fold_bn,
+                    opset=DEFAULT_OPSET)
+            except RuntimeError as err:  # its message names the scratch file: ours
+                detail = str(err).replace(f", nothing was written to {onnx_path}", "")
+                raise RuntimeError(f"OpenVINO export failed, nothing was written to "
+                                   f"{output}: {detail}") from err
+            meta = _onnx_metadata(onnx_path)
+            try:
+                ov_model = ov.convert_model(onnx_path)
+            except Exception as err:
+                raise RuntimeError(f"OpenVINO conversion failed, nothing was written to "
+                                   f"{output}: {type(err).__name__}: {_first_line(err)}") \
+                    from err
+            os.remove(onnx_path)  # not the weights twice on disk while the IR is saved
+            if precision == "int8":
+                if keep_float is None:
+                    keep_float = _present(ov_model, DEFAULT_KEEP_FLOAT)
+                ov_model = _quantize(ov_model, calibration, keep_float, output)
+            options = json.loads(meta.pop("keras_fastfcn_export", "{}"))
+            options.pop("opset", None)
+            options.update(precision=precision, keep_float=list(keep_float or ()),
+                           openvino_version=ov.get_version().split("-")[0])
+            meta["keras_fastfcn_export"] = json.dumps(options)
+            meta["inference_precision_hint"] = INFERENCE_PRECISION[precision]
+            for key, value in meta.items():
+                ov_model.set_rt_info(value, [RT_INFO_KEY, key])
+            _save(ov, ov_model, tmp, output)
+    return output
+
+
+def _check_calibration(calibration, input_size):
+    """`calibration` as a list; a `ValueError` (before any slow work) for an image of
+    another size than a fixed-size export's input."""
+    images = [np.asarray(image) for image in calibration]
+    for image in images:
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"calibration images must be (height, width, 3) RGB, got an "
+                             f"array of shape {image.shape}.")
+        if input_size and tuple(image.shape[:2]) != tuple(input_size):
+            raise ValueError(
+                f"calibration images must be {input_size[0]}x{input_size[1]}, the fixed "
+                f"input size, got one of {image.shape[0]}x{image.shape[1]}: resize them "
+                "(keras_fastfcn.precision.calibration_images(..., size=input_size)).")
+    if not images:
+        raise ValueError("int8 OpenVINO export needs calibration images, got none.")
+    return images
+
+
+def _onnx_metadata(path):
+    """The export's metadata (class names, options, ...) as the ONNX exporter wrote it."""
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    return {prop.key: prop.value for prop in proto.metadata_props}
+
+
+def _save(ov, ov_model, tmp, output):
+    """Writes the IR into `tmp` (a scratch folder beside `output`), then moves the
+    `.bin` and last the `.xml` into place: an `.xml` is there only with its weights."""
+    xml = os.path.join(tmp, "model.xml")
+    # fp32 weights as trained: compress_to_fp16 (OpenVINO's default) would round them.
+    ov.save_model(ov_model, xml, compress_to_fp16=False)
+    with atomic_path(output) as xml_tmp, atomic_path(bin_path(output)) as bin_tmp:
+        os.replace(bin_path(xml), bin_tmp)
+        os.replace(xml, xml_tmp)
+
+
+def _ops(ov_model):
+    """The model's computing ops (no constants, parameters or results)."""
+    return [op for op in ov_model.get_ordered_ops()
+            if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+
+
+def _scope_names(op):
+    """The op's `/`-joined names: its friendly name and its output tensors' names."""
+    names = [op.get_friendly_name()]
+    for out in op.outputs():
+        names += sorted(out.get_names())
+    return [name.split(":")[0] for name in names if "/" in name]
+
+
+def _scopes(ov_model):
+    """`{op friendly name: layer scope}` for every computing op.
+
+    The ONNX frontend names an op after its ONNX node, which tf2onnx names after the
+    TensorFlow op (`model/head_1/classifier_1/convolution`: layer scopes, then the
+    op); an op without such a name (`Resize__682`, a rewrite by tf2onnx or OpenVINO)
+    takes the scope of the nearest named op it feeds, else of one feeding it, as
+    `serving.onnx.float_node_names` does for the ONNX graph."""
+    ops = _ops(ov_model)
+    scopes = {}
+    for op in ops:
+        queue, seen, scope = [op], {id(op)}, []
+        while queue:
+            current = queue.pop(0)
+            named = _scope_names(current)
+            if named:
+                scope = named[0].split("/")[:-1]
+                break
+            neighbours = [target.get_node() for out in current.outputs()
+                          for target in out.get_target_inputs()]
+            neighbours += [value.get_node() for value in current.input_values()]
+            for other in neighbours:
+                if id(other) not in seen and other.get_type_name() != "Constant":
+                    seen.add(id(other))
+                    queue.append(other)
+        scopes[op.get_friendly_name()] = scope
+    return scopes
+
+
+def float_op_names(ov_model, keep_float):
+    """Friendly names of the ops of `ov_model` (converted from a keras-fastfcn ONNX
+    export) that belong to the Keras layers `keep_float`: NNCF's `ignored_scope`.
+
+    Args:
+        ov_model: an `openvino.Model`.
+        keep_float: layer names or `/`-joined paths (`"classifier"`, `"head/conv5"`).
+
+    Returns:
+        The names, in graph order.
+
+    Raises:
+        ValueError: a name matches no op (the message lists the layer names found).
+
+    Example:
+    >>> float_op_names(openvino.convert_model("fastfcn.onnx"), ["classifier"])
+    ['fastfcn_encnet_logits_1/head_1/classifier_1/convolution', ...]
+    """
+    scopes = _scopes(ov_model)
+    names, unmatched = [], []
+    for pattern in keep_float:
+        hits = [name for name, scope in scopes.items() if _scope_matches(scope, pattern)]
+        if not hits:
+            unmatched.append(pattern)
+        names += [n for n in hits if n not in names]
+    if unmatched:
+        layers = sorted({_strip_call_suffix(part) for s in scopes.values() for part in s[1:]})
+        raise ValueError(f"keep_float {unmatched!r} names no layer of this model; its layers "
+                         f"include {layers[:40]}{' ...' if len(layers) > 40 else ''}.")
+    return names
+
+
+def _present(ov_model, defaults):
+    """The layer names of `defaults` that name some op of `ov_model`."""
+    scopes = list(_scopes(ov_model).values())
+    return tuple(name for name in defaults
+                 if any(_scope_matches(scope, name) for scope in scopes))
+
+
+def _quantize(ov_model, calibration, keep_float, output):
+    """`ov_model` quantized by NNCF (int8, calibrated on `calibration`), the ops of the
+    layers `keep_float` left in float."""
+    import nncf
+
+    ignored = float_op_names(ov_model, keep_float) if keep_float else []
+    logger = logging.getLogger("nncf")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)  # its per-step INFO lines; errors still show
+    try:
+        return nncf.quantize(
+            ov_model,
+            nncf.Dataset(calibration,
+                         lambda image: {"images": np.asarray(image, np.float32)[None]}),
+            subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
+    except ValueError:
+        raise
+    except Exception as err:
+        raise RuntimeError(f"OpenVINO int8 quantization (NNCF) failed, nothing was written "
+                           f"to {output}: {type(err).__name__}: {_first_line(err)}") from err
+    finally:
+        logger.setLevel(previous)
