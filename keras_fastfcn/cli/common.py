@@ -50,14 +50,29 @@ def max_pixels(text):
     return positive_int(text)
 
 
+# The inference options' values when neither a flag nor the preset sets them: the
+# flags default to None, so that a flag given is told apart from one left out.
+INFERENCE_DEFAULTS = {"protocol": "official", "mode": "whole", "crop_size": 480,
+                      "base_size": None, "keep_ratio_fit": None}
+
+
 def add_inference_arguments(parser):
-    """The `--mode/--scales/--ms/--flip/--crop-size/--base-size/--precision/--jit-compile/
-    --freeze` options."""
-    group = parser.add_argument_group("inference")
-    group.add_argument("--mode", default="whole", choices=("whole", "slide"),
+    """The `--protocol/--mode/--scales/--ms/--flip/--crop-size/--base-size/
+    --keep-ratio-fit/--precision/--jit-compile/--freeze` options."""
+    group = parser.add_argument_group(
+        "inference", "With --model PRESET (a released model's name) --protocol, --mode, "
+        "--crop-size, --base-size and --keep-ratio-fit default to the protocol its reported "
+        "mIoU was measured with (kf.models.list_presets()[NAME]['inference']); a flag given "
+        "overrides it.")
+    group.add_argument("--protocol", default=None, choices=("official", "mmseg"),
+                       help="official: the FastFCN authors' evaluator (the options below); "
+                            "mmseg: mmsegmentation's test, whole images resized to fit "
+                            "--keep-ratio-fit, scales and flips averaged as probabilities "
+                            "(default: official, or the preset's)")
+    group.add_argument("--mode", default=None, choices=("whole", "slide"),
                        help="whole: the model sees each (resized) image whole; slide: the "
                             "official sliding window of --crop-size tiles, stride 2/3 crop "
-                            "(default: whole)")
+                            "(default: whole, or the preset's)")
     group.add_argument("--scales", type=scales, default=None, metavar="S1,S2,...",
                        help="resize factors of --base-size, scores summed (default: 1.0)")
     group.add_argument("--ms", action="store_true",
@@ -65,11 +80,16 @@ def add_inference_arguments(parser):
                             "with --flip")
     group.add_argument("--flip", action="store_true",
                        help="add horizontally flipped predictions")
-    group.add_argument("--crop-size", type=positive_int, default=480, metavar="N",
+    group.add_argument("--crop-size", type=positive_int, default=None, metavar="N",
                        help="window size for --mode slide (official: 480; default 480)")
     group.add_argument("--base-size", type=positive_int, default=None, metavar="N",
                        help="resize the long side to N * scale (official: 520 for Pascal "
                             "Context/ADE20K); default: each image's own size")
+    group.add_argument("--keep-ratio-fit", type=positive_int, nargs=2, default=None,
+                       metavar=("LONG", "SHORT"),
+                       help="--protocol mmseg: resize each image, aspect kept, to fit LONG x "
+                            "SHORT times the scale (mmsegmentation: 2048 1024 for Cityscapes, "
+                            "2048 512 for ADE20K); default: each image's own size")
     group.add_argument("--precision", default="fp32", choices=KERAS_PRECISIONS,
                        help="compute precision: bf16/fp16 rebuild the model under Keras "
                             "mixed precision with the same weights (fast where the CPU has "
@@ -98,6 +118,77 @@ def inference_flags_given(args):
             if getattr(args, dest, default) != default]
 
 
+def released_preset(model):
+    """`--model`'s name if it names a released model (`kf.models.list_presets()`) and
+    no file or folder of that name exists, else None."""
+    if not model or os.path.exists(model):
+        return None
+    from keras_fastfcn.models import list_presets
+
+    return model if model in list_presets() else None
+
+
+def check_model_arg(model):
+    """Fails early (before the data or the slow model load) unless `--model` is a model
+    file, an export or a released model's name."""
+    if os.path.exists(model):
+        return check_model_file(model)
+    if released_preset(model):
+        return None
+    import difflib
+
+    from keras_fastfcn.models import list_presets
+
+    close = difflib.get_close_matches(model, list(list_presets()), n=1)
+    hint = (f"did you mean the released model {close[0]}?" if close else
+            "nor the name of a released model (kf.models.list_presets())")
+    raise FileNotFoundError(f"Model file not found: {model}; {hint}")
+
+
+def inference_options(args):
+    """The `Predictor` size and protocol options of parsed `add_inference_arguments`
+    flags: `{protocol, mode, crop_size, base_size, keep_ratio_fit}`.
+
+    A flag given wins; else, for `--model PRESET`, the preset's protocol
+    (`list_presets()[PRESET]["inference"]`: mmsegmentation's presets `--protocol mmseg
+    --keep-ratio-fit 2048 1024` (Cityscapes) or `2048 512` (ADE20K), the authors'
+    `--mode slide --base-size 520 --crop-size 480`); else `INFERENCE_DEFAULTS`. A
+    `--protocol` other than the preset's drops all of the preset's options. Raises a
+    ValueError naming the flags that do not belong to the protocol.
+    """
+    name = released_preset(getattr(args, "model", None))
+    preset = {}
+    if name:
+        from keras_fastfcn.models import list_presets
+
+        preset = dict(list_presets()[name]["inference"])
+    given = {key: getattr(args, key, None) for key in INFERENCE_DEFAULTS}
+    if given["keep_ratio_fit"] is not None:
+        given["keep_ratio_fit"] = tuple(given["keep_ratio_fit"])
+    if given["protocol"] and given["protocol"] != preset.get("protocol", "official"):
+        preset = {}
+    options = {key: value if value is not None else preset.get(key, INFERENCE_DEFAULTS[key])
+               for key, value in given.items()}
+    whose = f" ({name}'s protocol)" if preset.get("protocol") == options["protocol"] and name \
+        else ""
+    if options["protocol"] == "mmseg":
+        for flag, wrong in (("--mode slide", options["mode"] == "slide"),
+                            ("--base-size", options["base_size"] is not None)):
+            if wrong:
+                raise ValueError(
+                    f"{flag} belongs to the official protocol; --protocol mmseg{whose} "
+                    "predicts whole images resized to fit --keep-ratio-fit. Add --protocol "
+                    f"official to use {flag}.")
+    elif options["keep_ratio_fit"] is not None:
+        raise ValueError(f"--keep-ratio-fit belongs to --protocol mmseg, not --protocol "
+                         f"{options['protocol']}{whose}; the official protocol resizes the "
+                         "long side to --base-size * scale.")
+    if options["mode"] == "slide" and options["crop_size"] < 2:
+        raise ValueError(f"--crop-size must be >= 2 for --mode slide, got "
+                         f"{options['crop_size']}.")
+    return options
+
+
 def refuse_export_flags(args):
     """Raises if `--model` is an export and an inference flag is not its default: the
     export runs as exported, so the flag would be silently ignored."""
@@ -114,7 +205,9 @@ def refuse_export_flags(args):
 def open_predictor(args):
     """The predictor of `--model` and its `inference.ModelInfo`, for predict / evaluate.
 
-    A `.keras` model runs through `predictor_from_args` (the inference flags apply); an
+    A `.keras` model, or a released model named by `--model` (`from_preset`: downloaded
+    and converted on first use), runs through `predictor_from_args` (the inference flags
+    apply, and the preset's protocol where none is given); an
     `.onnx` / `.tflite` export through `serving.runtime.ExportPredictor`, as exported:
     its scales, flip and precision were fixed by `keras-fastfcn export`. Callers run
     `refuse_export_flags` first, before their slower checks, so a non-default inference
@@ -132,22 +225,28 @@ def open_predictor(args):
 
             raise CommandError(str(err)) from None
         return predictor, predictor.info()
-    model = inference.load_model(args.model)
+    name = released_preset(args.model)
+    if name:  # downloaded and converted on first use, then from the Keras cache
+        from keras_fastfcn.models import FastFCNImageSegmenter
+
+        model = FastFCNImageSegmenter.from_preset(name)
+    else:
+        model = inference.load_model(args.model)
     return predictor_from_args(model, args), inference.model_info(model)
 
 
 def predictor_from_args(model, args):
-    """An `inference.Predictor` from parsed `add_inference_arguments` options."""
+    """An `inference.Predictor` from parsed `add_inference_arguments` options (with
+    `--model PRESET`, its protocol's where no flag is given: `inference_options`)."""
     from keras_fastfcn import inference
 
     if args.ms and args.scales is not None:
         raise ValueError("--ms and --scales are exclusive: --ms means --scales "
                          f"{','.join(str(s) for s in inference.MS_SCALES)} --flip.")
-    if args.mode == "slide" and args.crop_size < 2:
-        raise ValueError(f"--crop-size must be >= 2, got {args.crop_size}.")
+    options = inference_options(args)
     return inference.Predictor(
-        model, mode=args.mode, scales=inference.MS_SCALES if args.ms else (args.scales or (1.0,)),
-        flip=bool(args.flip or args.ms), crop_size=args.crop_size, base_size=args.base_size,
+        model, scales=inference.MS_SCALES if args.ms else (args.scales or (1.0,)),
+        flip=bool(args.flip or args.ms), **options,
         jit_compile={"off": False, "on": True}.get(args.jit_compile, args.jit_compile),
         fold_batchnorm=True,  # a model read from a file: its weights do not change
         precision=getattr(args, "precision", "fp32"),

@@ -11,7 +11,15 @@ An exported `.onnx` or `.tflite` model is scored the same way (ONNX Runtime / TF
 measured. Its inference options were fixed at export, so the inference flags below are
 refused for it.
 
+`--model` may also name a released model (`kf.models.list_presets()`): it is
+downloaded and converted on first use, and evaluated with the protocol its reported
+mIoU was measured with unless flags say otherwise (mmsegmentation's presets:
+`--protocol mmseg --keep-ratio-fit 2048 1024` on Cityscapes; add `--ms` for its
+MS+flip number).
+
 Example:
+    keras-fastfcn evaluate --model fastfcn_psp_jpu_resnet50_v1c_cityscapes_b8 \
+        --data cityscapes:/data/cityscapes
     keras-fastfcn evaluate --model runs/camvid/model.keras --data camvid --split val
     keras-fastfcn evaluate --model fastfcn_int8.onnx --data camvid
     keras-fastfcn evaluate --model m.keras --data camvid --mode slide --crop-size 360 --ms \
@@ -21,9 +29,10 @@ Example:
 import json
 import os
 
-from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
-                                      check_output_file, max_pixels, open_predictor,
-                                      positive_int, refuse_export_flags)
+from keras_fastfcn.cli.common import (add_inference_arguments, check_model_arg,
+                                      check_output_file, inference_options, max_pixels,
+                                      open_predictor, positive_int, refuse_export_flags,
+                                      released_preset)
 from keras_fastfcn.data.sources import SPECS  # no TensorFlow import: the CLI stays quick
 
 METRIC_DEFINITIONS = {
@@ -35,9 +44,11 @@ METRIC_DEFINITIONS = {
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", required=True, metavar="PATH",
+    parser.add_argument("--model", required=True, metavar="PATH|PRESET",
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
-                             "from images to logits), or an .onnx / .tflite export")
+                             "from images to logits), an .onnx / .tflite export, or a "
+                             "released model's name (kf.models.list_presets(); downloaded "
+                             "on first use)")
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help=f"data source: {', '.join(SPECS)}")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
@@ -57,7 +68,7 @@ def add_arguments(parser):
 def run(args):
     if args.output:
         check_output_file(args.output)
-    check_model_file(args.model)  # before the (slower) data source checks
+    check_model_arg(args.model)  # before the (slower) data source checks
 
     from keras_fastfcn import data
     from keras_fastfcn.evaluation import evaluate_dataset
@@ -66,6 +77,16 @@ def run(args):
 
     refuse_export_flags(args)  # before the (slower) data source and model loading
     source = data.get_source(args.data)
+    inference_options(args)  # flags that do not fit the protocol: before any download
+    name = released_preset(args.model)
+    if name:
+        from keras_fastfcn.models import list_presets
+
+        preset = list_presets()[name]
+        if preset["num_classes"] != source.num_classes:  # before downloading it
+            raise ValueError(f"{name} predicts {preset['num_classes']} classes "
+                             f"({preset['dataset']}) but data {args.data!r} has "
+                             f"{source.num_classes}.")
     predictor, info = open_predictor(args)
     # An export that did not record its class count is scored on the data's.
     num_classes, class_names = info.num_classes or source.num_classes, info.class_names
@@ -84,7 +105,7 @@ def run(args):
     print(f"\n{result['images']} images in {result['seconds']:.1f} s "
           f"({result['images_per_second']} images/s)")
     if args.output:
-        report = {"model": os.path.abspath(args.model), "data": args.data, "split": args.split,
+        report = {"model": name or os.path.abspath(args.model), "data": args.data, "split": args.split,
                   "inference": predictor.settings(), "metric_definitions": METRIC_DEFINITIONS,
                   **result}
         with atomic_path(args.output) as tmp:

@@ -25,6 +25,11 @@ written per image through temporary files and renamed into place, so an image's
 files either all appear complete or not at all; if the run stops part-way (e.g. out
 of memory), the images finished before it keep their outputs.
 
+`--model` may name a released model (`kf.models.list_presets()`, downloaded and
+converted on first use): it predicts with its protocol unless flags say otherwise
+(mmsegmentation's: each image resized to fit 2048x1024 for Cityscapes, 2048x512 for
+ADE20K, `--protocol mmseg`).
+
 An exported `.onnx` or `.tflite` model (`keras-fastfcn export`, any precision) predicts
 the same way, through ONNX Runtime / TFLite (`serving.runtime.ExportPredictor`), with
 the inference options it was exported with (the inference flags are refused for it). A
@@ -39,9 +44,9 @@ Example:
 import os
 import sys
 
-from keras_fastfcn.cli.common import (add_inference_arguments, check_model_file,
-                                      check_output_folder, max_pixels, open_predictor,
-                                      refuse_export_flags)
+from keras_fastfcn.cli.common import (add_inference_arguments, check_model_arg,
+                                      check_output_folder, inference_options, max_pixels,
+                                      open_predictor, refuse_export_flags)
 from keras_fastfcn.images import IMAGE_EXTENSIONS, ImageError, read_image
 
 OUTPUT_SUFFIXES = ("_labels.png", "_color.png", "_overlay.png")
@@ -114,27 +119,29 @@ def _check_sizes(files, sizes, args):
     from keras_fastfcn.inference.ensemble import check_network_input
 
     scales = _scales(args)
-    if args.mode == "slide" and args.crop_size < 2:
-        raise ValueError(f"--crop-size must be >= 2 for --mode slide, got {args.crop_size}.")
+    options = inference_options(args)  # the flags, or --model PRESET's protocol
     names = {"scales": "--ms" if args.ms else "--scales", "base_size": "--base-size",
-             "crop_size": "--crop-size", "max_pixels": "--max-pixels",
-             "no_limit": "--max-pixels 0", "whole": "--mode whole",
-             "shrink": "lower --max-pixels"}
+             "crop_size": "--crop-size", "keep_ratio_fit": "--keep-ratio-fit",
+             "max_pixels": "--max-pixels", "no_limit": "--max-pixels 0",
+             "whole": "--mode whole", "shrink": "lower --max-pixels"}
     for f in files:
         height, width = sizes[f]
         run_h, run_w = fit_to_pixels(height, width, args.max_pixels)
         try:
-            check_network_input(run_h, run_w, scales, args.base_size, args.mode,
-                                args.crop_size, args.max_pixels, names)
+            check_network_input(run_h, run_w, scales, options["base_size"], options["mode"],
+                                options["crop_size"], args.max_pixels, names,
+                                options["protocol"], options["keep_ratio_fit"])
         except ValueError as err:
             shrunk = "" if (run_h, run_w) == (height, width) else f", run at {run_w}x{run_h}"
             raise ValueError(f"{f} ({width}x{height}{shrunk}): {err}") from None
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", required=True, metavar="PATH",
+    parser.add_argument("--model", required=True, metavar="PATH|PRESET",
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
-                             "from images to logits), or an .onnx / .tflite export")
+                             "from images to logits), an .onnx / .tflite export, or a "
+                             "released model's name (kf.models.list_presets(); downloaded "
+                             "on first use)")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="an image file or a folder of images")
     parser.add_argument("--output", required=True, metavar="FOLDER",
@@ -194,7 +201,7 @@ def run(args):
             and os.path.samefile(args.input, out_dir):
         raise ValueError("--output must not be the input folder (the outputs would be read as "
                          "inputs next time).")
-    check_model_file(args.model)
+    check_model_arg(args.model)
     refuse_export_flags(args)
     notes, sizes = _validate(files)
     from keras_fastfcn.serving.runtime import is_export

@@ -3,7 +3,8 @@
 One module per concept:
 
 - `ensemble`: the official evaluator's multi-scale + flip ensemble, computed in the
-  log domain (`multiscale_log_scores`, `normalize_scores`, `scaled_size`); its
+  log domain (`multiscale_log_scores`, `normalize_scores`, `scaled_size`), and
+  mmsegmentation's test protocol (`mmseg_log_scores`, `keep_ratio_size`); its
   docstring states the maths;
 - `prepare`: the one step that turns a segmenter into the model that runs
   (precision, logits only, BatchNorm folding, the exports' native resizes), used by
@@ -24,8 +25,9 @@ TensorShape([1, 64, 96, 3])
 """
 
 from keras_fastfcn.inference import fold
-from keras_fastfcn.inference.ensemble import (MAX_PIXELS, MODES, MS_SCALES, STRIDE_RATE,
-                                              fit_to_pixels, multiscale_log_scores,
+from keras_fastfcn.inference.ensemble import (MAX_PIXELS, MODES, MS_SCALES, PROTOCOLS,
+                                              STRIDE_RATE, fit_to_pixels, keep_ratio_size,
+                                              mmseg_log_scores, multiscale_log_scores,
                                               normalize_scores, scaled_size)
 from keras_fastfcn.inference.predictor import Predictor, predict
 from keras_fastfcn.inference.prepare import prepare
@@ -35,6 +37,7 @@ from keras_fastfcn.models.segmentation_model import (ModelInfo, load_model, logi
                                                      model_info)
 
 __all__ = ["FROZEN_SHAPES", "JIT_OPTIONS", "MAX_PIXELS", "MODES", "MS_SCALES", "ModelInfo",
-           "Predictor", "STATIC_SHAPES", "STRIDE_RATE", "fit_to_pixels", "fold",
-           "load_model", "logits_model", "model_info", "multiscale_log_scores",
-           "normalize_scores", "predict", "prepare", "scaled_size", "trace", "xla_parts"]
+           "PROTOCOLS", "Predictor", "STATIC_SHAPES", "STRIDE_RATE", "fit_to_pixels", "fold",
+           "keep_ratio_size", "load_model", "logits_model", "model_info", "mmseg_log_scores",
+           "multiscale_log_scores", "normalize_scores", "predict", "prepare", "scaled_size",
+           "trace", "xla_parts"]

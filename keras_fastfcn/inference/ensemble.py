@@ -50,6 +50,20 @@ ADE20K), scales `(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)` with flip for `--ms`, and
 `(1.0,)` without flip otherwise; even single-scale, it resizes to `base_size` and
 runs windows, so its single-scale numbers correspond to
 `mode="slide", base_size=520, crop_size=480`.
+
+Protocols (`PROTOCOLS`): the above is `"official"`. `"mmseg"` is mmsegmentation's
+test of its FastFCN models, the protocol of the numbers it reports
+(`mmseg_log_scores`): whole images only; each image resized, aspect kept, to fit
+`keep_ratio_fit = (long, short)` (its test pipelines' `Resize(scale=(2048, 1024),
+keep_ratio=True)` for Cityscapes, `(2048, 512)` for ADE20K; sizes rounded as mmcv's
+`imrescale`: `keep_ratio_size`), at scale `s` the bounds `(int(long * s), int(short *
+s))` (mmsegmentation 0.x's `MultiScaleFlipAug`, which measured the released models'
+MS+flip numbers); the logits of every scale and mirror (mirrored back) are resized
+(bilinear, in the linear domain) to the image and their softmaxes averaged
+(`SegTTAModel.merge_preds`). The log-scores are the log of that average (a
+log-sum-exp of log-softmaxes), so their argmax is mmsegmentation's class map and
+`normalize_scores` its averaged probabilities; one scale without flip returns the
+resized logits themselves.
 """
 
 import math
@@ -60,6 +74,9 @@ from keras_fastfcn.layers.resize import log_add_exp, log_resize_bilinear, resize
 
 
 MODES = ("whole", "slide")
+
+
+PROTOCOLS = ("official", "mmseg")
 
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -111,20 +128,53 @@ def scaled_size(height, width, scale, base_size=None):
     return int(1.0 * height * long_size / width + 0.5), long_size
 
 
+def keep_ratio_size(height, width, fit=None, scale=1.0):
+    """mmsegmentation's test size of an image at `scale` (Python ints): resized, aspect
+    kept, as large as fits `fit = (long, short)` times `scale`.
+
+    The bounds at `scale` are `(int(long * scale), int(short * scale))` (mmsegmentation
+    0.x's `MultiScaleFlipAug`); the factor is `min(long / max(h, w), short / min(h, w))`
+    and each side becomes `int(side * factor + 0.5)` (mmcv's `rescale_size`).
+    `fit=None` takes the image's own long and short side.
+
+    Example:
+    >>> keep_ratio_size(375, 500, (2048, 512))
+    (512, 683)
+    >>> keep_ratio_size(1024, 2048, (2048, 1024), 0.75)
+    (768, 1536)
+    """
+    long_side, short_side = (max(height, width), min(height, width)) if fit is None else fit
+    long_side, short_side = int(max(long_side, short_side) * scale), int(
+        min(long_side, short_side) * scale)
+    factor = min(long_side / max(height, width), short_side / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def network_size(height, width, scale, base_size=None, protocol="official",
+                 keep_ratio_fit=None):
+    """The size an image of `(height, width)` is resized to at `scale`: `scaled_size`
+    (protocol `"official"`) or `keep_ratio_size` (`"mmseg"`)."""
+    if protocol == "mmseg":
+        return keep_ratio_size(height, width, keep_ratio_fit, scale)
+    return scaled_size(height, width, scale, base_size)
+
+
 # How the options are named in `check_network_input`'s messages: the Python
 # arguments; the CLI passes its flags.
 API_NAMES = {"scales": "scales", "base_size": "base_size", "crop_size": "crop_size",
+             "keep_ratio_fit": "keep_ratio_fit",
              "max_pixels": "max_pixels", "no_limit": "max_pixels=None",
              "whole": "mode='whole'",
              "shrink": "shrink the images first (inference.fit_to_pixels)"}
 
 
 def check_network_input(height, width, scales=(1.0,), base_size=None, mode="whole",
-                        crop_size=None, max_pixels=MAX_PIXELS, names=None):
+                        crop_size=None, max_pixels=MAX_PIXELS, names=None,
+                        protocol="official", keep_ratio_fit=None):
     """Raises a ValueError if predicting an image of `(height, width)` would build a
     network input over `max_pixels` (height x width), or an empty one.
 
-    The network input is, per scale, the image resized to `scaled_size`; in
+    The network input is, per scale, the image resized to `network_size`; in
     `"slide"` mode, that image padded to at least `crop_size` on each side, as the
     official evaluator pads it (its windows, `crop_size x crop_size` each, overlap by
     a third, so they hold at most about 2.25 times as many pixels; one window when
@@ -134,7 +184,7 @@ def check_network_input(height, width, scales=(1.0,), base_size=None, mode="whol
 
     Args:
         height, width: the image's size.
-        scales, base_size, mode, crop_size: as `Predictor`.
+        scales, base_size, mode, crop_size, protocol, keep_ratio_fit: as `Predictor`.
         max_pixels: the budget; None checks only that no side becomes 0.
         names: how the message names the options (`API_NAMES`, the default; the CLI
             passes its flags).
@@ -146,7 +196,13 @@ def check_network_input(height, width, scales=(1.0,), base_size=None, mode="whol
     """
     names = dict(API_NAMES, **(names or {}))
     budget = None if max_pixels is None else int(max_pixels)
-    base = max(height, width) if base_size is None else base_size
+    fit = protocol == "mmseg"
+    if fit:  # the size option, and its long side, that the scales multiply
+        base_size, base = keep_ratio_fit, max(keep_ratio_fit or (height, width))
+        base_name = names["keep_ratio_fit"]
+    else:
+        base = max(height, width) if base_size is None else base_size
+        base_name = names["base_size"]
     worst = None  # (pixels, scale, (h, w) of the network input)
     for scale in scales:
         long_side = float(base) * scale
@@ -158,12 +214,12 @@ def check_network_input(height, width, scales=(1.0,), base_size=None, mode="whol
                                  "image too large to compute its size.")
             worst = (math.inf, scale, None)
             break
-        size = scaled_size(height, width, scale, base_size)
+        size = network_size(height, width, scale, base_size, protocol, keep_ratio_fit)
         if min(size) < 1:
             raise ValueError(
                 f"{names['scales']}: at scale {scale:g} a {width}x{height} image would be "
                 f"{size[1]}x{size[0]}, an empty network input; use larger scales"
-                + ("" if base_size is None else f" or a larger {names['base_size']}") + ".")
+                + ("" if base_size is None else f" or a larger {base_name}") + ".")
         net = (max(size[0], crop_size), max(size[1], crop_size)) if mode == "slide" else size
         if worst is None or net[0] * net[1] > worst[0]:
             worst = (net[0] * net[1], scale, net)
@@ -178,12 +234,13 @@ def check_network_input(height, width, scales=(1.0,), base_size=None, mode="whol
         lead = f"{names['crop_size']} {crop}: every window is {crop}x{crop} = {crop * crop} pixels"
         fix = f"use a smaller {names['crop_size']} (official: 480)"
     elif base_size is not None:
-        lead = f"{names['base_size']} {base_size}: at scale {scale:g}, {what} would be {shape}"
-        fix = f"use a smaller {names['base_size']} or smaller scales"
+        given = "x".join(str(v) for v in base_size) if fit else base_size
+        lead = f"{base_name} {given}: at scale {scale:g}, {what} would be {shape}"
+        fix = f"use a smaller {base_name} or smaller scales"
     elif scale > 1:
         lead = (f"{names['scales']}: at scale {scale:g}, {what} for a {width}x{height} image "
                 f"would be {shape}")
-        fix = f"use smaller scales or a {names['base_size']}"
+        fix = f"use smaller scales or a {base_name}"
     else:
         lead = f"a {width}x{height} image: {what} would be {shape}"
         # Within the budget itself, an image is over it only through the window
@@ -206,6 +263,23 @@ def _scaled_size_tensor(height, width, scale, base_size):
     short_of_w = tf.floor(1.0 * h * long_size / w + 0.5)  # height when h <= w
     out_h = tf.where(h > w, long_size, short_of_w)
     out_w = tf.where(h > w, short_of_h, long_size)
+    return tf.cast(out_h, tf.int32), tf.cast(out_w, tf.int32)
+
+
+def _keep_ratio_size_tensor(height, width, fit, scale):
+    """`keep_ratio_size` with tf ops for dynamic sizes (same float64 arithmetic)."""
+    import tensorflow as tf  # dynamic sizes exist only in a traced TensorFlow graph
+
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    long_in, short_in = tf.maximum(h, w), tf.minimum(h, w)
+    if fit is None:
+        long_side, short_side = tf.floor(long_in * scale), tf.floor(short_in * scale)
+    else:
+        long_side = tf.constant(float(int(max(fit) * scale)), tf.float64)
+        short_side = tf.constant(float(int(min(fit) * scale)), tf.float64)
+    factor = tf.minimum(long_side / long_in, short_side / short_in)
+    out_h, out_w = tf.floor(h * factor + 0.5), tf.floor(w * factor + 0.5)
     return tf.cast(out_h, tf.int32), tf.cast(out_w, tf.int32)
 
 
@@ -297,6 +371,67 @@ def multiscale_log_scores(model, images, scales=(1.0,), flip=False, base_size=No
             term = log_resize_bilinear(term, (height, width), align_corners)
         acc = _add_scale(acc, term)
     return acc
+
+
+def mmseg_log_scores(model, images, scales=(1.0,), flip=False, keep_ratio_fit=None,
+                     align_corners=False):
+    """mmsegmentation's whole-image test, and its multi-scale + flip test, as log-scores.
+
+    For each scale the batch is resized (bilinear, `align_corners`) to
+    `keep_ratio_size(H, W, keep_ratio_fit, scale)` and run through `model` whole; with
+    flip the mirrored batch too, its logits mirrored back. Each of these logits is
+    resized (bilinear) to `(H, W)` and softmaxed, and the softmaxes are averaged, as
+    mmsegmentation's `postprocess_result` and `SegTTAModel.merge_preds` do (module
+    docstring). Returned as the log of that average, finite for any logits; one scale
+    without flip returns the resized logits. Height and width may be dynamic (traced
+    once in a `tf.function`, as `multiscale_log_scores`).
+
+    Args:
+        model: a Keras model, 0-255 RGB `(B, H, W, 3)` -> logits `(B, H, W, C)`
+            (dict outputs: the `"logits"` entry is used).
+        images: float32 (or uint8) tensor `(B, H, W, 3)`, 0-255 RGB.
+        scales: Python floats, factors of the `keep_ratio_fit` bounds.
+        flip: bool, add horizontally mirrored predictions.
+        keep_ratio_fit: `(long, short)` bounds, e.g. `(2048, 1024)`; None: the image's
+            own size.
+        align_corners: bool, resize semantics (mmsegmentation's models: False).
+
+    Returns:
+        float32 tensor `(B, H, W, C)` of log-scores.
+
+    Example:
+    >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
+    >>> mmseg_log_scores(model, tf.zeros((1, 60, 80, 3)), MS_SCALES, flip=True,
+    ...                  keep_ratio_fit=(128, 64)).shape
+    TensorShape([1, 60, 80, 3])
+    """
+    scales = _check_scales(scales)
+    images = ops.cast(images, "float32")
+    shape = ops.shape(images)
+    height, width = shape[1], shape[2]
+    static = isinstance(height, int) and isinstance(width, int)
+    count = len(scales) * (2 if flip else 1)
+    acc = None
+    for scale in scales:
+        size = (keep_ratio_size(height, width, keep_ratio_fit, scale) if static
+                else _keep_ratio_size_tensor(height, width, keep_ratio_fit, scale))
+        same = static and tuple(size) == (height, width)
+        x = images if same else resize_bilinear(images, size, align_corners)
+        if flip:
+            batch = ops.shape(x)[0]
+            both = _call_logits(model, ops.concatenate([x, _flip_w(x)], axis=0))
+            terms = (both[:batch], _flip_w(both[batch:]))
+        else:
+            terms = (_call_logits(model, x),)
+        for z in terms:
+            if not same:
+                z = resize_bilinear(z, (height, width), align_corners)
+            if count == 1:
+                return z
+            z = ops.log_softmax(z, axis=-1)
+            acc = z if acc is None else log_add_exp(acc, z)
+    return acc - math.log(count)
 
 
 def normalize_scores(log_scores):

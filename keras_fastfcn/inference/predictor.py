@@ -1,10 +1,10 @@
 """`Predictor`: whole-image or sliding-window prediction, multi-scale and flip, of a
-segmentation model (the official evaluator, `keras_fastfcn.inference.ensemble`), and
-`predict`, its one-call form."""
+segmentation model (the official evaluator, or mmsegmentation's test:
+`keras_fastfcn.inference.ensemble`), and `predict`, its one-call form."""
 
 import math
 import weakref
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -14,10 +14,10 @@ from keras_fastfcn._keras_private import is_functional
 from keras_fastfcn.layers.resize import log_resize_bilinear, resize_bilinear
 
 from keras_fastfcn.inference.prepare import prepare
-from keras_fastfcn.inference.ensemble import (MAX_PIXELS, MODES, STRIDE_RATE, _add_scale,
-                                              _check_scales, _logits_with_flip,
-                                              check_network_input, multiscale_log_scores,
-                                              scaled_size)
+from keras_fastfcn.inference.ensemble import (MAX_PIXELS, MODES, PROTOCOLS, STRIDE_RATE,
+                                              _add_scale, _check_scales, _logits_with_flip,
+                                              check_network_input, mmseg_log_scores,
+                                              multiscale_log_scores, scaled_size)
 from keras_fastfcn.inference.tracing import _check_jit, _CompiledForward, _TracedGraph
 from keras_fastfcn.models.segmentation_model import logits_model, model_info
 
@@ -39,7 +39,8 @@ class Predictor:
         crop_size: window size for `"slide"` (required there; official 480).
         base_size: long side at scale 1.0; None = each image's own long side.
         align_corners: resize semantics; None takes the model's `align_corners`
-            (True for FastFCN, as the official code).
+            (True for the authors' FastFCN, False for mmsegmentation's); for a model
+            without one, True (official protocol) or False (`"mmseg"`).
         pad_value: raw RGB padding colour for `"slide"` (default 0, black: the
             official `-mean / std` padding of normalized images).
         jit_compile: `False`; `True`, the model forward as one XLA cluster (per input
@@ -62,6 +63,16 @@ class Predictor:
             (about 8 s more tracing and 3 GB more peak resident memory for EncNet
             R50): it pays from a few hundred images of one size on. `__call__` and
             `class_map` trace separate graphs, so using both freezes two copies.
+        protocol: `"official"` (the authors' evaluator: the options above) or
+            `"mmseg"` (mmsegmentation's test and MS+flip test, the protocol of the
+            numbers it reports for its models: whole images resized to fit
+            `keep_ratio_fit`, softmaxes of scales and mirrors averaged; module
+            docstring of `inference.ensemble`). `keras-fastfcn evaluate/predict
+            --model PRESET` take it from the preset.
+        keep_ratio_fit: `"mmseg"` only: `(long, short)` bounds each image is resized
+            to fit, aspect kept, as mmcv rounds (`ensemble.keep_ratio_size`):
+            `(2048, 1024)` for Cityscapes, `(2048, 512)` for ADE20K; None: each
+            image's own size. The scales multiply the bounds.
         max_pixels: the largest network input (height x width) it runs: per scale
             the resized image, in `"slide"` mode that image padded to at least
             `crop_size` on each side (as the official evaluator pads it; every
@@ -84,9 +95,12 @@ class Predictor:
                  align_corners: Optional[bool] = None, pad_value: float = 0.0,
                  jit_compile: Union[bool, str] = False, fold_batchnorm: bool = False,
                  precision: str = "fp32", freeze: bool = False,
-                 max_pixels: Optional[int] = MAX_PIXELS):
+                 max_pixels: Optional[int] = MAX_PIXELS, protocol: str = "official",
+                 keep_ratio_fit: Optional[Tuple[int, int]] = None):
         if mode not in MODES:
             raise ValueError(f"Unknown inference mode {mode!r}: expected one of {MODES}.")
+        self.protocol, self.keep_ratio_fit = _check_protocol(protocol, keep_ratio_fit, mode,
+                                                             base_size)
         self.scales = _check_scales(scales)
         if mode == "slide":
             if crop_size is None:
@@ -110,7 +124,9 @@ class Predictor:
         self.flip = bool(flip)
         self.crop_size = crop_size
         self.base_size = base_size
-        if align_corners is None:
+        if align_corners is None and self.protocol == "mmseg":
+            align_corners = getattr(model, "align_corners", False)  # mmsegmentation's default
+        elif align_corners is None:
             align_corners = model_info(model).align_corners
         self.align_corners = bool(align_corners)
         self.pad_value = tuple(float(v) for v in pad_value)
@@ -133,22 +149,34 @@ class Predictor:
             self._forward = fn
 
     def settings(self):
-        """The options as a JSON-ready dict (stored in evaluation reports)."""
-        return {"mode": self.mode, "scales": list(self.scales), "flip": self.flip,
-                "crop_size": self.crop_size if self.mode == "slide" else None,
-                "base_size": self.base_size, "jit_compile": self.jit_compile,
-                "fold_batchnorm": self.fold_batchnorm, "precision": self.precision,
-                "freeze": self.freeze}
+        """The options as a JSON-ready dict (stored in evaluation reports); `protocol` and
+        `keep_ratio_fit` only for `protocol="mmseg"` (reports without them are official)."""
+        settings = {"mode": self.mode, "scales": list(self.scales), "flip": self.flip,
+                    "crop_size": self.crop_size if self.mode == "slide" else None,
+                    "base_size": self.base_size, "jit_compile": self.jit_compile,
+                    "fold_batchnorm": self.fold_batchnorm, "precision": self.precision,
+                    "freeze": self.freeze}
+        if self.protocol == "mmseg":
+            fit = list(self.keep_ratio_fit) if self.keep_ratio_fit else None
+            settings.update(protocol=self.protocol, keep_ratio_fit=fit)
+        return settings
 
     def describe(self):
         """One line naming the settings (printed by the CLI)."""
         text = f"mode={self.mode} scales={list(self.scales)} flip={self.flip}"
-        if self.mode == "slide":
-            text += f" crop_size={self.crop_size}"
-        text += f" base_size={self.base_size or 'image'}"
+        if self.protocol == "mmseg":
+            fit = "x".join(map(str, self.keep_ratio_fit)) if self.keep_ratio_fit else "image"
+            text = f"protocol=mmseg {text} keep_ratio_fit={fit}"
+        else:
+            if self.mode == "slide":
+                text += f" crop_size={self.crop_size}"
+            text += f" base_size={self.base_size or 'image'}"
         return text + " freeze" if self.freeze else text
 
     def _whole_graph(self, images):
+        if self.protocol == "mmseg":
+            return mmseg_log_scores(self._net, images, self.scales, self.flip,
+                                    self.keep_ratio_fit, self.align_corners)
         return multiscale_log_scores(self._net, images, self.scales, self.flip,
                                      self.base_size, self.align_corners)
 
@@ -217,7 +245,8 @@ class Predictor:
         if 0 in images.shape:
             raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}.")
         check_network_input(images.shape[1], images.shape[2], self.scales, self.base_size,
-                            self.mode, self.crop_size, self.max_pixels)
+                            self.mode, self.crop_size, self.max_pixels,
+                            protocol=self.protocol, keep_ratio_fit=self.keep_ratio_fit)
         dtype = images.dtype
         with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, below
             images = images.astype(np.float32, copy=False)
@@ -318,6 +347,35 @@ def _whole_number(value, name, low):
     return number
 
 
+def _check_protocol(protocol, keep_ratio_fit, mode, base_size):
+    """`(protocol, keep_ratio_fit as a tuple of ints or None)`, or a ValueError naming
+    the option that does not belong to the protocol."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}: expected one of {PROTOCOLS}.")
+    if protocol != "mmseg":
+        if keep_ratio_fit is not None:
+            raise ValueError("keep_ratio_fit belongs to protocol='mmseg' (its resize rule); "
+                             "the official protocol resizes the long side to base_size * "
+                             "scale.")
+        return protocol, None
+    if mode != "whole":
+        raise ValueError("protocol='mmseg' predicts whole images (mmsegmentation tests its "
+                         f"FastFCN models with mode='whole'), not mode={mode!r}.")
+    if base_size is not None:
+        raise ValueError("base_size is the official protocol's; protocol='mmseg' resizes "
+                         "each image to fit keep_ratio_fit=(long, short).")
+    if keep_ratio_fit is None:
+        return protocol, None
+    try:
+        pair = tuple(keep_ratio_fit)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2:
+        raise ValueError(f"keep_ratio_fit must be (long, short), e.g. (2048, 1024), got "
+                         f"{keep_ratio_fit!r}.")
+    return protocol, tuple(_whole_number(v, "keep_ratio_fit", 1) for v in pair)
+
+
 _PREDICTORS = weakref.WeakKeyDictionary()
 
 
@@ -337,8 +395,8 @@ def predict(model: keras.Model, images, mode: str = "whole", scales: Sequence[fl
         flip: add horizontally mirrored predictions.
         crop_size: window size (required for `"slide"`).
         base_size: long side at scale 1.0 (None: the image's own).
-        **kwargs: more `Predictor` options (`align_corners`, `pad_value`,
-            `jit_compile`, `max_pixels`).
+        **kwargs: more `Predictor` options (`protocol`, `keep_ratio_fit`,
+            `align_corners`, `pad_value`, `jit_compile`, `max_pixels`).
 
     Returns:
         float32 backend tensor of log-scores (the logits themselves for one scale

@@ -1,21 +1,23 @@
-"""Presets: saved models as folders, and the authors' released models by name.
+"""Presets: saved models as folders, and the released models by name.
 
 A preset folder (written by `FastFCNImageSegmenter.save_to_preset`) holds
 `config.json` (the model's Keras config), `model.weights.h5` and `metadata.json`
 (versions, parameter count). `from_preset` takes such a folder, or the name of a
-released model (`list_presets()`), which is resolved like this:
+released model (`list_presets()`: the FastFCN authors' six and mmsegmentation's
+twelve, `fastfcn_presets.py`), which is resolved like this:
 
 1. `KERAS_HOME/keras_fastfcn/presets/NAME/` (default `~/.keras/...`): the converted
    model of an earlier call, used as is;
-2. else the official checkpoint is downloaded into `KERAS_HOME/keras_fastfcn/
-   downloads/` (Google Drive, with its "can't scan this file for viruses"
-   confirmation step; a progress bar; written to a temporary file and renamed),
-   verified (SHA-256 where one is known) and converted (PyTorch needed for this
-   step only); only a model that converted cleanly is cached. Any failure leaves
-   nothing in the cache and says what to do: without internet, or where Google
-   Drive refuses the download (quota, sign-in), download the file in a browser
-   (`list_presets()[name]["url"]`) and pass it:
-   `from_preset(name, checkpoint="path/to/file.pth.tar")`.
+2. else the released checkpoint is downloaded into `KERAS_HOME/keras_fastfcn/
+   downloads/` (from its URL, or from Google Drive with its "can't scan this file for
+   viruses" confirmation step; a progress bar; written to a temporary file and
+   renamed), verified (its SHA-256, or the SHA-256 prefix mmcv puts in the file name,
+   where one is known) and converted by the reader of the entry's `"format"` (PyTorch
+   needed for this step only); only a model that converted cleanly is cached. Any
+   failure leaves nothing in the cache and says what to do: without internet, or
+   where the server refuses the download (quota, sign-in), download the file in a
+   browser (`list_presets()[name]["url"]`) and pass it:
+   `from_preset(name, checkpoint="path/to/file.pth")`.
 
 `from_preset(name, load_weights=False)` builds the released model's architecture
 with random weights and never touches the network (nor PyTorch).
@@ -40,6 +42,7 @@ import keras
 
 from keras_fastfcn.data import palettes
 from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.models import registry
 from keras_fastfcn.version import __version__
 from keras_fastfcn.models.fastfcn.fastfcn_presets import PRESETS, describe, download_page, file_name
 
@@ -55,8 +58,10 @@ class PresetError(ValueError):
 
 def list_presets():
     """The released models: name -> what it is (`description`, `head`, `encoder`,
-    `num_classes`, `dataset`, reported `metrics`, `source`, `license`, the checkpoint's
-    `file` name and download `url`). Also `FastFCNImageSegmenter.presets`.
+    `num_classes`, `dataset`, reported `metrics`: `mIoU` single scale and
+    `mIoU_ms_flip`, None where the source reports none, and their `protocol`; the
+    `inference` options of that protocol; `source`, `license`, the checkpoint's `file`
+    name, download `url` and `download_mb`). Also `FastFCNImageSegmenter.presets`.
 
     Example:
     >>> sorted(list_presets())[0]
@@ -74,7 +79,7 @@ class ClassPresets:
 
 def register_preset(name, entry):
     """Adds a released model: `entry` as in `fastfcn_presets.PRESETS`, with either
-    `drive_id` (Google Drive) or `url`, and optionally `sha256`."""
+    `drive_id` (Google Drive) or `url`, and optionally `sha256` or `sha256_prefix`."""
     if not ("drive_id" in entry or "url" in entry):
         raise ValueError("A preset entry needs a 'drive_id' or a 'url'.")
     PRESETS[name] = dict(entry)
@@ -154,9 +159,12 @@ def _check_class(model, cls, preset):
 def _architecture(name, **overrides):
     """Released model `name` with random weights, built from its entry alone (no
     download, no PyTorch): the structure `materialize` converts the checkpoint into.
-    The authors trained every released model with the auxiliary head (`--aux`) and
-    EncNet with its SE loss (`--se-loss`). Built from a config naming the registered
-    classes, as a saved preset is, so this module imports no model class."""
+    Every released model was trained with the auxiliary head and, where the head has
+    one, the SE loss; the authors' resize with `align_corners=True` and weigh the
+    auxiliary loss 0.2, mmsegmentation's with False and 0.4 (the entry's
+    `align_corners`, `aux_weight`, `se_loss` where they differ from those defaults).
+    Built from a config naming the registered classes, as a saved preset is, so this
+    module imports no model class."""
     entry = PRESETS[name]
     dataset = entry.get("dataset")
     names = palettes.class_names(dataset) if dataset else None
@@ -164,9 +172,12 @@ def _architecture(name, **overrides):
         names = None
     backbone = _registered("FastFCNBackbone", {
         "encoder": entry["encoder"], "upsampler": entry.get("upsampler", "jpu"),
-        "width": entry.get("width", 512), "preprocessing": "torch", "align_corners": True})
+        "width": entry.get("width", 512), "preprocessing": "torch",
+        "align_corners": entry.get("align_corners", True)})
     config = {"backbone": backbone, "num_classes": entry["num_classes"],
-              "head": entry["head"], "aux": True, "se_loss": entry["head"] == "encnet",
+              "head": entry["head"], "aux": True,
+              "se_loss": entry.get("se_loss", registry.head(entry["head"]).se_loss),
+              "aux_weight": entry.get("aux_weight", 0.2),
               "class_names": names, "dataset": dataset, "name": f"fastfcn_{entry['head']}"}
     config.update(overrides)
     return keras.saving.deserialize_keras_object(_registered("FastFCNImageSegmenter", config))
@@ -230,26 +241,35 @@ def materialize(name, checkpoint=None):
         import torch  # noqa: F401
     except ImportError as err:
         raise PresetError(
-            f"Preset {name!r} is converted from the authors' PyTorch checkpoint once, which "
+            f"Preset {name!r} is converted from its PyTorch checkpoint once, which "
             "needs PyTorch: pip install 'keras_fastfcn[convert]' (afterwards the converted "
             "model is cached and PyTorch is not needed).") from err
+    in_cache = checkpoint is None
     downloaded = False
-    if checkpoint is None:
+    if in_cache:
         checkpoint = os.path.join(cache_dir(), "downloads", file_name(name, entry))
         if not os.path.isfile(checkpoint):
             download(entry, checkpoint, name=name)
             downloaded = True
     elif not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"Checkpoint not found: {checkpoint}")
+    where = f" downloaded from {download_page(entry)}" if downloaded else ""
+    expected = entry.get("sha256") or entry.get("sha256_prefix")
     try:
-        if entry.get("sha256"):
-            verify_sha256(checkpoint, entry["sha256"])
+        if expected:
+            verify_sha256(checkpoint, expected)
+    except PresetError as err:
+        if in_cache:  # a bad download must not stay in the cache
+            os.remove(checkpoint)
+        raise PresetError(f"Preset {name!r}: the file {checkpoint}{where} is not the released "
+                          f"checkpoint: {err} Nothing was cached. "
+                          + manual_step(name, entry)) from None
+    try:
         model = _checkpoint_reader(entry.get("format", "official"))(checkpoint, entry)
     except Exception as err:
-        if downloaded:  # a bad download must not stay in the cache
+        if in_cache:
             os.remove(checkpoint)
-        where = (f"downloaded from {download_page(entry)} " if downloaded else "")
-        raise PresetError(f"Preset {name!r}: the checkpoint {checkpoint} {where}is not the "
+        raise PresetError(f"Preset {name!r}: the checkpoint {checkpoint}{where} is not the "
                           f"expected model ({_first_line(err)}). Nothing was cached. "
                           + manual_step(name, entry)) from err
     save_segmenter(model, folder)
@@ -269,14 +289,26 @@ def manual_step(name, entry=None):
 
 
 def verify_sha256(path, expected):
-    """Raises `PresetError` unless the file's SHA-256 is `expected`."""
+    """Raises `PresetError` unless the file's SHA-256 is `expected`, or starts with it:
+    mmcv's publishing script names a released file after the first 8 hex digits of its
+    SHA-256 (`..._20210928_053722-5d1a2648.pth`), the only checksum mmsegmentation
+    publishes.
+
+    Example:
+    >>> verify_sha256("fastfcn_..._053722-5d1a2648.pth", "5d1a2648")  # doctest: +SKIP
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    if digest.hexdigest() != expected.lower():
-        raise PresetError(f"SHA-256 of {path} is {digest.hexdigest()}, expected {expected}: "
-                          "the download is corrupt or not the released file.")
+    actual, expected = digest.hexdigest(), expected.lower()
+    if len(expected) < len(actual) and actual.startswith(expected):
+        return
+    if actual != expected:
+        what = "SHA-256" if len(expected) == len(actual) else "SHA-256 prefix"
+        raise PresetError(f"{what} of {os.path.basename(path)} is {actual[:len(expected)]}, "
+                          f"expected {expected} (the download is corrupt or not the released "
+                          "file).")
 
 
 def download(entry, target, timeout=60, name=None):
