@@ -9,17 +9,15 @@ mean/std normalization). The error tests need no mmsegmentation: their checkpoin
 made from the key mapping.
 """
 
-import importlib.util
 import os
-import sys
 import time
-import types
 
 import keras
 import numpy as np
 import pytest
 torch = pytest.importorskip("torch", reason="converting PyTorch checkpoints needs PyTorch")
 
+import mmseg_support
 from keras_fastfcn import cli
 from keras_fastfcn.convert import CheckpointMismatchError
 from keras_fastfcn.convert import mmseg as mmseg_convert
@@ -28,79 +26,20 @@ from keras_fastfcn.models import presets
 
 torch.set_num_threads(2)
 
-MMSEG_INSTALL = ("pip install --no-deps mmengine==0.10.7 mmcv-lite==2.1.0 "
-                 "mmsegmentation==1.2.2 addict yapf platformdirs ftfy regex wcwidth "
-                 "(or pip install -e '.[mmseg]')")
 HEADS = {"psp": "psp", "aspp": "mmseg_aspp", "enc": "mmseg_encnet"}
 CITYSCAPES = list(palettes.CITYSCAPES_CLASSES)
 
 
-class _Stub(types.ModuleType):
-    """A module whose every attribute is 0: stands in, during mmsegmentation's import
-    only, for what its model code imports but never calls (see `mmseg_lib`)."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return 0
-
-
 @pytest.fixture(scope="module")
 def mmseg_lib():
-    """mmsegmentation's registry and config loader.
-
-    Importing `mmseg` imports `mmcv`, whose package `__init__` imports OpenCV (`cv2`,
-    for image I/O), and `mmseg.utils` imports `mmcv.ops` (compiled CUDA/C++ ops that
-    mmcv-lite, the only mmcv installable without a compiler, lacks). The modules
-    compared here (ResNetV1c, JPU, PSP/ASPP/Enc/FCN heads, the data preprocessor) use
-    neither, so missing ones are stubbed during the import and removed afterwards.
-    """
-    missing = [n for n in ("mmseg", "mmengine", "mmcv") if importlib.util.find_spec(n) is None]
-    if missing:
-        pytest.skip(f"the mmsegmentation parity tests need {missing}: {MMSEG_INSTALL}")
-    stubs = []
-    if importlib.util.find_spec("cv2") is None:
-        sys.modules["cv2"] = _Stub("cv2")
-        stubs.append("cv2")
-    if importlib.util.find_spec("mmcv._ext") is None:
-        sys.modules["mmcv.ops"] = _Stub("mmcv.ops")
-        stubs.append("mmcv.ops")
-    try:
-        import mmseg
-        import mmseg.models  # noqa: F401  (registers the models)
-        from mmengine.config import Config
-        from mmengine.registry import init_default_scope
-        from mmseg.registry import MODELS
-    except ImportError as err:
-        pytest.skip(f"mmsegmentation does not import ({err}): {MMSEG_INSTALL}")
-    finally:
-        for name in stubs:
-            sys.modules.pop(name, None)
-    init_default_scope("mmseg")
-    configs = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", "fastfcn")
-    if not os.path.isdir(configs):
-        pytest.skip(f"mmsegmentation's configs are not installed ({configs})")
-    return types.SimpleNamespace(Config=Config, MODELS=MODELS, configs=configs)
+    """mmsegmentation's registries and configs (`mmseg_support.import_mmseg`)."""
+    return mmseg_support.import_mmseg()
 
 
 def _mmseg_model(lib, head, seed=0):
-    """mmsegmentation's FastFCN `head` model for Cityscapes, from its config, random
-    weights and BatchNorm statistics, in eval mode (SyncBN runs as BN there)."""
-    cfg = lib.Config.fromfile(os.path.join(
-        lib.configs, f"fastfcn_r50-d32_jpu_{head}_4xb2-80k_cityscapes-512x1024.py"))
-    model_cfg = cfg.model.to_dict()
-    model_cfg.pop("pretrained", None)  # an ImageNet download, on init_weights() only
-    torch.manual_seed(seed)
-    model = lib.MODELS.build(model_cfg)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.weight.uniform_(0.5, 1.5, generator=gen)
-                module.bias.uniform_(-0.2, 0.2, generator=gen)
-                module.running_mean.uniform_(-0.2, 0.2, generator=gen)
-                module.running_var.uniform_(0.5, 2.0, generator=gen)
-    return model.eval()
+    """mmsegmentation's FastFCN `head` model for Cityscapes (random weights and BN)."""
+    return mmseg_support.mmseg_model(
+        lib, f"fastfcn_r50-d32_jpu_{head}_4xb2-80k_cityscapes-512x1024", seed)
 
 
 @pytest.fixture(scope="module", params=sorted(HEADS))
@@ -192,23 +131,8 @@ def test_parity_with_mmsegmentation_at_512x1024(converted):
 
 @pytest.fixture(scope="module")
 def psp_state_dict():
-    """A valid mmsegmentation PSP state dict (19 classes) made from the key mapping, with
-    num_batches_tracked buffers as PyTorch has them."""
-    rng = np.random.RandomState(0)
-    model = mmseg_convert.build_mmseg_segmenter("psp", 19)
-    state = {}
-    for key, variable, layout in mmseg_convert.mmseg_weight_mapping(model):
-        shape = tuple(variable.shape)
-        if layout == "conv":
-            shape = (shape[3], shape[2], shape[0], shape[1])
-        elif layout == "depthwise":
-            shape = (shape[2], shape[3], shape[0], shape[1])
-        elif layout == "dense":
-            shape = shape[::-1]
-        state[key] = rng.uniform(0.5, 1.5, shape).astype("float32")
-        if key.endswith(".running_var"):
-            state[key[:-len("running_var")] + "num_batches_tracked"] = np.array(7)
-    return state
+    """A valid mmsegmentation PSP state dict (19 classes) made from the key mapping."""
+    return mmseg_support.mmseg_state_dict(mmseg_convert.build_mmseg_segmenter("psp", 19))
 
 
 def test_mapping_covers_mmseg_keys(psp_state_dict):
