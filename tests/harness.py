@@ -141,3 +141,13 @@ def assert_one_line_error(rc, err, *fragments):
     assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def predict_fails(model, image_file, tmp_path, capsys, *fragments):
+    """`keras-fastfcn predict --model MODEL` exits 1 with one line naming the model file
+    (and every fragment), and creates no output folder."""
+    out = tmp_path / "predictions"
+    rc, _, err = run_cli(capsys, "predict", "--model", model, "--input", image_file,
+                         "--output", out)
+    assert_one_line_error(rc, err, "error:", str(model), *fragments)
+    assert not out.exists()

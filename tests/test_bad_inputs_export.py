@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import tiny_segmenter
+from harness import predict_fails, tiny_segmenter
 from keras_fastfcn import serving
 from keras_fastfcn.cli import main
 from keras_fastfcn import fileio
@@ -88,14 +88,6 @@ def assert_one_line(code, err, *fragments):
         assert fragment in lines[0], err
     assert "Traceback" not in err
 
-
-def predict_fails(model, image_file, tmp_path, capsys, *fragments):
-    """`predict --model MODEL` exits 1 with one line, and creates no output folder."""
-    out = tmp_path / "predictions"
-    code = main(["predict", "--model", str(model), "--input", image_file,
-                 "--output", str(out)])
-    assert_one_line(code, capsys.readouterr().err, str(model), *fragments)
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("case", sorted(ONNX_CASES))

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_confident
-from harness import tiny_segmenter
+from harness import predict_fails, tiny_segmenter
 from keras_fastfcn import serving
 from keras_fastfcn.cli import main
 
@@ -174,13 +174,6 @@ def image_file(tmp_path):
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(path)
     return str(path)
 
-
-def predict_fails(model, image_file, tmp_path, capsys, *fragments):
-    out = tmp_path / "predictions"
-    code = main(["predict", "--model", str(model), "--input", image_file,
-                 "--output", str(out)])
-    assert_one_line(code, capsys.readouterr().err, str(model), *fragments)
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("case", sorted(FOREIGN))

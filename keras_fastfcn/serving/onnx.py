@@ -283,9 +283,18 @@ def float_node_names(proto, keep_float):
         return []
 
     scopes = {node.name: scope(node) for node in nodes}
+    names = match_scopes(scopes, keep_float)
+    order = {n.name: i for i, n in enumerate(nodes)}
+    return sorted(names, key=order.get)
+
+
+def match_scopes(scopes, keep_float):
+    """The op names (keys of `scopes`, an op name -> its Keras layer path) that a
+    `keep_float` name matches, each once; a `ValueError` lists the model's layers when a
+    name matches none. Shared by the ONNX and OpenVINO exports."""
     names, unmatched = [], []
     for pattern in keep_float:
-        hits = [n.name for n in nodes if _scope_matches(scopes[n.name], pattern)]
+        hits = [name for name, scope in scopes.items() if _scope_matches(scope, pattern)]
         if not hits:
             unmatched.append(pattern)
         names += [n for n in hits if n not in names]
@@ -293,8 +302,7 @@ def float_node_names(proto, keep_float):
         layers = sorted({_strip_call_suffix(part) for s in scopes.values() for part in s[1:]})
         raise ValueError(f"keep_float {unmatched!r} names no layer of this model; its layers "
                          f"include {layers[:40]}{' ...' if len(layers) > 40 else ''}.")
-    order = {n.name: i for i, n in enumerate(nodes)}
-    return sorted(names, key=order.get)
+    return names
 
 
 def _quantize(proto, path, precision, calibration, exclude=(), output=None):

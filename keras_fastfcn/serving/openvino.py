@@ -35,7 +35,7 @@ from keras_fastfcn.fileio import atomic_path, removing_new_folders, scratch_fold
 from keras_fastfcn.serving import onnx as onnx_export
 from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.onnx import (DEFAULT_KEEP_FLOAT, DEFAULT_OPSET, _first_line,
-                                       _scope_matches, _strip_call_suffix, check_keep_float,
+                                       _scope_matches, check_keep_float, match_scopes,
                                        require_onnx)
 from keras_fastfcn.serving.targets import check_options, check_target_file
 
@@ -260,18 +260,7 @@ def float_op_names(ov_model, keep_float):
     >>> float_op_names(openvino.convert_model("fastfcn.onnx"), ["classifier"])
     ['fastfcn_encnet_logits_1/head_1/classifier_1/convolution', ...]
     """
-    scopes = _scopes(ov_model)
-    names, unmatched = [], []
-    for pattern in keep_float:
-        hits = [name for name, scope in scopes.items() if _scope_matches(scope, pattern)]
-        if not hits:
-            unmatched.append(pattern)
-        names += [n for n in hits if n not in names]
-    if unmatched:
-        layers = sorted({_strip_call_suffix(part) for s in scopes.values() for part in s[1:]})
-        raise ValueError(f"keep_float {unmatched!r} names no layer of this model; its layers "
-                         f"include {layers[:40]}{' ...' if len(layers) > 40 else ''}.")
-    return names
+    return match_scopes(_scopes(ov_model), keep_float)
 
 
 def _present(ov_model, defaults):
