@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import predict_fails, tiny_segmenter
+from harness import assert_one_line_error, predict_fails, tiny_segmenter
 from keras_fastfcn import serving
 from keras_fastfcn.cli import main
 from keras_fastfcn import fileio
@@ -79,14 +79,6 @@ def image_file(tmp_path_factory):
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(path)
     return str(path)
 
-
-def assert_one_line(code, err, *fragments):
-    assert code == 1, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "error:" in lines[0], err
-    for fragment in fragments:
-        assert fragment in lines[0], err
-    assert "Traceback" not in err
 
 
 
@@ -357,8 +349,8 @@ def test_cli_export_failure_is_one_line_and_leaves_nothing(model, tmp_path, caps
     output = tmp_path / "out" / "m.onnx"
     code = main(["export", "--model", str(model_file), "--format", "onnx",
                  "--output", str(output)])
-    assert_one_line(code, capsys.readouterr().err, "ONNX conversion failed", str(output),
-                    "KeyError")
+    assert_one_line_error(code, capsys.readouterr().err, "error:", "ONNX conversion failed",
+                          str(output), "KeyError")
     os.remove(model_file)
     assert_nothing_left(tmp_path, output)
 
@@ -372,5 +364,5 @@ def test_cli_bad_calibration_source_fails_before_the_model_load(tmp_path, capsys
     code = main(["export", "--model", str(fake), "--format", "tflite", "--input-size", "32",
                  "32", "--output", str(output), "--precision", "int8",
                  "--calibration-data", f"folder:{tmp_path}/nothere"])
-    assert_one_line(code, capsys.readouterr().err, "nothere")
+    assert_one_line_error(code, capsys.readouterr().err, "error:", "nothere")
     assert sorted(os.listdir(tmp_path)) == ["m.keras"]
