@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_fastfcn.data import palettes
 from keras_fastfcn.data.errors import DataError, tagged
+from keras_fastfcn.data.exit_guard import guarded
 from keras_fastfcn.data.sources.base import (Source, _attach_lazy, _bad_values_message,
                                            duplicate_names, label_lut)
 from keras_fastfcn.images import IMAGE_EXTENSIONS, ImageError, read_image, read_label
@@ -89,9 +90,12 @@ class FileSource(Source):
         keys = tf.data.Dataset.from_tensor_slices(
             ([p[0] for p in pairs], [p[1] for p in pairs]))
 
+        read = guarded(self._load_numpy)
+
         @tf.autograph.experimental.do_not_convert
         def load(image_path, label_path):
-            image, label = tf.numpy_function(self._load_numpy, [image_path, label_path],
+            # guarded: a data error must not leave the process hanging at exit.
+            image, label = tf.numpy_function(read, [image_path, label_path],
                                              (tf.uint8, tf.int32), stateful=False)
             image.set_shape([None, None, 3])
             label.set_shape([None, None])
