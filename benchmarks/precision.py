@@ -5,7 +5,8 @@ For a trained model (default: a CamVid model from `keras-fastfcn train --config 
 - accuracy on the CamVid val split (pixAcc / mIoU, official definitions, whole images
   at their 360x480 size, single scale) and argmax agreement with the fp32 Keras model,
   for Keras fp32 / bf16 / fp16, TFLite fp32 / fp16 / int8 / int8_dynamic and ONNX
-  Runtime fp32 / int8 / int8_dynamic (int8 calibrated on CamVid train images), and the
+  Runtime fp32 / int8 / int8_dynamic, OpenVINO fp32 / bf16 / int8 where `openvino` and
+  `nncf` are installed (int8 calibrated on CamVid train images), and the
   static int8 exports again with the layers of each `--keep-float` list left in float
   (`keep_float` of the exporters: ONNX `nodes_to_exclude`, TFLite selective
   quantization; the plain int8 rows use the exporters' default float set, `--keep-float
@@ -24,6 +25,7 @@ per machine kind, to which a run's rows are added by hand with its command.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -37,7 +39,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-FORMAT_KEYS = {"keras": "Keras", "tflite": "TFLite", "onnx": "ONNX Runtime"}
+FORMAT_KEYS = {"keras": "Keras", "tflite": "TFLite", "onnx": "ONNX Runtime",
+               "openvino": "OpenVINO"}
 
 
 def parse_only(text):
@@ -108,7 +111,7 @@ def main():
                              "'none': every op in int8")
     parser.add_argument("--only", default="",
                         help="comma list of FORMAT:PRECISION rows to measure (keras, tflite, "
-                             "onnx; Keras fp32 is always measured: the reference)")
+                             "onnx, openvino; Keras fp32 is always measured: the reference)")
     parser.add_argument("--output", default="precision_run.md")
     args = parser.parse_args()
     only = parse_only(args.only)
@@ -179,6 +182,20 @@ def main():
                                        providers=["CPUExecutionProvider"])
         return lambda x: session.run(["class_map"], {"images": x})[0]
 
+    openvino_paths = {}
+
+    def openvino_runner(precision, keep=None):
+        # Dynamic H, W as the ONNX export: one IR evaluates and times.
+        from keras_fastfcn.serving.runtime import ExportPredictor
+
+        if (precision, keep) not in openvino_paths:
+            openvino_paths[precision, keep] = serving.export(
+                model, os.path.join(work, f"m_{precision}{file_tag(keep)}.xml"),
+                format="openvino", precision=precision, probabilities=False,
+                calibration=calib_native if precision == "int8" else None, keep_float=keep)
+        predictor = ExportPredictor(openvino_paths[precision, keep], threads=threads)
+        return predictor.class_map
+
     configs = [("Keras", p, lambda p=p: keras_runner(p), lambda p=p: keras_runner(p))
                for p in ("fp32", "bf16", "fp16")]
     configs += [("TFLite", p, lambda p=p: tflite_runner(p, height, width),
@@ -186,6 +203,9 @@ def main():
                 for p in ("fp32", "fp16", "int8", "int8_dynamic")]
     configs += [("ONNX Runtime", p, lambda p=p: onnx_runner(p), lambda p=p: onnx_runner(p))
                 for p in ("fp32", "int8", "int8_dynamic")]
+    if importlib.util.find_spec("openvino") is not None:
+        configs += [("OpenVINO", p, lambda p=p: openvino_runner(p),
+                     lambda p=p: openvino_runner(p)) for p in ("fp32", "bf16", "int8")]
     configs = [(fmt, p, None, e, b) for fmt, p, e, b in configs]
     for keep in keep_lists:
         configs += [("TFLite", "int8", keep,
@@ -193,6 +213,10 @@ def main():
                      lambda k=keep: tflite_runner("int8", size, size, k)),
                     ("ONNX Runtime", "int8", keep, lambda k=keep: onnx_runner("int8", k),
                      lambda k=keep: onnx_runner("int8", k))]
+        if importlib.util.find_spec("openvino") is not None:
+            configs.append(("OpenVINO", "int8", keep,
+                            lambda k=keep: openvino_runner("int8", k),
+                            lambda k=keep: openvino_runner("int8", k)))
     if only is not None:
         configs = [c for c in configs if c[:2] == ("Keras", "fp32") or c[:2] in only]
 

@@ -37,7 +37,7 @@ from keras_fastfcn.fileio import atomic_path  # noqa: E402
 RESULT_HEADER = ["head", "encoder", "upsampler", "precision", "latency (s)", "FPS",
                  "throughput (img/s)", "GFLOPs", "GFLOP/s (% peak)", "official PyTorch (s)",
                  "params encoder / upsampler / head (M)", "train peak RSS (GB)",
-                 "step growth (GB)", "XLA / runtime"]
+                 "step growth (GB)", "XLA / runtime", "OpenVINO (s)"]
 RATIO_HEADER = ["head", "encoder", "upsampler", "precision", "speed-up",
                 "throughput speed-up", "official PyTorch speed-up", "FLOPs ratio",
                 "peak RSS ratio", "step growth ratio"]
@@ -55,7 +55,10 @@ def _method(size, crop, batch):
             "constants, `--freeze`); bf16 / fp16: the model rebuilt under Keras mixed "
             "precision; int8: the static int8 TFLite / ONNX exports, timed in their runtime "
             "(column XLA / runtime: the faster, the other's latency in brackets), class map "
-            "out. Throughput: images/s at the batch given. GFLOP/s: FLOPs / batch-1 latency, "
+            "out. OpenVINO (`--openvino`): the same model exported with `keras-fastfcn "
+            "export --format openvino` at the row's precision (bf16: the inference "
+            "precision hint; int8: NNCF, the same calibration and float-kept layers), timed "
+            "in OpenVINO's runtime with the same protocol. Throughput: images/s at the batch given. GFLOP/s: FLOPs / batch-1 latency, "
             "and its share of the CPU's peak for the precision. Official PyTorch: the official "
             "module structure timed in the same run (same size, batch 1, same protocol; bf16 "
             "under `torch.autocast`). The peak: cores x clock x FLOP/cycle/core of the "
@@ -86,7 +89,24 @@ def _result_cells(r):
     return first + [f"{r['latency_s']:.3f}", f"{r['fps']:.2f}", throughput,
                     f"{r['gflops']:.0f}", achieved, anchor,
                     f"{p['encoder'] / 1e6:.1f} / {p['upsampler'] / 1e6:.1f} / "
-                    f"{p['head'] / 1e6:.1f}"] + mem + [_graph_cell(r)]
+                    f"{p['head'] / 1e6:.1f}"] + mem + [_graph_cell(r), _openvino_cell(r)]
+
+
+def _openvino_cell(r):
+    """The same configuration and precision as an OpenVINO export (`--openvino`): its
+    latency, what it ran in, its throughput and which of the two is faster."""
+    if "openvino_error" in r:
+        return f"error: {r['openvino_error'][:60]}"
+    if "openvino_latency_s" not in r:
+        return "-"
+    ours, theirs = r["latency_s"], r["openvino_latency_s"]
+    faster = (f"ours {theirs / ours:.2f}x faster" if ours <= theirs
+              else f"OpenVINO {ours / theirs:.2f}x faster")
+    text = f"{theirs:.3f} (runs {r['openvino_inference_precision']}; {faster})"
+    if "openvino_throughput_ips" in r:
+        text += (f"; {r['openvino_throughput_ips']:.2f} img/s "
+                 f"(batch {r['openvino_throughput_batch']})")
+    return text
 
 
 def _speedup(r):

@@ -471,3 +471,26 @@ def test_measure_int8_speed_times_both_runtimes(monkeypatch, tiny_backbone):
     with pytest.raises(RuntimeError, match="no int8 runtime ran: onnx: RuntimeError"):
         benchmark.measure_int8_speed("fcn", "resnet50", "jpu", size=64, num_classes=5,
                                      gflops=1.5, runtime="onnx")
+
+
+def test_report_puts_openvino_beside_each_row(tmp_path):
+    """`--openvino` rows: the OpenVINO latency, what it ran in, which is faster and its
+    throughput; a failed export names its error; rows without it show '-'. The results
+    file records the CPU's identity, so the peak can be worked out again later."""
+    ov = {"openvino_latency_s": 0.8, "openvino_inference_precision": "f32",
+          "openvino_throughput_ips": 1.5, "openvino_throughput_batch": 8}
+    results = [dict(_row("jpu", 0.5, 112.0, 3.0, 1.8), **ov),
+               dict(_row("os8", 1.6, 279.0, 4.0, 2.4), **ov),
+               dict(_row("jpu", 0.2, 112.0, 3.0, 1.8), precision="bf16",
+                    openvino_error="RuntimeError: cannot compile")]
+    cpu = benchmark.cpu_info()
+    benchmark.write_results(results, str(tmp_path), "test machine", 512, 480, 2, cpu)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    for key in ("vendor", "family", "model_number", "microarchitecture"):
+        assert payload["cpu"][key] == cpu[key]
+    assert payload["cpu"]["peak_formula"] == benchmark.cpu.peak_formula(cpu)
+    assert report.main([str(tmp_path / "results.json")]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| 0.800 (runs f32; ours 1.60x faster); 1.50 img/s (batch 8) |" in text
+    assert "| 0.800 (runs f32; OpenVINO 2.00x faster); 1.50 img/s (batch 8) |" in text
+    assert "| error: RuntimeError: cannot compile |" in text

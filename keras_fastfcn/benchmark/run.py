@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 
-from keras_fastfcn.benchmark.cpu import BENCHMARK_PRECISIONS, cpu_info, peak_gflops
+from keras_fastfcn.benchmark.cpu import (BENCHMARK_PRECISIONS, cpu_info, peak_formula,
+                                         peak_gflops)
 from keras_fastfcn.benchmark.timing import RUNTIME_NAMES, _int8_runtimes, _xla_choices
 from keras_fastfcn.benchmark.torch_anchor import torch_anchor_available
 
@@ -405,15 +406,13 @@ def write_results(results, out_dir, machine, size, crop, batch, cpu=None):
     payload = {"machine": machine, "size": size, "train_crop": crop, "train_batch": batch,
                "results": results, "ratios": ratios(results)}
     if cpu is not None:
-        payload["cpu"] = {key: cpu[key] for key in ("model", "flags", "cores", "mhz",
-                                                    "mhz_source")}
+        # vendor, family and model number let the report find the microarchitecture
+        # (its FLOP/cycle and boost clock) again with a later, corrected table.
+        payload["cpu"] = {key: cpu.get(key) for key in (
+            "model", "vendor", "family", "model_number", "microarchitecture", "flags",
+            "cores", "mhz", "mhz_source")}
         payload["cpu"]["peak_gflops_s"] = {p: peak_gflops(p, cpu) for p in BENCHMARK_PRECISIONS}
-        payload["cpu"]["peak_formula"] = ("cores x clock x FLOP/cycle/core (fp32: AVX-512 64, "
-                                          "AVX2+FMA 32, else 16; bf16: AMX-BF16 1024, "
-                                          "AVX512_BF16 128; fp16: AMX-FP16 1024, "
-                                          "AVX512_FP16 128; else the fp32 figure; int8 "
-                                          "(integer ops): AMX-INT8 2048, AVX512_VNNI 256, "
-                                          "AVX-VNNI 128, else twice the fp32 figure)")
+        payload["cpu"]["peak_formula"] = peak_formula(cpu)
     with atomic_path(os.path.join(out_dir, "results.json")) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
