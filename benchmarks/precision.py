@@ -95,6 +95,14 @@ def scores(matrix):
     return pix_acc, miou
 
 
+def _openvino_version():
+    if importlib.util.find_spec("openvino") is None:
+        return ""
+    import openvino
+
+    return f", OpenVINO {openvino.get_version().split('-')[0]}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -168,33 +176,26 @@ def main():
         run = interpreter.get_signature_runner()
         return lambda x: run(images=x)["class_map"]
 
-    onnx_paths = {}
+    export_paths = {}
 
-    def onnx_runner(precision, keep=None):
-        if (precision, keep) not in onnx_paths:
-            onnx_paths[precision, keep] = serving.export(
-                model, os.path.join(work, f"m_{precision}{file_tag(keep)}.onnx"),
-                format="onnx", precision=precision, probabilities=False,
-                calibration=calib_native if precision == "int8" else None, keep_float=keep)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(onnx_paths[precision, keep], options,
-                                       providers=["CPUExecutionProvider"])
-        return lambda x: session.run(["class_map"], {"images": x})[0]
-
-    openvino_paths = {}
-
-    def openvino_runner(precision, keep=None):
-        # Dynamic H, W as the ONNX export: one IR evaluates and times.
+    def export_runner(fmt, precision, keep=None):
+        # ONNX and OpenVINO exports take any H, W: one file evaluates and times. Run as
+        # `predict --model FILE` runs them.
         from keras_fastfcn.serving.runtime import ExportPredictor
 
-        if (precision, keep) not in openvino_paths:
-            openvino_paths[precision, keep] = serving.export(
-                model, os.path.join(work, f"m_{precision}{file_tag(keep)}.xml"),
-                format="openvino", precision=precision, probabilities=False,
+        if (fmt, precision, keep) not in export_paths:
+            export_paths[fmt, precision, keep] = serving.export(
+                model, os.path.join(work, f"m_{precision}{file_tag(keep)}"
+                                          f"{'.xml' if fmt == 'openvino' else '.onnx'}"),
+                format=fmt, precision=precision, probabilities=False,
                 calibration=calib_native if precision == "int8" else None, keep_float=keep)
-        predictor = ExportPredictor(openvino_paths[precision, keep], threads=threads)
-        return predictor.class_map
+        return ExportPredictor(export_paths[fmt, precision, keep], threads=threads).class_map
+
+    def onnx_runner(precision, keep=None):
+        return export_runner("onnx", precision, keep)
+
+    def openvino_runner(precision, keep=None):
+        return export_runner("openvino", precision, keep)
 
     configs = [("Keras", p, lambda p=p: keras_runner(p), lambda p=p: keras_runner(p))
                for p in ("fp32", "bf16", "fp16")]
@@ -256,7 +257,7 @@ def main():
     base = next(r for r in rows if "error" not in r)
     lines = [f"# Precision x format: accuracy and speed ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {cpu}; ISA: {' '.join(isa) or 'n/a'}; TensorFlow {tf.__version__}, "
-             f"ONNX Runtime {ort.__version__}, {threads} threads.",
+             f"ONNX Runtime {ort.__version__}{_openvino_version()}, {threads} threads.",
              f"Model: `{args.model}` ({info.num_classes} classes). Accuracy: {len(val)} "
              f"{args.data} val images at {height}x{width}, single scale; int8 calibrated on "
              f"{args.calibration_images} train images. Latency: {bench_shape[1]}x{bench_shape[2]}, batch 1, "

@@ -9,8 +9,16 @@ before it runs, so the op types printed are the kernels that ran (e.g.
 `_MklNativeFusedConv2D`, `_FusedConv2D`, `DepthwiseConv2dNative`). Without XLA: the
 question is which kernels are slow, not how XLA clusters them.
 
+`--runtime openvino`: the same model as `keras-fastfcn export --format openvino
+--no-probabilities` writes it (int8: NNCF on random calibration images, as the
+benchmark's int8 rows), compiled with `PERF_COUNT` and summed the same way from
+OpenVINO's per-node profile: op type and kernel (e.g. `Convolution jit_avx512_FP32`),
+and model part from the node names, which keep the Keras scopes through tf2onnx.
+Nodes OpenVINO fused into others report no time of their own.
+
 Example:
     python benchmarks/profile_ops.py --upsampler jpu --precision bf16 --size 512
+    python benchmarks/profile_ops.py --runtime openvino --precision int8
     ONEDNN_VERBOSE=1 python benchmarks/profile_ops.py --runs 1 | grep onednn_verbose
 """
 
@@ -20,6 +28,7 @@ import os
 import re
 import statistics
 import sys
+import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(_HERE) not in sys.path:  # run from a checkout: use its keras_fastfcn
@@ -90,6 +99,61 @@ def profile(graph_def, input_name, output_name, size, runs=5, warmup=2, depth=1)
             {k: statistics.median(v) for k, v in by_part.items()}, med)
 
 
+def part_of_openvino(node_name, depth=1):
+    """The model part of an OpenVINO node from its tf2onnx name (the TF op name, under
+    `StatefulPartitionedCall/...` scopes): the scopes from the first Keras part on."""
+    scopes = [re.sub(r"_\d+$", "", s) for s in node_name.split("/")[:-1]]
+    keep = [s for s in scopes if s and not s.startswith(("StatefulPartitionedCall",
+                                                         "PartitionedCall"))]
+    # the first scope is the model's own name (as in `part_of`)
+    return "/".join(keep[1:1 + depth]) or "(graph)"
+
+
+def profile_openvino(head, backbone, upsampler, size, precision, runs=5, warmup=2,
+                     depth=1, num_classes=59):
+    """`profile`'s tables from OpenVINO's per-node profile of the exported model."""
+    import tempfile
+
+    import numpy as np
+    import openvino
+
+    from keras_fastfcn.benchmark.run import export_openvino_config
+
+    image = np.random.RandomState(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
+    with tempfile.TemporaryDirectory(prefix="kf-profile-") as work:
+        path = export_openvino_config(head, backbone, upsampler, size, precision,
+                                      os.path.join(work, "model.xml"), num_classes)
+        core = openvino.Core()
+        config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": os.cpu_count()}
+        if precision != "int8":
+            config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
+        request = core.compile_model(core.read_model(path), "CPU",
+                                     config).create_infer_request()
+    by_type, by_part, totals = (collections.defaultdict(list) for _ in range(3))
+    for _ in range(warmup):
+        request.infer({"images": image})
+    for _ in range(runs):
+        start = time.perf_counter()
+        request.infer({"images": image})
+        totals["wall"].append(1000 * (time.perf_counter() - start))
+        types, parts = collections.Counter(), collections.Counter()
+        for info in request.get_profiling_info():
+            ms = info.real_time.total_seconds() * 1000
+            if not ms:
+                continue
+            types[f"{info.node_type} {info.exec_type}"] += ms
+            parts[part_of_openvino(info.node_name, depth)] += ms
+        for key, ms in types.items():
+            by_type[key].append(ms)
+        for key, ms in parts.items():
+            by_part[key].append(ms)
+        totals["kernels"].append(sum(types.values()))
+    med = {k: statistics.median(v) for k, v in totals.items()}
+    return ({k: statistics.median(v) for k, v in by_type.items()},
+            {k: statistics.median(v) for k, v in by_part.items()}, med)
+
+
 def _print_table(title, times, total, top):
     print(f"\n{title} (ms, share of kernel time)")
     for key, ms in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
@@ -101,7 +165,9 @@ def main(argv=None):
     parser.add_argument("--head", default="encnet")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--upsampler", default="jpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
+                        help="int8: --runtime openvino only")
+    parser.add_argument("--runtime", default="tensorflow", choices=("tensorflow", "openvino"))
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--top", type=int, default=15)
@@ -111,11 +177,21 @@ def main(argv=None):
     from keras_fastfcn.benchmark import machine_description
 
     print(machine_description())
-    graph_def, inp, out = frozen_graph(args.head, args.backbone, args.upsampler, args.size,
-                                       args.precision)
-    by_type, by_part, med = profile(graph_def, inp, out, args.size, runs=args.runs,
-                                    depth=args.depth)
-    print(f"{args.head} {args.backbone} {args.upsampler} {args.precision} {args.size}px: "
+    if args.runtime == "openvino":
+        if args.precision == "fp16":
+            parser.error("--runtime openvino: fp32, bf16 or int8")
+        by_type, by_part, med = profile_openvino(
+            args.head, args.backbone, args.upsampler, args.size, args.precision,
+            runs=args.runs, depth=args.depth)
+    else:
+        if args.precision == "int8":
+            parser.error("int8: the TensorFlow graph has no int8 form (--runtime openvino)")
+        graph_def, inp, out = frozen_graph(args.head, args.backbone, args.upsampler,
+                                           args.size, args.precision)
+        by_type, by_part, med = profile(graph_def, inp, out, args.size, runs=args.runs,
+                                        depth=args.depth)
+    print(f"{args.runtime}: "
+          f"{args.head} {args.backbone} {args.upsampler} {args.precision} {args.size}px: "
           f"wall {med['wall']:.1f} ms, kernel time {med['kernels']:.1f} ms "
           f"(> wall: kernels ran in parallel)")
     _print_table("By op type", by_type, med["kernels"], args.top)

@@ -102,7 +102,12 @@ def _openvino_cell(r):
     ours, theirs = r["latency_s"], r["openvino_latency_s"]
     faster = (f"ours {theirs / ours:.2f}x faster" if ours <= theirs
               else f"OpenVINO {ours / theirs:.2f}x faster")
-    text = f"{theirs:.3f} (runs {r['openvino_inference_precision']}; {faster})"
+    if round(max(ours, theirs) / min(ours, theirs), 2) == 1.0:
+        faster = "same speed"
+    runs = r["openvino_inference_precision"]
+    if row_precision(r) == "int8":  # the hint covers only the ops NNCF left in float
+        runs = f"int8, float parts {runs}"
+    text = f"{theirs:.3f} (runs {runs}; {faster})"
     if "openvino_throughput_ips" in r:
         text += (f"; {r['openvino_throughput_ips']:.2f} img/s "
                  f"(batch {r['openvino_throughput_batch']})")

@@ -47,15 +47,37 @@ def openvino_available(precision="fp32"):
     return f"not installed: {', '.join(missing)}" if missing else None
 
 
+def export_openvino_config(head, encoder, upsampler, size, precision, path, num_classes=59):
+    """One benchmark configuration's model (`configs._build`) as `keras-fastfcn export
+    --format openvino --precision PRECISION --no-probabilities` writes it; int8: NNCF
+    calibrated on `timing.INT8_CALIBRATION_IMAGES` random `size` x `size` images, as the
+    int8 rows' exports (a quantized graph's speed does not depend on its scales).
+
+    Returns:
+        The path of the IR (`path`, a `.xml`).
+    """
+    import numpy as np
+
+    from keras_fastfcn import serving
+    from keras_fastfcn.benchmark.configs import _build
+    from keras_fastfcn.benchmark.timing import INT8_CALIBRATION_IMAGES
+
+    options = {}
+    if precision == "int8":
+        rng = np.random.RandomState(1)
+        options["calibration"] = [rng.uniform(0, 255, (size, size, 3)).astype("uint8")
+                                  for _ in range(INT8_CALIBRATION_IMAGES)]
+    return serving.export(_build(head, encoder, upsampler, num_classes), path,
+                          format="openvino", precision=precision, probabilities=False,
+                          **options)
+
+
 def measure_openvino_speed(head, encoder, upsampler, size=512, num_classes=59,
                            precision="fp32", warmup=3, min_runs=5, min_seconds=10.0,
                            throughput_batch=8, threads=None):
     """Latency and throughput of one configuration's OpenVINO export (in this process).
 
-    The configuration's model (`configs._build`) is exported as `keras-fastfcn export
-    --format openvino --precision PRECISION --no-probabilities` writes it (int8: NNCF,
-    calibrated on `timing.INT8_CALIBRATION_IMAGES` random images, as the int8 rows'
-    exports) and run through `serving.runtime.ExportPredictor`, as `predict` /
+    The configuration's model is exported (`export_openvino_config`) and run through `serving.runtime.ExportPredictor`, as `predict` /
     `evaluate --model FILE.xml` run it: batch 1 with the timing protocol of
     `timing.measure_speed`, then batch `throughput_batch`.
 
@@ -80,26 +102,18 @@ def measure_openvino_speed(head, encoder, upsampler, size=512, num_classes=59,
     import numpy as np
     import openvino
 
-    from keras_fastfcn import serving
-    from keras_fastfcn.benchmark.configs import _build
-    from keras_fastfcn.benchmark.timing import INT8_CALIBRATION_IMAGES, _throughput, _time
+    from keras_fastfcn.benchmark.timing import _throughput, _time
     from keras_fastfcn.serving.runtime import ExportPredictor
 
     why = openvino_available(precision)
     if why:
         raise RuntimeError(f"OpenVINO {precision}: {why}")
-    seg = _build(head, encoder, upsampler, num_classes)
     rng = np.random.RandomState(0)
-    options = {}
-    if precision == "int8":
-        options["calibration"] = [rng.uniform(0, 255, (size, size, 3)).astype("uint8")
-                                  for _ in range(INT8_CALIBRATION_IMAGES)]
     image = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
     with tempfile.TemporaryDirectory(prefix="kf-openvino-") as work:
         start = time.perf_counter()
-        path = serving.export(seg, os.path.join(work, "model.xml"), format="openvino",
-                              precision=precision, probabilities=False, **options)
-        del seg
+        path = export_openvino_config(head, encoder, upsampler, size, precision,
+                                      os.path.join(work, "model.xml"), num_classes)
         predictor = ExportPredictor(path, threads=threads)
         export_s = time.perf_counter() - start
         median, fastest, runs = _time(lambda: predictor(image), warmup, min_runs,
