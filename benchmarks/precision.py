@@ -95,14 +95,6 @@ def scores(matrix):
     return pix_acc, miou
 
 
-def _openvino_version():
-    if importlib.util.find_spec("openvino") is None:
-        return ""
-    import openvino
-
-    return f", OpenVINO {openvino.get_version().split('-')[0]}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -140,6 +132,12 @@ def main():
     from keras_fastfcn.precision import calibration_images, with_precision
 
     info_cpu = cpu_info()
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    openvino_version = ""
+    if has_openvino:
+        import openvino
+
+        openvino_version = f", OpenVINO {openvino.get_version().split('-')[0]}"
     cpu, isa = f"{info_cpu['model']}, {info_cpu['cores']} CPUs", info_cpu["flags"]
     threads = os.cpu_count()
     model = inference.load_model(args.model)
@@ -191,33 +189,25 @@ def main():
                 calibration=calib_native if precision == "int8" else None, keep_float=keep)
         return ExportPredictor(export_paths[fmt, precision, keep], threads=threads).class_map
 
-    def onnx_runner(precision, keep=None):
-        return export_runner("onnx", precision, keep)
-
-    def openvino_runner(precision, keep=None):
-        return export_runner("openvino", precision, keep)
-
     configs = [("Keras", p, lambda p=p: keras_runner(p), lambda p=p: keras_runner(p))
                for p in ("fp32", "bf16", "fp16")]
     configs += [("TFLite", p, lambda p=p: tflite_runner(p, height, width),
                  lambda p=p: tflite_runner(p, size, size))
                 for p in ("fp32", "fp16", "int8", "int8_dynamic")]
-    configs += [("ONNX Runtime", p, lambda p=p: onnx_runner(p), lambda p=p: onnx_runner(p))
-                for p in ("fp32", "int8", "int8_dynamic")]
-    if importlib.util.find_spec("openvino") is not None:
-        configs += [("OpenVINO", p, lambda p=p: openvino_runner(p),
-                     lambda p=p: openvino_runner(p)) for p in ("fp32", "bf16", "int8")]
+    formats = [("ONNX Runtime", "onnx", ("fp32", "int8", "int8_dynamic"))]
+    if has_openvino:
+        formats.append(("OpenVINO", "openvino", ("fp32", "bf16", "int8")))
+    configs += [(name, p, lambda f=fmt, p=p: export_runner(f, p),
+                 lambda f=fmt, p=p: export_runner(f, p))
+                for name, fmt, precisions in formats for p in precisions]
     configs = [(fmt, p, None, e, b) for fmt, p, e, b in configs]
     for keep in keep_lists:
         configs += [("TFLite", "int8", keep,
                      lambda k=keep: tflite_runner("int8", height, width, k),
-                     lambda k=keep: tflite_runner("int8", size, size, k)),
-                    ("ONNX Runtime", "int8", keep, lambda k=keep: onnx_runner("int8", k),
-                     lambda k=keep: onnx_runner("int8", k))]
-        if importlib.util.find_spec("openvino") is not None:
-            configs.append(("OpenVINO", "int8", keep,
-                            lambda k=keep: openvino_runner("int8", k),
-                            lambda k=keep: openvino_runner("int8", k)))
+                     lambda k=keep: tflite_runner("int8", size, size, k))]
+        configs += [(name, "int8", keep, lambda f=fmt, k=keep: export_runner(f, "int8", k),
+                     lambda f=fmt, k=keep: export_runner(f, "int8", k))
+                    for name, fmt, _ in formats]
     if only is not None:
         configs = [c for c in configs if c[:2] == ("Keras", "fp32") or c[:2] in only]
 
@@ -257,7 +247,7 @@ def main():
     base = next(r for r in rows if "error" not in r)
     lines = [f"# Precision x format: accuracy and speed ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {cpu}; ISA: {' '.join(isa) or 'n/a'}; TensorFlow {tf.__version__}, "
-             f"ONNX Runtime {ort.__version__}{_openvino_version()}, {threads} threads.",
+             f"ONNX Runtime {ort.__version__}{openvino_version}, {threads} threads.",
              f"Model: `{args.model}` ({info.num_classes} classes). Accuracy: {len(val)} "
              f"{args.data} val images at {height}x{width}, single scale; int8 calibrated on "
              f"{args.calibration_images} train images. Latency: {bench_shape[1]}x{bench_shape[2]}, batch 1, "

@@ -11,7 +11,8 @@ question is which kernels are slow, not how XLA clusters them.
 
 `--runtime openvino`: the same model as `keras-fastfcn export --format openvino
 --no-probabilities` writes it (int8: NNCF on random calibration images, as the
-benchmark's int8 rows), compiled with `PERF_COUNT` and summed the same way from
+benchmark's int8 rows), compiled as `ExportPredictor` compiles it (the inference
+precision its export recorded) plus `PERF_COUNT`, and summed the same way from
 OpenVINO's per-node profile: op type and kernel (e.g. `Convolution jit_avx512_FP32`),
 and model part from the node names, which keep the Keras scopes through tf2onnx.
 Nodes OpenVINO fused into others report no time of their own.
@@ -118,16 +119,16 @@ def profile_openvino(head, backbone, upsampler, size, precision, runs=5, warmup=
     import openvino
 
     from keras_fastfcn.benchmark.run import export_openvino_config
+    from keras_fastfcn.serving.runtime import ExportPredictor
 
     image = np.random.RandomState(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
     with tempfile.TemporaryDirectory(prefix="kf-profile-") as work:
         path = export_openvino_config(head, backbone, upsampler, size, precision,
                                       os.path.join(work, "model.xml"), num_classes)
+        # Compiled as predict / the benchmark compile it (ExportPredictor: threads,
+        # latency hint, the recorded inference precision), with per-node counters.
+        config = dict(ExportPredictor(path).compile_config, PERF_COUNT=True)
         core = openvino.Core()
-        config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": os.cpu_count()}
-        if precision != "int8":
-            config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
         request = core.compile_model(core.read_model(path), "CPU",
                                      config).create_infer_request()
     by_type, by_part, totals = (collections.defaultdict(list) for _ in range(3))

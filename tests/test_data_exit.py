@@ -2,7 +2,7 @@
 
 TensorFlow destroys a live parallel-map iterator during interpreter finalization and
 waits for its Python calls in flight, which Python stops there (see
-`keras_fastfcn.data.exit_guard`). Before the guard, 2 of 3 such runs hung for good.
+`keras_fastfcn.data.exit_guard`). Before the guard, 5 of 6 such runs hung for good.
 Each case runs twice in its own process: a hang shows as a timeout.
 """
 

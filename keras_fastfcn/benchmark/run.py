@@ -77,8 +77,9 @@ def measure_openvino_speed(head, encoder, upsampler, size=512, num_classes=59,
                            throughput_batch=8, threads=None):
     """Latency and throughput of one configuration's OpenVINO export (in this process).
 
-    The configuration's model is exported (`export_openvino_config`) and run through `serving.runtime.ExportPredictor`, as `predict` /
-    `evaluate --model FILE.xml` run it: batch 1 with the timing protocol of
+    The configuration's model is exported (`export_openvino_config`) and run through
+    `serving.runtime.ExportPredictor`, as `predict` / `evaluate --model FILE.xml` run
+    it: batch 1 with the timing protocol of
     `timing.measure_speed`, then batch `throughput_batch`.
 
     Args:

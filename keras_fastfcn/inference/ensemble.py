@@ -290,6 +290,15 @@ def _check_scales(scales):
     return scales
 
 
+def _float_images_and_size(images):
+    """`(images as float32, height, width, static)`: Python ints and True where the
+    size is known at trace time, else scalar tensors and False."""
+    images = ops.cast(images, "float32")
+    shape = ops.shape(images)
+    height, width = shape[1], shape[2]
+    return images, height, width, isinstance(height, int) and isinstance(width, int)
+
+
 def _flip_w(x):
     return ops.flip(x, axis=2)
 
@@ -353,10 +362,7 @@ def multiscale_log_scores(model, images, scales=(1.0,), flip=False, base_size=No
     TensorShape([1, 64, 80, 3])
     """
     scales = _check_scales(scales)
-    images = ops.cast(images, "float32")
-    shape = ops.shape(images)
-    height, width = shape[1], shape[2]
-    static = isinstance(height, int) and isinstance(width, int)
+    images, height, width, static = _float_images_and_size(images)
     acc = None
     for scale in scales:
         identity = scale == 1.0 and base_size is None
@@ -407,10 +413,7 @@ def mmseg_log_scores(model, images, scales=(1.0,), flip=False, keep_ratio_fit=No
     TensorShape([1, 60, 80, 3])
     """
     scales = _check_scales(scales)
-    images = ops.cast(images, "float32")
-    shape = ops.shape(images)
-    height, width = shape[1], shape[2]
-    static = isinstance(height, int) and isinstance(width, int)
+    images, height, width, static = _float_images_and_size(images)
     count = len(scales) * (2 if flip else 1)
     acc = None
     for scale in scales:

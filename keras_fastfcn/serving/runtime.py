@@ -111,6 +111,9 @@ class ExportPredictor:
             or None.
         input_size: `(H, W)` of a fixed-size export (every TFLite file), else None.
         options: the export's options (`precision`, `scales`, ...) where recorded.
+        compile_config: OpenVINO only: the properties it compiled the IR with (threads,
+            latency hint, the recorded inference precision), for a profiler to compile
+            it the same way.
 
     Example:
     >>> predictor = ExportPredictor("fastfcn.onnx")  # doctest: +SKIP
@@ -293,6 +296,7 @@ class ExportPredictor:
         # the CPU has no bf16.
         self.inference_precision = compiled.get_property(
             "INFERENCE_PRECISION_HINT").get_type_name()
+        self.compile_config = config
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._class_map = compiled.output("class_map")
