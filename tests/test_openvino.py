@@ -77,6 +77,9 @@ def test_export_gives_the_keras_class_map(exported, confident, precision, steps)
     assert predictor.inference_precision in expected
     assert f"precision={precision} (runs " in predictor.describe()
     assert_class_map(predictor(images), logits, steps)
+    # The class map's ArgMax came as reductions, not as OpenVINO's stable TopK.
+    types = {op.get_type_name() for op in ov.Core().read_model(path).get_ordered_ops()}
+    assert "TopK" not in types and {"ReduceMax", "ReduceMin"} <= types
 
 
 @pytest.mark.slow

@@ -532,6 +532,47 @@ def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("opset", [17, 18])
+def test_argmax_as_reductions_keeps_the_first_maximum(opset):
+    """The OpenVINO export's ArgMax rewrite gives ONNX's ArgMax indices exactly: ties
+    (many, from small integers) to the lowest index, any axis, with and without
+    keepdims, before and after opset 18 moved the reduce axes into an input."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from keras_fastfcn.serving.openvino import argmax_as_reductions
+
+    x = np.random.RandomState(0).randint(0, 3, (2, 5, 4, 6)).astype(np.float32)
+    x[0, :, 0, 0] = 7.0  # a whole row tied
+    cases = [(1, 0, [2, 4, 6]), (-1, 1, [2, 5, 4, 1]), (0, 0, [5, 4, 6])]
+    nodes = [helper.make_node("ArgMax", ["x"], [f"y{i}"], axis=axis, keepdims=keep)
+             for i, (axis, keep, _) in enumerate(cases)]
+    nodes.append(helper.make_node("ArgMax", ["x"], ["last"], axis=1, keepdims=0,
+                                  select_last_index=1))  # another rule: left alone
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.INT64, shape)
+               for i, (_, _, shape) in enumerate(cases)]
+    outputs.append(helper.make_tensor_value_info("last", TensorProto.INT64, [2, 4, 6]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["b", 5, "h", "w"])], outputs)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = run(proto)
+    assert argmax_as_reductions(proto) == 3
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node].count("ArgMax") == 1
+    after = run(proto)
+    for want, got in zip(before, after):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    assert (after[0][0, 0, 0] == 0) and (after[-1][0, 0, 0] == 4)
+    assert argmax_as_reductions(proto) == 0  # nothing left to rewrite
+
+
 def test_onnx_refuses_overwrite(fcn_model, onnx_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         export.export_onnx(fcn_model, onnx_path)

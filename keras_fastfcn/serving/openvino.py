@@ -23,6 +23,10 @@ results. `"int8"` is NNCF
 post-training quantization (`nncf.quantize`) calibrated on `calibration` images, with the
 layers `keep_float` (by default the ONNX int8 export's: the classifier and the logits
 upsampling) in NNCF's `ignored_scope`.
+
+The class map's ArgMax is rewritten in the ONNX graph before the conversion
+(`argmax_as_reductions`): OpenVINO's frontend turns an ONNX ArgMax into a stable TopK,
+which its CPU plugin runs 2.5x slower than the same first-maximum index as reductions.
 """
 
 import json
@@ -139,6 +143,7 @@ def export_openvino(model, output, overwrite=False, probabilities=True, scales=(
                 raise RuntimeError(f"OpenVINO export failed, nothing was written to "
                                    f"{output}: {detail}") from err
             meta = _onnx_metadata(onnx_path)
+            _rewrite_onnx(onnx_path, argmax_as_reductions)
             try:
                 ov_model = ov.convert_model(onnx_path)
             except Exception as err:
@@ -186,6 +191,109 @@ def _onnx_metadata(path):
 
     proto = onnx.load(path, load_external_data=False)
     return {prop.key: prop.value for prop in proto.metadata_props}
+
+
+def _rewrite_onnx(path, rewrite):
+    """Applies `rewrite(proto)` to the ONNX file `path` in place, if it changes any node."""
+    import onnx
+
+    proto = onnx.load(path)
+    if rewrite(proto):
+        onnx.save(proto, path)
+
+
+def argmax_as_reductions(proto):
+    """Rewrites each ONNX `ArgMax` (first index of the maximum) of `proto` in place as
+    `ReduceMin(Where(x == ReduceMax(x), index, n))` along its axis: the same int64
+    indices, ties to the lowest index, on every runtime.
+
+    Why: OpenVINO's ONNX frontend turns ArgMax into `TopK(k=1, stable=true)` (stable
+    keeps ONNX's first-index rule), and its CPU plugin runs a stable TopK with a slow
+    kernel. The class map of a 512x512 EncNet with 59 classes took 34.7 ms that way and
+    14.1 ms as these reductions (ReduceMax 2.4, Equal+Where 8.8, ReduceMin 2.9) on a
+    Zen 4 EPYC (2 cores, OpenVINO 2026.4); an unstable TopK would be faster still but
+    may pick any of tied classes. ONNX Runtime's own ArgMax is faster than the
+    reductions there (578 against 637-698 ms for the whole model), so only the
+    OpenVINO export rewrites. An ArgMax whose input rank shape inference cannot tell,
+    or with `select_last_index`, is left as it is. A NaN in a row gives index `n`
+    (no element equals the NaN maximum): the exports' inputs are checked finite.
+
+    Args:
+        proto: an `onnx.ModelProto` (opset >= 13), changed in place.
+
+    Returns:
+        How many ArgMax nodes were rewritten.
+
+    Example:
+    >>> proto = onnx.load("fastfcn.onnx")
+    >>> argmax_as_reductions(proto)
+    1
+    """
+    from onnx import helper, numpy_helper, shape_inference
+
+    graph = proto.graph
+    opset = max([o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+                or [0])
+    inferred = shape_inference.infer_shapes(proto).graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in list(inferred.value_info) + list(inferred.input)
+             + list(inferred.output) if v.type.tensor_type.HasField("shape")}
+    taken = {name for node in graph.node for name in node.output}
+    taken |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
+
+    def fresh(base):
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    def constant(base, value):
+        name = fresh(base)
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def reduce(op, x, out, axis, keepdims, name):
+        if opset >= 18:  # axes became an input in opset 18
+            return helper.make_node(op, [x, constant(name + "_axes", [axis])], [out],
+                                    name=name, keepdims=keepdims)
+        return helper.make_node(op, [x], [out], name=name, axes=[axis], keepdims=keepdims)
+
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = ranks.get(node.input[0]) if node.op_type == "ArgMax" else None
+        if not rank or attrs.get("select_last_index", 0):
+            nodes.append(node)
+            continue
+        axis, keepdims = attrs.get("axis", 0) % rank, attrs.get("keepdims", 1)
+        x, base = node.input[0], (node.name or node.output[0]).replace("/", "_")
+        shape, n, iota, index, peak, is_peak, indices = (
+            fresh(f"{base}__{part}")
+            for part in ("shape", "count", "range", "index", "max", "is_max", "indices"))
+        nodes += [
+            helper.make_node("Shape", [x], [shape], name=fresh(base + "__shape_op")),
+            helper.make_node("Gather", [shape, constant(base + "__axis", axis)], [n],
+                             name=fresh(base + "__count_op")),
+            helper.make_node("Range", [constant(base + "__zero", 0), n,
+                                       constant(base + "__one", 1)], [iota],
+                             name=fresh(base + "__range_op")),
+            helper.make_node("Unsqueeze", [iota, constant(
+                base + "__other_axes", [i for i in range(rank) if i != axis])], [index],
+                name=fresh(base + "__index_op")),
+            reduce("ReduceMax", x, peak, axis, 1, fresh(base + "__max_op")),
+            helper.make_node("Equal", [x, peak], [is_peak], name=fresh(base + "__is_max_op")),
+            helper.make_node("Where", [is_peak, index, n], [indices],
+                             name=fresh(base + "__indices_op")),
+            reduce("ReduceMin", indices, node.output[0], axis, keepdims,
+                   fresh(base + "__first_max_op")),
+        ]
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
 
 
 def _save(ov, ov_model, tmp, output):
