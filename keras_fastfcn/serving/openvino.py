@@ -210,9 +210,10 @@ def argmax_as_reductions(proto):
     Why: OpenVINO's ONNX frontend turns ArgMax into `TopK(k=1, stable=true)` (stable
     keeps ONNX's first-index rule), and its CPU plugin runs a stable TopK with a slow
     kernel. The class map of a 512x512 EncNet with 59 classes took 34.7 ms that way and
-    14.1 ms as these reductions (ReduceMax 2.4, Equal+Where 8.8, ReduceMin 2.9) on a
-    Zen 4 EPYC (2 cores, OpenVINO 2026.4); an unstable TopK would be faster still but
-    may pick any of tied classes. ONNX Runtime's own ArgMax is faster than the
+    13.1 ms as these reductions (ReduceMax 2.3, Equal+Where 8.2, ReduceMin 2.5) on a
+    Zen 4 EPYC (2 cores, OpenVINO 2026.4, `benchmarks/profile_ops.py --runtime
+    openvino`); an unstable TopK would be faster still but may pick any of tied
+    classes. ONNX Runtime's own ArgMax is faster than the
     reductions there (578 against 637-698 ms for the whole model), so only the
     OpenVINO export rewrites. An ArgMax whose input rank shape inference cannot tell,
     or with `select_last_index`, is left as it is. A NaN in a row gives index `n`
