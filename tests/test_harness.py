@@ -36,6 +36,8 @@ LAYER_CASES = {
     "NativeBilinearResize": (lambda: fold.NativeBilinearResize(),
                              [(1, 4, 5, 8), (1, 13, 17, 3)]),
     "PSPHead": (lambda: L.PSPHead(3, bins=(1, 2)), (1, 8, 8, 32)),
+    "PaddedConv2D": (lambda: fold.PaddedConv2D(
+        pad=(2, 2, 3, 3), filters=4, kernel_size=3, dilation_rate=(2, 3)), (1, 8, 8, 4)),
     "PaddedDepthwiseConv2D": (lambda: fold.PaddedDepthwiseConv2D(
         pad=(2, 2, 2, 2), kernel_size=3, dilation_rate=2), (1, 8, 8, 4)),
     "PyramidPooling": (lambda: L.PyramidPooling(bins=(1, 2)), (1, 8, 8, 16)),

@@ -481,6 +481,34 @@ def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
         assert_agrees(probs, class_map, keras_probabilities(fcn_model, batch))
 
 
+def test_onnx_aspp_branches_are_single_dilated_convs(tiny_backbone, images, tmp_path):
+    """The DeepLab head's ASPP branches (rates 12, 24, 36) export as dilated Conv nodes
+    with their padding inside (fold.pad_dilated_convs, serving.onnx._fuse_pad_into_conv),
+    like the JPU's, and the export agrees with Keras (rates larger than the 8x8 to
+    12x10 maps of these images included)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    keras.utils.set_random_seed(1)
+    model = kf.FastFCN(num_classes=3, head="deeplab", backbone=tiny_backbone, jpu_width=32)
+    randomize_batchnorms(model)
+    path = export.export_onnx(model, str(tmp_path / "deeplab.onnx"))
+    proto = onnx.load(path)
+    assert not {n.op_type for n in proto.graph.node} & {"SpaceToDepth", "DepthToSpace"}
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    rates = []
+    for node in proto.graph.node:
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        if node.op_type == "Conv" and max(attrs.get("dilations", [1])) > 1:
+            rates.append(max(attrs["dilations"]))
+            assert attrs["pads"] == [rates[-1]] * 4, attrs
+            assert producers[node.input[0]].op_type != "Pad"
+    assert sorted(rates) == [2, 4, 8, 12, 24, 36]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in images:
+        class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
+        assert_agrees(probs, class_map, keras_probabilities(model, batch))
+
+
 def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
     """A zero constant Pad of the spatial dims that feeds only a Conv becomes (part of)
     the conv's pads; a Pad of another value or mode, of the channels, or with another

@@ -9,9 +9,10 @@ import keras_fastfcn as kf
 from keras_fastfcn._keras_private import all_layers
 from keras_fastfcn.inference import logits_model
 from keras_fastfcn.layers.resize import BilinearResize
-from keras_fastfcn.inference.fold import (NativeBilinearResize, PaddedDepthwiseConv2D,
+from keras_fastfcn.inference.fold import (NativeBilinearResize, PaddedConv2D,
+                                        PaddedDepthwiseConv2D,
                                         batchnorm_layers, fold_batchnorm, inference_copy,
-                                        native_resizes, pad_dilated_depthwise)
+                                        native_resizes, pad_dilated_convs)
 
 
 def randomize_batchnorms(model, seed=0):
@@ -121,8 +122,8 @@ def test_padded_dilated_depthwise_same_values_any_size(rng):
         model = kf.FastFCN(num_classes=3, head="fcn", upsampler=upsampler, jpu_width=64)
         randomize_batchnorms(model, seed=3)
         net = inference_copy(logits_model(model))
-        assert pad_dilated_depthwise(net) == replaced
-        assert pad_dilated_depthwise(net) == 0  # nothing left to replace
+        assert pad_dilated_convs(net) == replaced
+        assert pad_dilated_convs(net) == 0  # nothing left to replace
         padded = [layer for layer in net._flatten_layers(include_self=False)
                   if isinstance(layer, PaddedDepthwiseConv2D)]
         assert len(padded) == replaced
@@ -136,6 +137,27 @@ def test_padded_dilated_depthwise_same_values_any_size(rng):
     assert clone.padding == "valid" and clone.dilation_rate == layer.dilation_rate
     channels = layer.kernel.shape[2]
     assert clone.compute_output_shape((1, 9, 11, channels)) == (1, 9, 11, channels)
+
+
+def test_padded_dilated_aspp_convs_same_values(rng):
+    """The DeepLab head's ASPP branches (rates 12, 24, 36: larger than a 64 px image's
+    8x8 map, where only the centre tap reads it) written as explicit padding + valid
+    conv, beside the JPU's: same logits at odd and even sizes, folded or not, the
+    caller's model untouched, and the layer round-trips through its config."""
+    keras.utils.set_random_seed(4)
+    model = kf.FastFCN(num_classes=3, head="deeplab", jpu_width=32)
+    randomize_batchnorms(model, seed=5)
+    for net in (inference_copy(logits_model(model)), fold_batchnorm(model)):
+        assert pad_dilated_convs(net) == 3 + 3
+        aspp = [layer for layer in all_layers(net) if isinstance(layer, PaddedConv2D)]
+        assert sorted(layer.pad for layer in aspp) == [(12,) * 4, (24,) * 4, (36,) * 4]
+        for h, w in ((64, 64), (67, 75)):
+            _check_same(model, net, rng.uniform(0, 255, (1, h, w, 3)).astype("float32"))
+    assert not any(isinstance(layer, PaddedConv2D) for layer in all_layers(model))
+    layer = aspp[0]
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(clone, PaddedConv2D) and clone.pad == layer.pad
+    assert clone.padding == "valid" and clone.dilation_rate == layer.dilation_rate
 
 
 @pytest.mark.parametrize("shape, size", [((2, 4, 4, 3), (15, 9)), ((1, 64, 64, 5), (512, 480)),

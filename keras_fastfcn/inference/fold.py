@@ -26,8 +26,9 @@ match the layer configs any more, so do not train it or save it as `.keras`
 (save the original instead and fold again after loading).
 
 Two more export-only rewrites live here for the same reason (they swap layers of a
-copy): `pad_dilated_depthwise`, which the ONNX export applies so that the JPU's
-dilated depthwise convolutions become single dilated ONNX `Conv` nodes, and
+copy): `pad_dilated_convs`, which the ONNX export applies so that the dilated
+convolutions of the JPU's branches and the ASPP heads become single dilated ONNX
+`Conv` nodes, and
 `native_resizes`, which every export applies so that each align_corners resize (the
 logits; the upsampling of the JPU, JUM and pyramid pooling) runs as the runtime's own
 bilinear resize op.
@@ -291,31 +292,12 @@ def _fold_functional(model):
         call_function=call_function)
 
 
-# --- dilated depthwise convolutions, for ONNX ------------------------------------
+# --- dilated convolutions, for ONNX ---------------------------------------------
 
 
-@keras.saving.register_keras_serializable(package="keras_fastfcn")
-class PaddedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
-    """A `"same"`, stride-1 dilated `DepthwiseConv2D` as explicit zero padding followed
-    by a `"valid"` convolution: the same values, another graph.
-
-    Why: TensorFlow runs a dilated depthwise convolution as SpaceToBatchND ->
-    convolution -> BatchToSpaceND, with paddings computed from the (dynamic) input
-    size. tf2onnx folds that pattern back into one dilated ONNX `Conv` only when the
-    convolution is `"valid"` (for `"same"` it would need ONNX auto-padding with
-    dilations, which ONNX Runtime lacks), so a `"same"` layer exports as
-    Pad/SpaceToDepth/Transpose/DepthToSpace nodes around an undilated conv: about a
-    fifth of the ONNX Runtime time of EncNet+JPU R50. Export-only (see
-    `pad_dilated_depthwise`); training and Keras inference keep the plain layer.
-
-    Args:
-        pad: `(top, bottom, left, right)` zero padding, that of `"same"`.
-        **kwargs: `keras.layers.DepthwiseConv2D` arguments (`padding="valid"`).
-
-    Example:
-    >>> conv = keras.layers.DepthwiseConv2D(3, dilation_rate=2, padding="same")
-    >>> padded = PaddedDepthwiseConv2D(pad=(2, 2, 2, 2), kernel_size=3, dilation_rate=2)
-    """
+class _ExplicitPadding:
+    """A `"same"`, stride-1 dilated convolution as explicit zero padding followed by the
+    `"valid"` convolution: the same values, another graph (see `pad_dilated_convs`)."""
 
     def __init__(self, pad, **kwargs):
         kwargs["padding"] = "valid"
@@ -343,6 +325,38 @@ class PaddedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_fastfcn")
+class PaddedDepthwiseConv2D(_ExplicitPadding, keras.layers.DepthwiseConv2D):
+    """A `"same"`, stride-1 dilated `DepthwiseConv2D` as explicit zero padding followed
+    by a `"valid"` convolution (the JPU / JUM branches; see `pad_dilated_convs`).
+
+    Args:
+        pad: `(top, bottom, left, right)` zero padding, that of `"same"`.
+        **kwargs: `keras.layers.DepthwiseConv2D` arguments (`padding="valid"`).
+
+    Example:
+    >>> conv = keras.layers.DepthwiseConv2D(3, dilation_rate=2, padding="same")
+    >>> padded = PaddedDepthwiseConv2D(pad=(2, 2, 2, 2), kernel_size=3, dilation_rate=2)
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_fastfcn")
+class PaddedConv2D(_ExplicitPadding, keras.layers.Conv2D):
+    """A `"same"`, stride-1 dilated `Conv2D` as explicit zero padding followed by a
+    `"valid"` convolution (the ASPP branches; see `pad_dilated_convs`).
+
+    Args:
+        pad: `(top, bottom, left, right)` zero padding, that of `"same"`.
+        **kwargs: `keras.layers.Conv2D` arguments (`padding="valid"`).
+
+    Example:
+    >>> padded = PaddedConv2D(pad=(12, 12, 12, 12), filters=8, kernel_size=3,
+    ...                       dilation_rate=12)
+    >>> tuple(padded(keras.ops.ones((1, 20, 20, 4))).shape)
+    (1, 20, 20, 8)
+    """
+
+
 def _same_padding(conv):
     """`(top, bottom, left, right)` of `"same"` for a stride-1 conv (TensorFlow's
     split: the odd pixel at the bottom/right)."""
@@ -353,16 +367,36 @@ def _same_padding(conv):
     return tuple(pads)
 
 
+_PADDED = {keras.layers.DepthwiseConv2D: PaddedDepthwiseConv2D,
+           keras.layers.Conv2D: PaddedConv2D}
+
+
 def _needs_padding(layer):
-    return (type(layer) is keras.layers.DepthwiseConv2D and layer.built
+    return (type(layer) in _PADDED and layer.built
             and layer.padding == "same" and layer.data_format == "channels_last"
             and tuple(layer.strides) == (1, 1) and max(layer.dilation_rate) > 1)
 
 
-def pad_dilated_depthwise(model):
-    """Replaces, in place, every dilated `"same"` `DepthwiseConv2D` held by a layer of
-    `model` (the JPU / JUM separable convs) by a `PaddedDepthwiseConv2D` with its
-    weights; returns the number replaced.
+def pad_dilated_convs(model):
+    """Replaces, in place, every dilated `"same"` `DepthwiseConv2D` or `Conv2D` held by
+    a layer of `model` (the JPU / JUM separable convs, the ASPP branches) by a
+    `PaddedDepthwiseConv2D` / `PaddedConv2D` with its weights; returns the number
+    replaced. Convolutions that are nodes of a nested functional model (a dilated
+    ResNet encoder, output stride 8 or 16) are left as they are.
+
+    Why: TensorFlow runs a dilated convolution as SpaceToBatchND -> convolution ->
+    BatchToSpaceND, with paddings computed from the (dynamic) input size. tf2onnx
+    folds that pattern back into one dilated ONNX `Conv` only when the convolution is
+    `"valid"` (for `"same"` it would need ONNX auto-padding with dilations, which ONNX
+    Runtime lacks), so a `"same"` layer exports as Pad / SpaceToDepth / Transpose /
+    DepthToSpace nodes around an undilated conv, padded to a multiple of the rate (an
+    ASPP branch at rate 36 on the 64x64 map of a 512 px image convolves 144x144). For
+    EncNet+JPU R50 that was about a fifth of the ONNX Runtime time; for DeepLab+JPU R50
+    at 512 px (Zen 4, 2 cores) ONNX Runtime 1.69-1.80 s -> 0.93-1.02 s and OpenVINO
+    2.22-2.24 s -> 0.85-0.91 s, the same class maps. TensorFlow and TFLite run both
+    forms at the same speed (their graph optimizers fold the pattern), so only the
+    ONNX export (and OpenVINO, converted from it) applies this. Training and Keras
+    inference keep the plain layers.
 
     Mutates `model`: call it on an `inference_copy` (the ONNX export does, after BN
     folding). Outputs are unchanged up to float rounding.
@@ -373,16 +407,16 @@ def pad_dilated_depthwise(model):
     Example:
     >>> import keras_fastfcn as kf
     >>> net = inference_copy(kf.models.FastFCNImageSegmenter(
-    ...     kf.models.FastFCNBackbone(width=64), num_classes=3, head="fcn"))
-    >>> pad_dilated_depthwise(net)  # the three dilated JPU branches
-    3
+    ...     kf.models.FastFCNBackbone(width=64), num_classes=3, head="deeplab"))
+    >>> pad_dilated_convs(net)  # three dilated JPU branches, three ASPP branches
+    6
     """
     def padded(conv):
         if not _needs_padding(conv):
             return None
         weights = conv.get_weights()
         return _new_conv(conv, weights[0], weights[1] if conv.use_bias else None,
-                         PaddedDepthwiseConv2D, pad=_same_padding(conv))
+                         _PADDED[type(conv)], pad=_same_padding(conv))
 
     return _swap_sublayers(model, padded)
 

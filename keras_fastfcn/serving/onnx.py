@@ -15,9 +15,10 @@ default that is the class scores (`DEFAULT_KEEP_FLOAT`): on the CamVid EncNet of
 `benchmarks/PRECISION.md` quantizing everything loses 11 mIoU points, and keeping the
 classifier and the logits resize in float (nothing else) recovers the fp32 mIoU.
 
-Before conversion, the JPU's dilated depthwise convolutions are written as explicit
-padding + valid convolution (`fold.pad_dilated_depthwise`), so that tf2onnx exports each
-as one dilated `Conv` instead of SpaceToDepth/DepthToSpace around an undilated one.
+Before conversion, the dilated convolutions (the JPU's depthwise ones, the ASPP heads')
+are written as explicit padding + valid convolution (`fold.pad_dilated_convs`), so that
+tf2onnx exports each as one dilated `Conv` instead of SpaceToDepth/DepthToSpace around
+an undilated one.
 """
 
 import contextlib
@@ -361,8 +362,8 @@ def _rename_onnx_outputs(proto, names):
 
 
 def _fuse_pad_into_conv(proto):
-    """Moves each zero `Pad` that only feeds a `Conv` (the dilated JPU branches:
-    `fold.pad_dilated_depthwise`) into the conv's `pads`; returns how many.
+    """Moves each zero `Pad` that only feeds a `Conv` (the dilated JPU and ASPP branches:
+    `fold.pad_dilated_convs`) into the conv's `pads`; returns how many.
 
     ONNX Runtime does this itself for a float graph (its PadFusion), but not once
     `_quantize` has put QuantizeLinear / DequantizeLinear around the Pad: the int8
