@@ -391,9 +391,10 @@ def pad_dilated_convs(model):
     Runtime lacks), so a `"same"` layer exports as Pad / SpaceToDepth / Transpose /
     DepthToSpace nodes around an undilated conv, padded to a multiple of the rate (an
     ASPP branch at rate 36 on the 64x64 map of a 512 px image convolves 144x144). For
-    EncNet+JPU R50 that was about a fifth of the ONNX Runtime time; for DeepLab+JPU R50
-    at 512 px (Zen 4, 2 cores) ONNX Runtime 1.69-1.80 s -> 0.93-1.02 s and OpenVINO
-    2.22-2.24 s -> 0.85-0.91 s, the same class maps. TensorFlow and TFLite run both
+    EncNet+JPU R50 that was about a fifth of the ONNX Runtime time; padding the ASPP
+    branches too took DeepLab+JPU R50 at 512 px (Zen 4, 2 cores, fp32) from 1.71-1.81 s
+    to 0.94-1.00 s in ONNX Runtime and from 2.13-2.29 s to 0.85-0.86 s in OpenVINO,
+    with the same class maps. TensorFlow and TFLite run both
     forms at the same speed (their graph optimizers fold the pattern), so only the
     ONNX export (and OpenVINO, converted from it) applies this. Training and Keras
     inference keep the plain layers.
