@@ -509,12 +509,20 @@ def test_onnx_aspp_branches_are_single_dilated_convs(tiny_backbone, images, tmp_
         assert_agrees(probs, class_map, keras_probabilities(model, batch))
 
 
+def run_onnx(proto, x):
+    """The outputs of the ONNX model `proto` on input `x` (named "x"), in ONNX Runtime."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
 def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
     """A zero constant Pad of the spatial dims that feeds only a Conv becomes (part of)
     the conv's pads; a Pad of another value or mode, of the channels, or with another
     reader stays."""
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
     from keras_fastfcn.serving.onnx import _fuse_pad_into_conv
@@ -545,18 +553,14 @@ def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = rng.randn(1, 4, 8, 8).astype(np.float32)
 
-    def run(model):
-        return ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
-
-    before = run(proto)
+    before = run_onnx(proto, x)
     assert _fuse_pad_into_conv(proto) == 1
     onnx.checker.check_model(proto)
     assert [n.op_type for n in proto.graph.node].count("Pad") == 4
     fused = next(n for n in proto.graph.node if n.output[0] == "a")
     # The conv's own padding (1) plus the Pad's (2), per side.
     assert fused.input[0] == "x" and list(fused.attribute[-1].ints) == [3, 3, 3, 3]
-    for want, got in zip(before, run(proto)):
+    for want, got in zip(before, run_onnx(proto, x)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -566,7 +570,7 @@ def test_argmax_as_reductions_keeps_the_first_maximum(opset):
     (many, from small integers) to the lowest index, any axis, with and without
     keepdims, before and after opset 18 moved the reduce axes into an input."""
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
     from keras_fastfcn.serving.openvino import argmax_as_reductions
@@ -585,15 +589,11 @@ def test_argmax_as_reductions_keeps_the_first_maximum(opset):
         "x", TensorProto.FLOAT, ["b", 5, "h", "w"])], outputs)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
-    def run(model):
-        return ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
-
-    before = run(proto)
+    before = run_onnx(proto, x)
     assert argmax_as_reductions(proto) == 3
     onnx.checker.check_model(proto)
     assert [n.op_type for n in proto.graph.node].count("ArgMax") == 1
-    after = run(proto)
+    after = run_onnx(proto, x)
     for want, got in zip(before, after):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)

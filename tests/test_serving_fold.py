@@ -121,12 +121,11 @@ def test_padded_dilated_depthwise_same_values_any_size(rng):
     for upsampler, replaced in (("jpu", 3), ("jpu_x", 2 + 3)):
         model = kf.FastFCN(num_classes=3, head="fcn", upsampler=upsampler, jpu_width=64)
         randomize_batchnorms(model, seed=3)
-        net = inference_copy(logits_model(model))
-        assert pad_dilated_convs(net) == replaced
-        assert pad_dilated_convs(net) == 0  # nothing left to replace
+        net = pad_dilated_convs(inference_copy(logits_model(model)))
         padded = [layer for layer in net._flatten_layers(include_self=False)
                   if isinstance(layer, PaddedDepthwiseConv2D)]
         assert len(padded) == replaced
+        assert pad_dilated_convs(net) is net  # nothing left to replace
         assert not any(isinstance(layer, PaddedDepthwiseConv2D)
                        for layer in model._flatten_layers(include_self=False))
         for h, w in ((64, 64), (67, 75)):
@@ -148,7 +147,8 @@ def test_padded_dilated_aspp_convs_same_values(rng):
     model = kf.FastFCN(num_classes=3, head="deeplab", jpu_width=32)
     randomize_batchnorms(model, seed=5)
     for net in (inference_copy(logits_model(model)), fold_batchnorm(model)):
-        assert pad_dilated_convs(net) == 3 + 3
+        net = pad_dilated_convs(net)
+        assert sum(isinstance(layer, PaddedDepthwiseConv2D) for layer in all_layers(net)) == 3
         aspp = [layer for layer in all_layers(net) if isinstance(layer, PaddedConv2D)]
         assert sorted(layer.pad for layer in aspp) == [(12,) * 4, (24,) * 4, (36,) * 4]
         for h, w in ((64, 64), (67, 75)):
@@ -158,6 +158,29 @@ def test_padded_dilated_aspp_convs_same_values(rng):
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert isinstance(clone, PaddedConv2D) and clone.pad == layer.pad
     assert clone.padding == "valid" and clone.dilation_rate == layer.dilation_rate
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_padded_dilated_encoder_convs_same_values(rng, stride):
+    """A dilated encoder (DilatedFCN, output stride 8 or 16): its dilated 3x3 convs are
+    nodes of a nested functional model, padded in a rebuilt graph (the caller's model
+    keeps its convs) with the same logits at odd and even sizes."""
+    keras.utils.set_random_seed(6)
+    model = kf.models.FastFCNImageSegmenter(kf.models.FastFCNBackbone(
+        encoder="resnet50", upsampler=None, output_stride=stride, width=16,
+        encoder_weights=None), num_classes=3, head="fcn")
+    randomize_batchnorms(model, seed=7)
+    rates = sorted(max(layer.dilation_rate) for layer in all_layers(model)
+                   if type(layer) is keras.layers.Conv2D and max(layer.dilation_rate) > 1)
+    assert rates and max(rates) == 32 // stride
+    net = pad_dilated_convs(fold_batchnorm(model))
+    padded = [layer for layer in all_layers(net) if isinstance(layer, PaddedConv2D)]
+    assert sorted(max(layer.dilation_rate) for layer in padded) == rates
+    assert not any(type(layer) is keras.layers.Conv2D and max(layer.dilation_rate) > 1
+                   for layer in all_layers(net))
+    assert not any(isinstance(layer, PaddedConv2D) for layer in all_layers(model))
+    for h, w in ((64, 64), (67, 75)):
+        _check_same(model, net, rng.uniform(0, 255, (1, h, w, 3)).astype("float32"))
 
 
 @pytest.mark.parametrize("shape, size", [((2, 4, 4, 3), (15, 9)), ((1, 64, 64, 5), (512, 480)),

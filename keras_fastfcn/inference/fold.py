@@ -27,8 +27,8 @@ match the layer configs any more, so do not train it or save it as `.keras`
 
 Two more export-only rewrites live here for the same reason (they swap layers of a
 copy): `pad_dilated_convs`, which the ONNX export applies so that the dilated
-convolutions of the JPU's branches and the ASPP heads become single dilated ONNX
-`Conv` nodes, and
+convolutions (the JPU's branches, the ASPP heads, a dilated encoder) become single
+dilated ONNX `Conv` nodes, and
 `native_resizes`, which every export applies so that each align_corners resize (the
 logits; the upsampling of the JPU, JUM and pyramid pooling) runs as the runtime's own
 bilinear resize op.
@@ -343,7 +343,8 @@ class PaddedDepthwiseConv2D(_ExplicitPadding, keras.layers.DepthwiseConv2D):
 @keras.saving.register_keras_serializable(package="keras_fastfcn")
 class PaddedConv2D(_ExplicitPadding, keras.layers.Conv2D):
     """A `"same"`, stride-1 dilated `Conv2D` as explicit zero padding followed by a
-    `"valid"` convolution (the ASPP branches; see `pad_dilated_convs`).
+    `"valid"` convolution (the ASPP branches, a dilated encoder's 3x3 convs; see
+    `pad_dilated_convs`).
 
     Args:
         pad: `(top, bottom, left, right)` zero padding, that of `"same"`.
@@ -378,11 +379,11 @@ def _needs_padding(layer):
 
 
 def pad_dilated_convs(model):
-    """Replaces, in place, every dilated `"same"` `DepthwiseConv2D` or `Conv2D` held by
-    a layer of `model` (the JPU / JUM separable convs, the ASPP branches) by a
-    `PaddedDepthwiseConv2D` / `PaddedConv2D` with its weights; returns the number
-    replaced. Convolutions that are nodes of a nested functional model (a dilated
-    ResNet encoder, output stride 8 or 16) are left as they are.
+    """`model` with every dilated `"same"` `DepthwiseConv2D` or `Conv2D` written as a
+    `PaddedDepthwiseConv2D` / `PaddedConv2D` with its weights: those held by a layer
+    (the JPU / JUM separable convs, the ASPP branches) swapped in place, and the nodes
+    of functional graphs (a dilated ResNet encoder at output stride 8 or 16) in
+    rebuilt graphs that share every other layer.
 
     Why: TensorFlow runs a dilated convolution as SpaceToBatchND -> convolution ->
     BatchToSpaceND, with paddings computed from the (dynamic) input size. tf2onnx
@@ -399,27 +400,49 @@ def pad_dilated_convs(model):
     ONNX export (and OpenVINO, converted from it) applies this. Training and Keras
     inference keep the plain layers.
 
-    Mutates `model`: call it on an `inference_copy` (the ONNX export does, after BN
-    folding). Outputs are unchanged up to float rounding.
+    Mutates the layers of `model`: call it on an `inference_copy` (the ONNX export
+    does, after BN folding). Outputs are unchanged up to float rounding.
 
     Args:
         model: a built Keras model.
+
+    Returns:
+        The model with the convolutions swapped: `model` itself when none is a node
+        of a functional graph.
 
     Example:
     >>> import keras_fastfcn as kf
     >>> net = inference_copy(kf.models.FastFCNImageSegmenter(
     ...     kf.models.FastFCNBackbone(width=64), num_classes=3, head="deeplab"))
-    >>> pad_dilated_convs(net)  # three dilated JPU branches, three ASPP branches
+    >>> net = pad_dilated_convs(net)
+    >>> sum(isinstance(layer, (PaddedConv2D, PaddedDepthwiseConv2D))
+    ...     for layer in all_layers(net))  # three dilated JPU branches, three ASPP ones
     6
     """
-    def padded(conv):
-        if not _needs_padding(conv):
-            return None
-        weights = conv.get_weights()
-        return _new_conv(conv, weights[0], weights[1] if conv.use_bias else None,
-                         _PADDED[type(conv)], pad=_same_padding(conv))
+    _swap_sublayers(model, _padded)
+    return _pad_functional(model) if is_functional(model) else model
 
-    return _swap_sublayers(model, padded)
+
+def _padded(conv):
+    """`conv` as a `PaddedConv2D` / `PaddedDepthwiseConv2D`, or None if it needs none."""
+    if not _needs_padding(conv):
+        return None
+    weights = conv.get_weights()
+    return _new_conv(conv, weights[0], weights[1] if conv.use_bias else None,
+                     _PADDED[type(conv)], pad=_same_padding(conv))
+
+
+def _pad_functional(model):
+    """Rebuilds a functional model with its dilated conv nodes padded (recursively)."""
+    replacements = {}
+    for layer in model.layers:
+        new = _pad_functional(layer) if is_functional(layer) else _padded(layer)
+        if new is not None and new is not layer:
+            replacements[id(layer)] = new
+    if not replacements:
+        return model
+    return keras.models.clone_model(
+        model, clone_function=lambda layer: replacements.get(id(layer), layer))
 
 
 # --- the logits resize, for every export ----------------------------------------

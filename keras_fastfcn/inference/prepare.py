@@ -26,8 +26,8 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False, native_r
     2. the logits only (no auxiliary head or SE branch: `logits_model`);
     3. `fold_bn`: BatchNorm folded into the convolutions (`fold.fold_batchnorm`);
     4. `pad_dilations` (the ONNX export): dilated convs (the JPU's depthwise ones, the
-       ASPP heads') as explicit padding and a valid conv (`fold.pad_dilated_convs`),
-       which tf2onnx turns into dilated `Conv` nodes;
+       ASPP heads', a dilated encoder's) as explicit padding and a valid conv
+       (`fold.pad_dilated_convs`), which tf2onnx turns into dilated `Conv` nodes;
     5. `native_resizes` (the exports): every align_corners resize (the JPU's
        upsampling, the logits resize) as TensorFlow's own bilinear resize op
        (`fold.native_resizes`), which every export format has a kernel for. In
@@ -79,5 +79,5 @@ def prepare(model, fold_bn=True, precision="fp32", pad_dilations=False, native_r
     else:  # a subclassed model of your own (it cannot be copied): run as it is
         return net, info
     if pad_dilations:
-        fold.pad_dilated_convs(net)
+        net = fold.pad_dilated_convs(net)
     return (fold.native_resizes(net) if native_resizes else net), info

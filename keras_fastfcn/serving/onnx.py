@@ -15,10 +15,10 @@ default that is the class scores (`DEFAULT_KEEP_FLOAT`): on the CamVid EncNet of
 `benchmarks/PRECISION.md` quantizing everything loses 11 mIoU points, and keeping the
 classifier and the logits resize in float (nothing else) recovers the fp32 mIoU.
 
-Before conversion, the dilated convolutions (the JPU's depthwise ones, the ASPP heads')
-are written as explicit padding + valid convolution (`fold.pad_dilated_convs`), so that
-tf2onnx exports each as one dilated `Conv` instead of SpaceToDepth/DepthToSpace around
-an undilated one.
+Before conversion, the dilated convolutions (the JPU's depthwise ones, the ASPP heads',
+a dilated encoder's) are written as explicit padding + valid convolution
+(`fold.pad_dilated_convs`), so that tf2onnx exports each as one dilated `Conv` instead
+of SpaceToDepth/DepthToSpace around an undilated one.
 """
 
 import contextlib
