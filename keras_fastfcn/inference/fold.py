@@ -395,7 +395,10 @@ def pad_dilated_convs(model):
     EncNet+JPU R50 that was about a fifth of the ONNX Runtime time; padding the ASPP
     branches too took DeepLab+JPU R50 at 512 px (Zen 4, 2 cores, fp32) from 1.71-1.81 s
     to 0.94-1.00 s in ONNX Runtime and from 2.13-2.29 s to 0.85-0.86 s in OpenVINO,
-    with the same class maps. TensorFlow and TFLite run both
+    with the same class maps; padding a dilated encoder's convs took EncNet R50 at
+    output stride 8 from 1.51-1.56 s to 1.32-1.37 s in OpenVINO fp32 and from
+    0.81-0.84 s to 0.34-0.36 s in OpenVINO int8, where NNCF had left the
+    space-to-batch convolutions in float. TensorFlow and TFLite run both
     forms at the same speed (their graph optimizers fold the pattern), so only the
     ONNX export (and OpenVINO, converted from it) applies this. Training and Keras
     inference keep the plain layers.

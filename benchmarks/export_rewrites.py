@@ -1,0 +1,132 @@
+"""What each export-only graph rewrite buys: one configuration exported with the rewrite
+and without it, both timed in their runtime, and their class maps compared.
+
+Rewrites (`--rewrite`):
+- `pad`: the dilated convolutions as explicit padding + valid convolution
+  (`inference.fold.pad_dilated_convs`), which the ONNX and OpenVINO exports apply; off,
+  only the JPU's depthwise convolutions are padded, as before the ASPP branches and
+  dilated encoders were.
+- `argmax`: the OpenVINO export's class map as reductions
+  (`serving.openvino.argmax_as_reductions`); off, OpenVINO's stable TopK.
+
+The model is the benchmark's (`benchmark.configs._build`: random weights with trained-like
+BatchNorm statistics, seeded, so that both exports hold the same weights), exported with
+`serving.export(..., probabilities=False)` (int8: NNCF / ONNX Runtime calibrated on
+`--calibration-images` random images) and run through `serving.runtime.ExportPredictor`
+on 2 threads: batch 1, median of `--runs` after two warm-up calls, the exports taking
+turns for `--rounds` rounds.
+
+Example:
+    python benchmarks/export_rewrites.py --rewrite pad --head deeplab --upsampler jpu
+    python benchmarks/export_rewrites.py --rewrite pad --upsampler os8 --formats openvino:int8
+    python benchmarks/export_rewrites.py --rewrite argmax --formats openvino:fp32,openvino:int8
+"""
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(_HERE) not in sys.path:  # run from a checkout: use its keras_fastfcn
+    sys.path.insert(0, os.path.dirname(_HERE))
+
+
+@contextlib.contextmanager
+def rewrite_off(name):
+    """Within the block, the export runs without the rewrite `name`."""
+    import keras
+
+    from keras_fastfcn.inference import fold
+    from keras_fastfcn.serving import openvino
+
+    if name == "pad":
+        saved = dict(fold._PADDED)
+        fold._PADDED.clear()
+        fold._PADDED[keras.layers.DepthwiseConv2D] = fold.PaddedDepthwiseConv2D
+        try:
+            yield
+        finally:
+            fold._PADDED.clear()
+            fold._PADDED.update(saved)
+    elif name == "argmax":
+        saved = openvino.argmax_as_reductions
+        openvino.argmax_as_reductions = lambda proto: 0
+        try:
+            yield
+        finally:
+            openvino.argmax_as_reductions = saved
+    else:
+        raise ValueError(f"unknown rewrite {name!r}: pad or argmax")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rewrite", required=True, choices=("pad", "argmax"))
+    parser.add_argument("--head", default="encnet")
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--upsampler", default="jpu")
+    parser.add_argument("--num-classes", type=int, default=59)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--formats", default="onnx:fp32,openvino:fp32",
+                        help="comma-separated FORMAT:PRECISION (onnx, openvino; fp32, int8)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--calibration-images", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    import keras
+    import numpy as np
+
+    from keras_fastfcn import serving
+    from keras_fastfcn.benchmark.configs import _build
+    from keras_fastfcn.benchmark import machine_description
+    from keras_fastfcn.benchmark.cpu import cpu_info
+    from keras_fastfcn.serving.runtime import ExportPredictor
+
+    print(machine_description())
+    print("CPU flags:", " ".join(cpu_info().get("flags", [])))
+    rng = np.random.RandomState(1)
+    calibration = [rng.uniform(0, 255, (args.size, args.size, 3)).astype("uint8")
+                   for _ in range(args.calibration_images)]
+    image = np.random.RandomState(0).uniform(0, 255, (1, args.size, args.size, 3)).astype(
+        "float32")
+    runners = {}
+    with tempfile.TemporaryDirectory(prefix="kf-rewrites-") as work:
+        for leg in ("without", "with"):
+            keras.utils.set_random_seed(0)
+            model = _build(args.head, args.encoder, args.upsampler, args.num_classes)
+            for item in args.formats.split(","):
+                fmt, precision = item.split(":")
+                ext = {"onnx": ".onnx", "openvino": ".xml"}[fmt]
+                path = os.path.join(work, f"{leg}_{fmt}_{precision}{ext}")
+                options = {"calibration": calibration} if precision == "int8" else {}
+                with (rewrite_off(args.rewrite) if leg == "without"
+                      else contextlib.nullcontext()):
+                    serving.export(model, path, format=fmt, precision=precision,
+                                   probabilities=False, **options)
+                runners[(item, leg)] = ExportPredictor(path, threads=2)
+        maps = {key: np.asarray(run(image)) for key, run in runners.items()}
+        times = {key: [] for key in runners}
+        for _ in range(args.rounds):
+            for key, run in runners.items():
+                for _ in range(2):
+                    run(image)
+                for _ in range(args.runs):
+                    start = time.perf_counter()
+                    run(image)
+                    times[key].append(time.perf_counter() - start)
+    print(f"{args.head} {args.encoder} {args.upsampler} {args.size}px, rewrite {args.rewrite}")
+    print("| export | without (s) | with (s) | class map equal |")
+    print("|---|---|---|---|")
+    for item in args.formats.split(","):
+        without, with_ = (statistics.median(times[(item, leg)]) for leg in ("without", "with"))
+        same = float((maps[(item, "without")] == maps[(item, "with")]).mean())
+        print(f"| {item} | {without:.3f} | {with_:.3f} | {100 * same:.2f}% |")
+
+
+if __name__ == "__main__":
+    main()
