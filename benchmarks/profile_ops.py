@@ -59,6 +59,29 @@ def part_of(node_name, depth=1):
     return "/".join(scopes[:depth]) or "(graph)"
 
 
+class _Medians:
+    """Per-run kernel times by op type and by model part, and each run's wall time; their
+    medians over the runs are `profile`'s tables."""
+
+    def __init__(self):
+        self.by_type, self.by_part, self.totals = (collections.defaultdict(list)
+                                                   for _ in range(3))
+
+    def add(self, types, parts, wall_ms):
+        for key, ms in types.items():
+            self.by_type[key].append(ms)
+        for key, ms in parts.items():
+            self.by_part[key].append(ms)
+        self.totals["kernels"].append(sum(types.values()))
+        self.totals["wall"].append(wall_ms)
+
+    def tables(self):
+        def medians(samples):
+            return {k: statistics.median(v) for k, v in samples.items()}
+
+        return medians(self.by_type), medians(self.by_part), medians(self.totals)
+
+
 def profile(graph_def, input_name, output_name, size, runs=5, warmup=2, depth=1):
     import numpy as np
     import tensorflow as tf
@@ -67,7 +90,7 @@ def profile(graph_def, input_name, output_name, size, runs=5, warmup=2, depth=1)
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
-    by_type, by_part, totals = (collections.defaultdict(list) for _ in range(3))
+    medians = _Medians()
     with tf.compat.v1.Session(graph=graph) as sess:
         feed = {input_name + ":0": image}
         for _ in range(warmup):
@@ -89,15 +112,8 @@ def profile(graph_def, input_name, output_name, size, runs=5, warmup=2, depth=1)
                     start = node.all_start_micros if start is None else min(
                         start, node.all_start_micros)
                     end = max(end, node.all_start_micros + node.all_end_rel_micros)
-            for key, ms in types.items():
-                by_type[key].append(ms)
-            for key, ms in parts.items():
-                by_part[key].append(ms)
-            totals["kernels"].append(sum(types.values()))
-            totals["wall"].append((end - start) / 1000.0)
-    med = {k: statistics.median(v) for k, v in totals.items()}
-    return ({k: statistics.median(v) for k, v in by_type.items()},
-            {k: statistics.median(v) for k, v in by_part.items()}, med)
+            medians.add(types, parts, (end - start) / 1000.0)
+    return medians.tables()
 
 
 def part_of_openvino(node_name, depth=1):
@@ -131,13 +147,13 @@ def profile_openvino(head, backbone, upsampler, size, precision, runs=5, warmup=
         core = openvino.Core()
         request = core.compile_model(core.read_model(path), "CPU",
                                      config).create_infer_request()
-    by_type, by_part, totals = (collections.defaultdict(list) for _ in range(3))
+    medians = _Medians()
     for _ in range(warmup):
         request.infer({"images": image})
     for _ in range(runs):
         start = time.perf_counter()
         request.infer({"images": image})
-        totals["wall"].append(1000 * (time.perf_counter() - start))
+        wall_ms = 1000 * (time.perf_counter() - start)
         types, parts = collections.Counter(), collections.Counter()
         for info in request.get_profiling_info():
             ms = info.real_time.total_seconds() * 1000
@@ -145,14 +161,8 @@ def profile_openvino(head, backbone, upsampler, size, precision, runs=5, warmup=
                 continue
             types[f"{info.node_type} {info.exec_type}"] += ms
             parts[part_of_openvino(info.node_name, depth)] += ms
-        for key, ms in types.items():
-            by_type[key].append(ms)
-        for key, ms in parts.items():
-            by_part[key].append(ms)
-        totals["kernels"].append(sum(types.values()))
-    med = {k: statistics.median(v) for k, v in totals.items()}
-    return ({k: statistics.median(v) for k, v in by_type.items()},
-            {k: statistics.median(v) for k, v in by_part.items()}, med)
+        medians.add(types, parts, wall_ms)
+    return medians.tables()
 
 
 def _print_table(title, times, total, top):

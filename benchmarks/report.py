@@ -100,10 +100,10 @@ def _openvino_cell(r):
     if "openvino_latency_s" not in r:
         return "-"
     ours, theirs = r["latency_s"], r["openvino_latency_s"]
-    faster = (f"ours {theirs / ours:.2f}x faster" if ours <= theirs
-              else f"OpenVINO {ours / theirs:.2f}x faster")
-    if round(max(ours, theirs) / min(ours, theirs), 2) == 1.0:
-        faster = "same speed"
+    ratio = max(ours, theirs) / min(ours, theirs)
+    faster = ("same speed" if round(ratio, 2) == 1.0
+              else f"ours {ratio:.2f}x faster" if ours <= theirs
+              else f"OpenVINO {ratio:.2f}x faster")
     runs = r["openvino_inference_precision"]
     if row_precision(r) == "int8":  # the hint covers only the ops NNCF left in float
         runs = f"int8, float parts {runs}"
