@@ -26,7 +26,7 @@ upsampling) in NNCF's `ignored_scope`.
 
 The class map's ArgMax is rewritten in the ONNX graph before the conversion
 (`argmax_as_reductions`): OpenVINO's frontend turns an ONNX ArgMax into a stable TopK,
-which its CPU plugin runs 2.5x slower than the same first-maximum index as reductions.
+which its CPU plugin runs 2.6x slower than the same first-maximum index as reductions.
 """
 
 import json
@@ -142,8 +142,7 @@ def export_openvino(model, output, overwrite=False, probabilities=True, scales=(
                 detail = str(err).replace(f", nothing was written to {onnx_path}", "")
                 raise RuntimeError(f"OpenVINO export failed, nothing was written to "
                                    f"{output}: {detail}") from err
-            meta = _onnx_metadata(onnx_path)
-            _rewrite_onnx(onnx_path, argmax_as_reductions)
+            meta = _read_and_rewrite_onnx(onnx_path)
             try:
                 ov_model = ov.convert_model(onnx_path)
             except Exception as err:
@@ -185,21 +184,16 @@ def _check_calibration(calibration, input_size):
     return images
 
 
-def _onnx_metadata(path):
-    """The export's metadata (class names, options, ...) as the ONNX exporter wrote it."""
-    import onnx
-
-    proto = onnx.load(path, load_external_data=False)
-    return {prop.key: prop.value for prop in proto.metadata_props}
-
-
-def _rewrite_onnx(path, rewrite):
-    """Applies `rewrite(proto)` to the ONNX file `path` in place, if it changes any node."""
+def _read_and_rewrite_onnx(path):
+    """The export's metadata (class names, options, ...) as the ONNX exporter wrote it,
+    from one read of the file, which is rewritten in place for OpenVINO
+    (`argmax_as_reductions`) where that changes a node."""
     import onnx
 
     proto = onnx.load(path)
-    if rewrite(proto):
+    if argmax_as_reductions(proto):
         onnx.save(proto, path)
+    return {prop.key: prop.value for prop in proto.metadata_props}
 
 
 def argmax_as_reductions(proto):
@@ -213,9 +207,8 @@ def argmax_as_reductions(proto):
     13.1 ms as these reductions (ReduceMax 2.3, Equal+Where 8.2, ReduceMin 2.5) on a
     Zen 4 EPYC (2 cores, OpenVINO 2026.4, `benchmarks/profile_ops.py --runtime
     openvino`); an unstable TopK would be faster still but may pick any of tied
-    classes. ONNX Runtime's own ArgMax is faster than the
-    reductions there (578 against 637-698 ms for the whole model), so only the
-    OpenVINO export rewrites. An ArgMax whose input rank shape inference cannot tell,
+    classes. ONNX Runtime's own ArgMax is faster than the reductions there (578
+    against 637-698 ms for the whole model), so only the OpenVINO export rewrites. An ArgMax whose input rank shape inference cannot tell,
     or with `select_last_index`, is left as it is. A NaN in a row gives index `n`
     (no element equals the NaN maximum): the exports' inputs are checked finite.
 
@@ -233,6 +226,8 @@ def argmax_as_reductions(proto):
     from onnx import helper, numpy_helper, shape_inference
 
     graph = proto.graph
+    if not any(node.op_type == "ArgMax" for node in graph.node):
+        return 0  # no shape inference (a copy of the whole model) for nothing
     opset = max([o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
                 or [0])
     inferred = shape_inference.infer_shapes(proto).graph
@@ -263,8 +258,8 @@ def argmax_as_reductions(proto):
 
     nodes, rewritten = [], 0
     for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         rank = ranks.get(node.input[0]) if node.op_type == "ArgMax" else None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute} if rank else {}
         if not rank or attrs.get("select_last_index", 0):
             nodes.append(node)
             continue
