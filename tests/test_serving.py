@@ -441,6 +441,25 @@ def onnx_path(fcn_model, tmp_path_factory):
     return export.export_onnx(fcn_model, path)
 
 
+def dilated_conv_rates(proto):
+    """The sorted rates of the ONNX graph's dilated Conv nodes, after asserting that no
+    dilated conv is tf2onnx's SpaceToDepth/DepthToSpace rendering of TensorFlow's
+    space-to-batch, and that each keeps its "same" padding in the Conv, not in a Pad
+    before it (which int8 quantization would leave in float between a dequantize and a
+    quantize)."""
+    ops = {node.op_type for node in proto.graph.node}
+    assert not ops & {"SpaceToDepth", "DepthToSpace"}, sorted(ops)
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    rates = []
+    for node in proto.graph.node:
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        if node.op_type == "Conv" and max(attrs.get("dilations", [1])) > 1:
+            rates.append(max(attrs["dilations"]))
+            assert attrs["pads"] == [rates[-1]] * 4, attrs
+            assert producers[node.input[0]].op_type != "Pad"
+    return sorted(rates)
+
+
 def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -453,24 +472,11 @@ def test_onnx_agrees_with_keras_at_any_size(fcn_model, images, onnx_path):
     assert inp.name == "images" and inp.type == "tensor(float)"
     assert inp.shape == ["batch", "height", "width", 3]
     assert [o.name for o in sess.get_outputs()] == ["class_map", "probabilities"]
-    # The JPU's dilated depthwise convs are single dilated Conv nodes, not tf2onnx's
-    # SpaceToDepth/DepthToSpace rendering of TensorFlow's space-to-batch.
-    ops = {node.op_type for node in proto.graph.node}
-    assert not ops & {"SpaceToDepth", "DepthToSpace"}, sorted(ops)
-    dilations = sorted(max(a.ints) for node in proto.graph.node if node.op_type == "Conv"
-                       for a in node.attribute if a.name == "dilations" and max(a.ints) > 1)
-    assert dilations == [2, 4, 8]
-    # ... with their "same" padding in the Conv, not in a Pad before it (which int8
-    # quantization would leave in float between a dequantize and a quantize).
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    for node in proto.graph.node:
-        attrs = {a.name: list(a.ints) for a in node.attribute}
-        if node.op_type == "Conv" and max(attrs.get("dilations", [1])) > 1:
-            rate = max(attrs["dilations"])
-            assert attrs["pads"] == [rate] * 4, attrs
-            assert producers[node.input[0]].op_type != "Pad"
+    # The JPU's dilated depthwise convs are single dilated Conv nodes.
+    assert dilated_conv_rates(proto) == [2, 4, 8]
     # Each resize (the JPU's two upsamplings, the logits) is one ONNX Resize
     # (fold.native_resizes), not gathers.
+    producers = {out: node for node in proto.graph.node for out in node.output}
     resizes = [{a.name: a.s for a in node.attribute} for node in proto.graph.node
                if node.op_type == "Resize"]
     assert [r["coordinate_transformation_mode"] for r in resizes] == [b"align_corners"] * 3
@@ -492,17 +498,7 @@ def test_onnx_aspp_branches_are_single_dilated_convs(tiny_backbone, images, tmp_
     model = kf.FastFCN(num_classes=3, head="deeplab", backbone=tiny_backbone, jpu_width=32)
     randomize_batchnorms(model)
     path = export.export_onnx(model, str(tmp_path / "deeplab.onnx"))
-    proto = onnx.load(path)
-    assert not {n.op_type for n in proto.graph.node} & {"SpaceToDepth", "DepthToSpace"}
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    rates = []
-    for node in proto.graph.node:
-        attrs = {a.name: list(a.ints) for a in node.attribute}
-        if node.op_type == "Conv" and max(attrs.get("dilations", [1])) > 1:
-            rates.append(max(attrs["dilations"]))
-            assert attrs["pads"] == [rates[-1]] * 4, attrs
-            assert producers[node.input[0]].op_type != "Pad"
-    assert sorted(rates) == [2, 4, 8, 12, 24, 36]
+    assert dilated_conv_rates(onnx.load(path)) == [2, 4, 8, 12, 24, 36]
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for batch in images:
         class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
