@@ -14,7 +14,7 @@ BatchNorm statistics, seeded, so that both exports hold the same weights), expor
 `serving.export(..., probabilities=False)` (int8: NNCF / ONNX Runtime calibrated on
 `--calibration-images` random images) and run through `serving.runtime.ExportPredictor`
 on 2 threads: batch 1, median of `--runs` after two warm-up calls, the exports taking
-turns for `--rounds` rounds.
+turns call by call (`export_latency.round_robin`).
 
 Example:
     python benchmarks/export_rewrites.py --rewrite pad --head deeplab --upsampler jpu
@@ -25,10 +25,8 @@ Example:
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(_HERE) not in sys.path:  # run from a checkout: use its keras_fastfcn
@@ -73,8 +71,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--formats", default="onnx:fp32,openvino:fp32",
                         help="comma-separated FORMAT:PRECISION (onnx, openvino; fp32, int8)")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--calibration-images", type=int, default=8)
     args = parser.parse_args(argv)
 
@@ -86,6 +83,8 @@ def main(argv=None):
     from keras_fastfcn.benchmark import machine_description
     from keras_fastfcn.benchmark.cpu import cpu_info
     from keras_fastfcn.serving.runtime import ExportPredictor
+
+    from export_latency import round_robin
 
     print(machine_description())
     print("CPU flags:", " ".join(cpu_info().get("flags", [])))
@@ -109,22 +108,15 @@ def main(argv=None):
                     serving.export(model, path, format=fmt, precision=precision,
                                    probabilities=False, **options)
                 runners[(item, leg)] = ExportPredictor(path, threads=2)
-        maps = {key: np.asarray(run(image)) for key, run in runners.items()}
-        times = {key: [] for key in runners}
-        for _ in range(args.rounds):
-            for key, run in runners.items():
-                for _ in range(2):
-                    run(image)
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    run(image)
-                    times[key].append(time.perf_counter() - start)
+        timings, maps = round_robin(
+            {key: (lambda run=run: run(image)) for key, run in runners.items()}, args.runs)
     print(f"{args.head} {args.encoder} {args.upsampler} {args.size}px, rewrite {args.rewrite}")
     print("| export | without (s) | with (s) | class map equal |")
     print("|---|---|---|---|")
     for item in args.formats.split(","):
-        without, with_ = (statistics.median(times[(item, leg)]) for leg in ("without", "with"))
-        same = float((maps[(item, "without")] == maps[(item, "with")]).mean())
+        without, with_ = (timings[(item, leg)][0] for leg in ("without", "with"))
+        same = float((np.asarray(maps[(item, "without")])
+                      == np.asarray(maps[(item, "with")])).mean())
         print(f"| {item} | {without:.3f} | {with_:.3f} | {100 * same:.2f}% |")
 
 
