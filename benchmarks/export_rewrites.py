@@ -74,6 +74,12 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--calibration-images", type=int, default=8)
     args = parser.parse_args(argv)
+    items = args.formats.split(",")
+    for item in items:
+        fmt, _, precision = item.partition(":")
+        if fmt not in ("onnx", "openvino") or precision not in ("fp32", "int8"):
+            parser.error(f"--formats: {item!r} is not FORMAT:PRECISION with FORMAT onnx "
+                         "or openvino and PRECISION fp32 or int8")
 
     import keras
     import numpy as np
@@ -98,7 +104,7 @@ def main(argv=None):
         for leg in ("without", "with"):
             keras.utils.set_random_seed(0)
             model = _build(args.head, args.encoder, args.upsampler, args.num_classes)
-            for item in args.formats.split(","):
+            for item in items:
                 fmt, precision = item.split(":")
                 ext = {"onnx": ".onnx", "openvino": ".xml"}[fmt]
                 path = os.path.join(work, f"{leg}_{fmt}_{precision}{ext}")
@@ -113,7 +119,7 @@ def main(argv=None):
     print(f"{args.head} {args.encoder} {args.upsampler} {args.size}px, rewrite {args.rewrite}")
     print("| export | without (s) | with (s) | class map equal |")
     print("|---|---|---|---|")
-    for item in args.formats.split(","):
+    for item in items:
         without, with_ = (timings[(item, leg)][0] for leg in ("without", "with"))
         same = float((np.asarray(maps[(item, "without")])
                       == np.asarray(maps[(item, "with")])).mean())
