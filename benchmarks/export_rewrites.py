@@ -8,6 +8,9 @@ Rewrites (`--rewrite`):
   dilated encoders were.
 - `argmax`: the OpenVINO export's class map as reductions
   (`serving.openvino.argmax_as_reductions`); off, OpenVINO's stable TopK.
+- `transposes`: the ONNX graph's layout transposes around channel-wise products
+  cancelled (`serving.onnx._cancel_layout_transposes`, EncNet's channel attention);
+  off, as tf2onnx leaves them. The ONNX and OpenVINO exports apply it.
 
 The model is the benchmark's (`benchmark.configs._build`: random weights with trained-like
 BatchNorm statistics, seeded, so that both exports hold the same weights), exported with
@@ -20,6 +23,7 @@ Example:
     python benchmarks/export_rewrites.py --rewrite pad --head deeplab --upsampler jpu
     python benchmarks/export_rewrites.py --rewrite pad --upsampler os8 --formats openvino:int8
     python benchmarks/export_rewrites.py --rewrite argmax --formats openvino:fp32,openvino:int8
+    python benchmarks/export_rewrites.py --rewrite transposes --formats onnx:fp32,openvino:int8
 """
 
 import argparse
@@ -33,37 +37,28 @@ if os.path.dirname(_HERE) not in sys.path:  # run from a checkout: use its keras
     sys.path.insert(0, os.path.dirname(_HERE))
 
 
-@contextlib.contextmanager
 def rewrite_off(name):
-    """Within the block, the export runs without the rewrite `name`."""
+    """A context manager within which the export runs without the rewrite `name`."""
+    from unittest import mock
+
     import keras
 
     from keras_fastfcn.inference import fold
-    from keras_fastfcn.serving import openvino
+    from keras_fastfcn.serving import onnx, openvino
 
-    if name == "pad":
-        saved = dict(fold._PADDED)
-        fold._PADDED.clear()
-        fold._PADDED[keras.layers.DepthwiseConv2D] = fold.PaddedDepthwiseConv2D
-        try:
-            yield
-        finally:
-            fold._PADDED.clear()
-            fold._PADDED.update(saved)
-    elif name == "argmax":
-        saved = openvino.argmax_as_reductions
-        openvino.argmax_as_reductions = lambda proto: 0
-        try:
-            yield
-        finally:
-            openvino.argmax_as_reductions = saved
-    else:
-        raise ValueError(f"unknown rewrite {name!r}: pad or argmax")
+    if name == "pad":  # only the JPU's depthwise convs, as before
+        return mock.patch.dict(fold._PADDED, {
+            keras.layers.DepthwiseConv2D: fold.PaddedDepthwiseConv2D}, clear=True)
+    if name == "argmax":
+        return mock.patch.object(openvino, "argmax_as_reductions", lambda proto: 0)
+    if name == "transposes":
+        return mock.patch.object(onnx, "_cancel_layout_transposes", lambda proto: 0)
+    raise ValueError(f"unknown rewrite {name!r}: pad, argmax or transposes")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rewrite", required=True, choices=("pad", "argmax"))
+    parser.add_argument("--rewrite", required=True, choices=("pad", "argmax", "transposes"))
     parser.add_argument("--head", default="encnet")
     parser.add_argument("--encoder", default="resnet50")
     parser.add_argument("--upsampler", default="jpu")

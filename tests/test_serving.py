@@ -560,6 +560,89 @@ def test_fuse_pad_into_conv_only_where_it_is_the_same_graph():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_cancel_layout_transposes_only_where_it_is_the_same_graph():
+    """A product of a transposed map and a small (per-sample, per-channel) tensor whose
+    only readers transpose it back loses both transposes; a pair of inverse transposes
+    cancels; a product with a full-size tensor, one read in its transposed layout, and
+    a transpose that is a graph output stay. Same values, bit for bit."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from keras_fastfcn.serving.onnx import _cancel_layout_transposes
+
+    nhwc, nchw = [0, 2, 3, 1], [0, 3, 1, 2]
+
+    def transpose(source, name, perm):
+        return helper.make_node("Transpose", [source], [name], perm=perm)
+
+    relu = lambda source, name: helper.make_node("Relu", [source], [name])  # noqa: E731
+    nodes = [transpose("x", "t", nhwc),  # x NCHW (B, 4, 5, 6) -> t NHWC (B, 5, 6, 4)
+             helper.make_node("Sub", ["g", "t"], ["m"]),  # g (B, 1, 1, 4): rewritten
+             transpose("m", "a", nchw), relu("a", "ra"),
+             helper.make_node("Div", ["t", "g"], ["d"]),  # also read as NHWC: stays
+             transpose("d", "b", nchw), relu("b", "rb"), relu("d", "c"),
+             helper.make_node("Mul", ["t", "full"], ["f"]),  # full-size operand: stays
+             transpose("f", "e", nchw), relu("e", "re"),
+             transpose("t", "back", nchw),  # cancels: back is x
+             helper.make_node("Add", ["back", "x"], ["h"]),
+             transpose("x", "out", nhwc)]  # a graph output: stays
+    float_input = lambda name, shape: helper.make_tensor_value_info(  # noqa: E731
+        name, TensorProto.FLOAT, shape)
+    inputs = [float_input("x", ["b", 4, 5, 6]), float_input("g", ["b", 1, 1, 4]),
+              float_input("full", ["b", 5, 6, 4])]
+    outputs = [float_input(name, ["b", 4, 5, 6]) for name in ("ra", "rb", "re", "h")]
+    outputs += [float_input(name, ["b", 5, 6, 4]) for name in ("c", "out")]
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.RandomState(0)
+    feeds = {"x": rng.randn(2, 4, 5, 6), "g": rng.randn(2, 1, 1, 4) + 3.0,
+             "full": rng.randn(2, 5, 6, 4)}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+
+    def run(model):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    before = run(proto)
+    # Removed: a and back; added: g's transpose; t stays for d and f.
+    assert _cancel_layout_transposes(proto) == 1
+    onnx.checker.check_model(proto)
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    sub = producers[producers["ra"].input[0]]
+    assert sub.op_type == "Sub" and sub.input[1] == "x"
+    assert producers[sub.input[0]].op_type == "Transpose"  # g's, (B, 4, 1, 1)
+    assert producers["h"].input[0] == "x"
+    assert {producers[name].op_type for name in ("b", "e", "out")} == {"Transpose"}
+    for want, got in zip(before, run(proto)):
+        np.testing.assert_array_equal(got, want)
+    assert _cancel_layout_transposes(proto) == 0
+
+
+def test_onnx_encnet_head_has_no_layout_transposes(enc_model, images, tmp_path):
+    """EncNet's channel attention (`x + x * gamma`) and the Encoding's aggregation run in
+    the ONNX graph's channels-first layout: the only transpose of the head's feature
+    map is the one into the Encoding's reshape (serving.onnx._cancel_layout_transposes
+    and the Encoding's transposed matmul); the export agrees with Keras."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = export.export_onnx(enc_model, str(tmp_path / "enc.onnx"))
+    proto = onnx.load(path)
+    perms = sorted(tuple(a.ints) for node in proto.graph.node
+                   if node.op_type == "Transpose" for a in node.attribute)
+    # The image to channels-first for the stem; the map into the Encoding's reshape;
+    # gamma (B, 1, 1, C) to channels-first; the soft assignments (B, N, K) for the
+    # aggregation; the probabilities to channels-last.
+    assert perms == [(0, 2, 1), (0, 2, 3, 1), (0, 2, 3, 1), (0, 3, 1, 2), (0, 3, 1, 2)], \
+        perms
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in images:
+        class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
+        assert_agrees(probs, class_map, keras_probabilities(enc_model, batch))
+
+
 @pytest.mark.parametrize("opset", [17, 18])
 def test_argmax_as_reductions_keeps_the_first_maximum(opset):
     """The OpenVINO export's ArgMax rewrite gives ONNX's ArgMax indices exactly: ties

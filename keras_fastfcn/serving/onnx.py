@@ -112,6 +112,7 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
         _rename_onnx_outputs(proto, ["class_map"] + (["probabilities"] if probabilities else []))
         _name_onnx_dims(proto)
         _fuse_pad_into_conv(proto)
+        _cancel_layout_transposes(proto)
         # An op tf2onnx cannot convert stays a TensorFlow op: the checker names it.
         onnx.checker.check_model(proto)
     except Exception as err:
@@ -416,6 +417,113 @@ def _fuse_pad_into_conv(proto):
     for name in {pad.input[1] for pad in fused} - used:
         graph.initializer.remove(inits[name])
     return len(fused)
+
+
+def _cancel_layout_transposes(proto):
+    """Removes the layout transposes that tf2onnx leaves around a channel-wise product:
+    `Transpose(Mul(Transpose(x, P), g), P^-1)` becomes `Mul(x, Transpose(g, P^-1))`,
+    and `Transpose(Transpose(x, P), P^-1)` becomes `x`. The values are unchanged (the
+    same elementwise ops on the same numbers).
+
+    Why: Keras is channels-last and ONNX convolutions channels-first, so tf2onnx wraps
+    the NHWC parts of the graph in transposes and then cancels what its optimizer can.
+    It cannot push a transpose through a product with a tensor that is not a constant,
+    such as EncNet's channel attention `x + x * gamma` (gamma `(B, 1, 1, C)`), nor
+    cancel a pair whose first transpose has other users. In the 512 px EncNet+JPU R50
+    that left three transposes of its (1, 64, 64, 512) map; OpenVINO runs each as a
+    separate copy.
+
+    A binary elementwise node is rewritten only when its other operand has the same
+    rank and at most two dimensions that are not 1 (so its own transpose is small) and
+    every user of its output is the inverse transpose (so no transpose is added).
+
+    Args:
+        proto: an `onnx.ModelProto`, changed in place.
+
+    Returns:
+        The number of Transpose nodes removed, net.
+    """
+    from onnx import helper, shape_inference
+
+    graph = proto.graph
+    if not any(node.op_type == "Transpose" for node in graph.node):
+        return 0  # no shape inference (a copy of the whole model) for nothing
+    inferred = shape_inference.infer_shapes(proto).graph
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                     for d in v.type.tensor_type.shape.dim]
+            for v in list(inferred.value_info) + list(inferred.input)
+            + list(inferred.output) if v.type.tensor_type.HasField("shape")}
+    dims.update({t.name: list(t.dims) for t in graph.initializer})
+    outputs = {o.name for o in graph.output}
+    before = sum(node.op_type == "Transpose" for node in graph.node)
+
+    def perm(node):
+        if node is not None and node.op_type == "Transpose":
+            return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return None
+
+    def inverse(p):
+        return [p.index(i) for i in range(len(p))]
+
+    def links():
+        producer = {name: node for node in graph.node for name in node.output}
+        users = {}
+        for node in graph.node:
+            for name in node.input:
+                users.setdefault(name, []).append(node)
+        return producer, users
+
+    # 1. Op(Transpose(x, P), g) -> Transpose(Op(x, Transpose(g, P^-1)), P), where the
+    #    outer transpose meets its inverse in step 2.
+    producer, users = links()
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        if node.op_type not in ("Mul", "Add", "Sub", "Div") or len(node.input) != 2:
+            continue
+        for k in (0, 1):
+            p, other = perm(producer.get(node.input[k])), node.input[1 - k]
+            shape = dims.get(other)
+            if (p is None or shape is None or len(shape) != len(p)
+                    or sum(d != 1 for d in shape) > 2 or node.output[0] in outputs
+                    or not users.get(node.output[0])
+                    or any(perm(u) != inverse(p) for u in users[node.output[0]])):
+                continue
+            base = node.name or node.output[0]
+            small, inner = f"{other}__{base}__untransposed", f"{node.output[0]}__untransposed"
+            inputs = list(node.input)
+            inputs[k], inputs[1 - k] = producer[node.input[k]].input[0], small
+            nodes[-1:] = [
+                helper.make_node("Transpose", [other], [small], perm=inverse(p),
+                                 name=small + "_op"),
+                helper.make_node(node.op_type, inputs, [inner], name=base + "__untransposed"),
+                helper.make_node("Transpose", [inner], [node.output[0]], perm=p,
+                                 name=base + "__transposed")]
+            break
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+    # 2. Transpose(Transpose(x, P), P^-1) -> x, then drop transposes left unused.
+    producer, _ = links()
+    alias = {}
+    for node in graph.node:
+        p, q = perm(producer.get(node.input[0]) if node.input else None), perm(node)
+        if p and q and q == inverse(p) and node.output[0] not in outputs:
+            alias[node.output[0]] = producer[node.input[0]].input[0]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            while name in alias:
+                name = alias[name]
+            node.input[i] = name
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node
+                if node.op_type == "Transpose" and node.output[0] not in used]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    return before - sum(node.op_type == "Transpose" for node in graph.node)
 
 
 def _name_onnx_dims(proto):
