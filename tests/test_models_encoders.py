@@ -49,5 +49,25 @@ def test_backbone_errors(tmp_path):
         registry.build_encoder("resnet50", weights=str(tmp_path / "no_such.h5"))
 
 
+def test_imagenet_weights_offline_is_one_clear_oserror(monkeypatch, capsys, tmp_path):
+    """keras.applications failing to fetch the ImageNet weights (no internet) is an
+    OSError naming the way out, which the CLI prints as one line, not a traceback."""
+    from keras_fastfcn.cli import main
+
+    def offline(**kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    with pytest.raises(OSError, match="Could not load ImageNet weights for resnet50.*"
+                                      "encoder_weights=None"):
+        registry.build_encoder("resnet50", weights="imagenet")
+    code = main(["train", "--config", "demo", "--set", "model.encoder=resnet50",
+                 "--set", "model.encoder_weights=imagenet", "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("keras-fastfcn train: error: Could not load ImageNet"), err
+    assert not (tmp_path / "run").exists()  # a run that failed before training leaves nothing
+
+
 def test_preprocessing_modes():
     assert registry.encoder("resnet101").preprocessing == "caffe"

@@ -65,8 +65,8 @@ def build_keras_resnet(name="resnet50", output_stride=32, weights=None):
     try:
         base = constructor(include_top=False, weights=weights, input_shape=(None, None, 3))
     except Exception as err:  # keras.applications reports download errors loosely
-        if weights == "imagenet":
-            raise RuntimeError(
+        if weights == "imagenet":  # an OSError: a fetch that failed, as urllib's
+            raise OSError(
                 f"Could not load ImageNet weights for {name} (they are downloaded from "
                 "storage.googleapis.com on first use; is there internet access?). Pass "
                 "encoder_weights=None for a random init or a path to a local weights file."
