@@ -172,6 +172,29 @@ def test_pointer_to_a_missing_checkpoint(tmp_path, capsys):
         _one_error_line(capsys.readouterr().err)
 
 
+def test_finished_run_is_refused_unless_overwrite(tmp_path, capsys):
+    """Running the same command again over a finished run (results.json, no
+    checkpoint) is refused in one line before anything is written, naming --overwrite;
+    with --overwrite it trains from the start and replaces the run's files."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in (("results.json", '{"val_mIoU": 0.5}'), ("best.keras", "old"),
+                       ("model.keras", "old")):
+        (out / name).write_text(text)
+    before = _listing(out)
+    quick = ["--epochs", "1", "--steps-per-epoch", "1", "--set", "data.options.num_val=2"]
+    assert main(["train", "--config", "demo", "--output-dir", str(out), *quick]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{out} holds a finished run" in line and "--overwrite" in line, line
+    assert _listing(out) == before and (out / "best.keras").read_text() == "old"
+
+    assert main(["train", "--config", "demo", "--output-dir", str(out), *quick,
+                 "--overwrite"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 1 and "val_mIoU" in results
+    assert (out / "best.keras").read_bytes()[:2] == b"PK"  # a new .keras (zip) file
+
+
 def test_folder_in_use_by_another_training_is_refused(tmp_path, capsys):
     """Another process holds the folder's lock: refused in one line naming the lock,
     nothing written. The lock goes with its process, however it ends."""

@@ -52,7 +52,7 @@ def _write_samples(folder, count):
 def run(args):
     out = args.output_dir
     model_path = os.path.join(out, "model.keras")
-    train = ["train", "--config", "demo", "--output-dir", out]
+    train = ["train", "--config", "demo", "--output-dir", out, "--overwrite"]  # re-runnable
     if args.epochs is not None:
         train += ["--epochs", str(args.epochs)]
     _step("1/4 train", train)

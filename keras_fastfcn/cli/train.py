@@ -25,6 +25,10 @@ def add_arguments(parser):
                         help="overrides train.steps_per_epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.lr=0.01 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train from the start into an output folder that holds a "
+                             "finished run, replacing its files (without it: refused; an "
+                             "unfinished run there is resumed either way)")
 
 
 def run(args):
@@ -45,7 +49,7 @@ def run(args):
     replicas = train.Replicas(strategy)
     print(f"Training {cfg['name']} on {replicas.backend} with {replicas.name} "
           f"({replicas.count} replica(s)) into {cfg['output_dir']}")
-    results = train.run(cfg, strategy)
+    results = train.run(cfg, strategy, overwrite=args.overwrite)
     print(f"\nValidation ({cfg['data']['val_split']}): pixAcc {results['val_pixAcc']:.4f}  "
           f"mIoU {results['val_mIoU']:.4f} (official: mean over all classes)  "
           f"mIoU {results['val_mIoU_present']:.4f} (classes present)")
@@ -54,7 +58,22 @@ def run(args):
         print(f"Final model: {results['model_path']}")
         print(f"Best model:  {os.path.join(out, 'best.keras')}")
         print(f"Results:     {os.path.join(out, 'results.json')}")
+        print(f"Evaluate:    {_evaluate_command(cfg, results['model_path'])}")
         if os.path.isdir(os.path.join(out, "logs")):  # written where TensorFlow is installed
             print(f"TensorBoard: tensorboard --logdir {os.path.join(out, 'logs')}")
     sys.stdout.flush()
     return 0
+
+
+def _evaluate_command(cfg, model_path):
+    """The `keras-fastfcn evaluate` command that scores `model_path` as the run's
+    results.json does: the same data source, options and split."""
+    import json
+    import shlex
+
+    d = cfg["data"]
+    words = ["keras-fastfcn", "evaluate", "--model", model_path, "--data", d["source"],
+             "--split", d["val_split"]]
+    for key, value in sorted(d["options"].items()):  # JSON values are YAML too
+        words += ["--data-option", f"{key}={json.dumps(value)}"]
+    return " ".join(shlex.quote(str(w)) for w in words)

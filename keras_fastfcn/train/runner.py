@@ -153,7 +153,7 @@ def _verbose(setting):
 
 def run(config: Union[str, dict], strategy=None,
         callbacks: Sequence[keras.callbacks.Callback] = (),
-        overrides: Sequence[str] = ()) -> dict:
+        overrides: Sequence[str] = (), overwrite: bool = False) -> dict:
     """Runs (or resumes) the training run described by a config.
 
     Writes into the config's `output_dir`: `backup/` (resumable checkpoints, removed
@@ -170,6 +170,11 @@ def run(config: Union[str, dict], strategy=None,
             one, else one device). `make_strategy` builds either.
         callbacks: more Keras callbacks for `fit`.
         overrides: `"section.key=value"` strings when `config` is a path or name.
+        overwrite: train from the start into an `output_dir` that holds a finished
+            run (its `results.json`), replacing its files. Without it such a folder
+            is refused: a second run of the same command would otherwise replace
+            `best.keras` with the first epoch of a new run. (A folder with a
+            checkpoint in `backup/` is an unfinished run: it is resumed.)
 
     Returns:
         The results dict (also written to `results.json`).
@@ -216,6 +221,8 @@ def run(config: Union[str, dict], strategy=None,
     try:
         before = set(os.listdir(out)) if chief else set()
         had_checkpoint = chief and os.path.isfile(os.path.join(out, "backup", "latest"))
+        if chief and not had_checkpoint and not overwrite:
+            _refuse_finished_run(out)
         try:
             return _train(cfg, replicas, source, steps_per_epoch, even, callbacks)
         except Exception as err:
@@ -227,6 +234,17 @@ def run(config: Union[str, dict], strategy=None,
     finally:
         if lock is not None:
             lock.release()
+
+
+def _refuse_finished_run(out):
+    """A `ValueError` if `out` holds the results of a finished run."""
+    results = os.path.join(out, "results.json")
+    if os.path.isfile(results):
+        raise ValueError(
+            f"{out} holds a finished run ({results}, model.keras, best.keras): train "
+            "into another output folder (--output-dir), or pass --overwrite "
+            "(train.run(..., overwrite=True)) to train again from the start and replace "
+            "its files.")
 
 
 def _discard_unfinished(out, before, created):
