@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -83,6 +84,40 @@ def test_evaluate_table_json_and_values(capsys, tmp_path, model_path, folder_spe
     for key in ["pixAcc", "mIoU", "mIoU_present", "IoU", "labeled_pixels"]:
         assert report[key] == pytest.approx(expected[key])
     assert not [p for p in os.listdir(out_json.parent) if p.startswith(".")]  # no temp left
+
+
+def test_evaluate_data_options_as_in_training(capsys, tmp_path, model_path, folder_spec,
+                                             examples):
+    """`--data-option` gives the source the training config's data.options: a folder
+    without classes.txt takes num_classes, and ignore_index scores as training did
+    (here label 2 ignored, as a 255 pixel); an unknown option or a bad item is refused."""
+    root = tmp_path / "data"
+    shutil.copytree(folder_spec.split(":", 1)[1], root)
+    (root / "classes.txt").unlink()
+    spec = f"folder:{root}"
+    assert_one_line_error(*run_cli(capsys, "evaluate", "--model", model_path, "--data", spec)[::2],
+                          "has no classes.txt", "--data-option num_classes=N")
+    out_json = tmp_path / "results.json"
+    rc, _, err = run_cli(capsys, "evaluate", "--model", model_path, "--data", spec,
+                         "--data-option", "num_classes=3", "--data-option", "ignore_index=2",
+                         "--output", out_json)
+    assert rc == 0, err
+    report = json.loads(out_json.read_text())
+    model = inference.load_model(model_path)
+    predictor = inference.Predictor(model, fold_batchnorm=True)
+    ref = SegmentationMetric(3)
+    for image, label in examples:
+        ref.update(np.where(label == 2, 255, label), predictor(image[None]).numpy()[0])
+    assert report["labeled_pixels"] == ref.result()["labeled_pixels"]
+    assert report["pixAcc"] == pytest.approx(ref.result()["pixAcc"])
+    assert report["labeled_pixels"] < sum(int((lab != 255).sum()) for _, lab in examples)
+    assert_one_line_error(*run_cli(capsys, "evaluate", "--model", model_path, "--data", spec,
+                                   "--data-option", "num_clases=3")[::2],
+                          "unknown option(s) num_clases")
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "evaluate", "--model", model_path, "--data", spec,
+                "--data-option", "num_classes")
+    assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
 def test_evaluate_scores_onnx_and_tflite_exports_like_the_keras_model(

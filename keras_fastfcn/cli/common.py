@@ -50,6 +50,20 @@ def max_pixels(text):
     return positive_int(text)
 
 
+def key_value(text):
+    """argparse type: `KEY=VALUE`, the value read as YAML (`3`, `true`, `[11]`, `road`),
+    as `train --set` reads it; returns `(key, value)`."""
+    import yaml
+
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not YAML ({err})") from None
+
+
 # The inference options' values when neither a flag nor the preset sets them: the
 # flags default to None, so that a flag given is told apart from one left out.
 INFERENCE_DEFAULTS = {"protocol": "official", "mode": "whole", "crop_size": 480,

@@ -21,6 +21,8 @@ Example:
     keras-fastfcn evaluate --model fastfcn_psp_jpu_resnet50_v1c_cityscapes_b8 \
         --data cityscapes:/data/cityscapes
     keras-fastfcn evaluate --model runs/camvid/model.keras --data camvid --split val
+    keras-fastfcn evaluate --model runs/mine/model.keras --data folder:/data/mine \
+        --data-option ignore_index=11
     keras-fastfcn evaluate --model fastfcn_int8.onnx --data camvid
     keras-fastfcn evaluate --model m.keras --data camvid --mode slide --crop-size 360 --ms \
         --output results.json
@@ -30,7 +32,8 @@ import json
 import os
 
 from keras_fastfcn.cli.common import (add_inference_arguments, check_model_arg,
-                                      check_output_file, inference_options, max_pixels,
+                                      check_output_file, inference_options, key_value,
+                                      max_pixels,
                                       open_predictor, positive_int, refuse_export_flags,
                                       released_preset)
 from keras_fastfcn.data.sources import SPECS  # no TensorFlow import: the CLI stays quick
@@ -51,6 +54,11 @@ def add_arguments(parser):
                              "on first use)")
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help=f"data source: {', '.join(SPECS)}")
+    parser.add_argument("--data-option", dest="data_options", type=key_value,
+                        action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the data source, as the training config's "
+                             "data.options (repeatable), e.g. --data-option ignore_index=11 "
+                             "--data-option num_classes=12 for a folder without classes.txt")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="evaluate only the first N images")
@@ -76,7 +84,7 @@ def run(args):
     from keras_fastfcn.metrics import format_results
 
     refuse_export_flags(args)  # before the (slower) data source and model loading
-    source = data.get_source(args.data)
+    source = data.get_source(args.data, **dict(args.data_options))
     inference_options(args)  # flags that do not fit the protocol: before any download
     name = released_preset(args.model)
     if name:

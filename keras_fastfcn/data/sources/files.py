@@ -241,8 +241,10 @@ def folder_source(path, num_classes=None, class_names=None, ignore_index=(),
                              f"names (from {names_from})")
         num_classes = len(class_names)
     if num_classes is None:
-        raise ValueError(f"{root} has no classes.txt: pass num_classes=N, or write "
-                         f"{classes_file} with one class name per line")
+        raise ValueError(f"{root} has no classes.txt: pass num_classes=N (command line: "
+                         "--set data.options.num_classes=N to train, --data-option "
+                         f"num_classes=N to evaluate), or write {classes_file} with one "
+                         "class name per line")
     name = name or root.name
     lut = label_lut(int(num_classes), ignore_index, reduce_zero_label, label_map)
     return FileSource(name, pairs, num_classes, class_names, palette, lut)
