@@ -46,8 +46,12 @@ def check_precision(precision, allowed=PRECISIONS, where=None):
     return precision
 
 
+# The float policies `with_precision` replaces (a quantized policy is left alone).
+_FLOAT_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
+
+
 def _with_policy(config, policy):
-    """The serialized model `config` with every layer's float32 policy set to `policy`."""
+    """The serialized model `config` with every layer's float policy set to `policy`."""
     if isinstance(config, list):
         return [_with_policy(c, policy) for c in config]
     if not isinstance(config, dict):
@@ -56,7 +60,7 @@ def _with_policy(config, policy):
     for key, value in config.items():
         if key == "dtype" and isinstance(value, dict) and value.get("class_name") in (
                 "DTypePolicy", "FloatDTypePolicy"):
-            if value.get("config", {}).get("name") == "float32":
+            if value.get("config", {}).get("name") in _FLOAT_POLICIES:
                 value = {**value, "config": {**value["config"], "name": policy}}
             out[key] = value
         else:
@@ -65,23 +69,29 @@ def _with_policy(config, policy):
 
 
 def with_precision(model, precision):
-    """`model` computing in `precision` (`fp32`: `model` itself).
+    """`model` computing in `precision`.
 
     Args:
         model: a Keras segmentation model (any registered or functional model).
         precision: `"fp32"`, `"bf16"` or `"fp16"`.
 
     Returns:
-        A new model with the same weights whose layers use the mixed-precision policy;
-        its outputs are 16-bit: the package's inference and export paths cast the
-        logits to float32.
+        For `"bf16"` / `"fp16"`, a new model with the same weights whose layers use
+        the mixed-precision policy; its outputs are 16-bit: the package's inference
+        and export paths cast the logits to float32. For `"fp32"`, `model` itself if
+        every layer computes in float32, else (a model built or trained under a
+        mixed policy) a float32 copy with the same weights: an fp32 export or
+        prediction computes in fp32 whatever the policy the model was saved with.
     """
     import keras
 
+    from keras_fastfcn._keras_private import all_layers
+
     check_precision(precision, KERAS_PRECISIONS, "a Keras model")
-    if precision == "fp32":
+    if precision == "fp32" and all(layer.dtype_policy.compute_dtype == "float32"
+                                   for layer in all_layers(model)):
         return model
-    policy = _POLICIES[precision]
+    policy = _POLICIES.get(precision, "float32")
     config = _with_policy(keras.saving.serialize_keras_object(model), policy)
     config.pop("compile_config", None)
     # Layers built from arguments (the FastFCN models, as keras-hub's) take the global

@@ -46,6 +46,29 @@ def test_mixed_precision_model_keeps_weights_and_argmax(confident, precision):
     assert (np.asarray(scores).argmax(-1) == ref).mean() > 0.97
 
 
+def test_fp32_of_a_mixed_model_is_a_float32_copy(confident, tmp_path):
+    """A model built or trained under a mixed policy runs (and exports) in float32 at
+    precision fp32: a float32 copy with the same weights; a float32 model is itself.
+    The ONNX export of a mixed_bfloat16 model at its default fp32 failed in tf2onnx."""
+    from keras_fastfcn._keras_private import all_layers
+
+    model, images = confident
+    assert with_precision(model, "fp32") is model
+    mixed = with_precision(model, "bf16")
+    plain = with_precision(mixed, "fp32")
+    assert {layer.dtype_policy.compute_dtype for layer in all_layers(plain)} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(plain.get_weights(), model.get_weights()))
+    ref = np.asarray(model(images, training=False))
+    got = np.asarray(plain(images, training=False))
+    np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    path = kf.serving.export(mixed, str(tmp_path / "m.onnx"), format="onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    class_map = session.run(["class_map"], {"images": images})[0]
+    assert (class_map == ref.argmax(-1)).mean() > 0.999
+
+
 def test_precision_errors(confident):
     model, _ = confident
     with pytest.raises(ValueError, match="post-training quantization of an export"):
