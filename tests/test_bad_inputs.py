@@ -49,6 +49,7 @@ CLI_CASES = [
     ("train --config demo --output-dir {out} --set data.crop_size=0", "data.crop_size"),
     ("train --config demo --output-dir {out} --set model.head=encnett", "encnett"),
     ("train --config nosuchconfig --output-dir {out}", "nosuchconfig"),
+    ("train --config demo --output-dir {in}/afile", "afile exists and is not a folder"),
     ("train --config demo --output-dir {out} --set train.nokey=1", "train.nokey"),
     ("train --config demo --output-dir {out} --set data.loader=torch",
      "data.loader must be one of"),

@@ -197,6 +197,13 @@ def test_folder_source_split_dirs_and_classes(tmp_path):
     assert image.shape == (12, 16, 3) and image.dtype == np.uint8 and label.dtype == np.int32
     assert [os.path.basename(p) for p, _ in src.files("val")] == ["val_0.jpg", "val_1.jpg",
                                                                    "val_2.jpg"]
+    # Another tool's .txt beside train/ and val/ (CVAT writes labelmap.txt) is not a
+    # split list: it has no labelmap/images nor images/ to select from.
+    (root / "labelmap.txt").write_text("background:0,0,0::\n")
+    with pytest.warns(UserWarning, match="labelmap.txt is not read as a split list"):
+        assert data.get_source(f"folder:{root}").splits == ("train", "val")
+    with pytest.raises(ValueError, match=r"unknown split 'valid'.*--split"):
+        src.dataset("valid")
 
 
 def test_folder_source_split_lists_and_ignore_index(tmp_path):

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from keras_fastfcn.cli.common import positive_int
+from keras_fastfcn.cli.common import check_output_folder, positive_int
 
 
 def add_arguments(parser):
@@ -43,6 +43,7 @@ def run(args):
     from keras_fastfcn.train.config import load_config
 
     cfg = load_config(args.config, overrides)
+    check_output_folder(cfg["output_dir"], "--output-dir" if args.output_dir else "output_dir")
     from keras_fastfcn import train
 
     strategy = train.make_strategy(args.strategy, args.cpu_devices)

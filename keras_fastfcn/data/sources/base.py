@@ -81,7 +81,8 @@ class Source(abc.ABC):
     def _split(self, split):
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r}; available: "
-                             f"{', '.join(self.splits) or 'none'}.")
+                             f"{', '.join(self.splits) or 'none'} (training config: "
+                             "data.train_split / data.val_split; evaluate: --split).")
         return split
 
     @abc.abstractmethod

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -159,22 +160,26 @@ def _pairs_for(base, stems=None, list_file=None):
 def _folder_splits(root):
     split_dirs = sorted(d.name for d in root.iterdir()
                         if d.is_dir() and (d / "images").is_dir())
-    split_lists = sorted(f.stem for f in root.glob("*.txt")
-                         if f.name.lower() not in ("classes.txt", "readme.txt",
-                                                   "license.txt"))
     flat = (root / "images").is_dir()
     if not split_dirs and not flat:
         raise FileNotFoundError(
             f"no images folder in {root}: expected {root}/images + {root}/labels, or "
             f"{root}/SPLIT/images + {root}/SPLIT/labels (e.g. train/, val/)")
+    split_lists = []
+    for f in sorted(root.glob("*.txt")):
+        if f.name.lower() in ("classes.txt", "readme.txt", "license.txt"):
+            continue
+        if f.stem in split_dirs or flat:
+            split_lists.append(f.stem)
+        else:  # e.g. CVAT's labelmap.txt beside train/ and val/: not a split list
+            warnings.warn(f"{f} is not read as a split list: there is neither "
+                          f"{root / f.stem / 'images'} nor {root / 'images'} to select from.",
+                          stacklevel=3)
     pairs = {}
     for split in sorted(set(split_dirs) | set(split_lists)):
         base = root / split if split in split_dirs else root
         if split in split_lists:
             list_file = root / f"{split}.txt"
-            if base == root and not flat:
-                raise FileNotFoundError(f"split list {list_file} refers to {root}/images, "
-                                        f"which does not exist")
             pairs[split] = _pairs_for(base, _read_lines(list_file), list_file)
         else:
             pairs[split] = _pairs_for(base)
