@@ -621,22 +621,25 @@ def test_cancel_layout_transposes_only_where_it_is_the_same_graph():
     assert _cancel_layout_transposes(proto) == 0
 
 
-def test_onnx_encnet_head_has_no_layout_transposes(enc_model, images, tmp_path):
-    """EncNet's channel attention (`x + x * gamma`) and the Encoding's aggregation run in
-    the ONNX graph's channels-first layout: the only transpose of the head's feature
-    map is the one into the Encoding's reshape (serving.onnx._cancel_layout_transposes
-    and the Encoding's transposed matmul); the export agrees with Keras."""
+def test_onnx_encnet_attention_has_no_layout_transposes(enc_model, images, tmp_path):
+    """EncNet's channel attention (`x + x * gamma`) runs in the ONNX graph's
+    channels-first layout (serving.onnx._cancel_layout_transposes): the head's
+    (B, C, H, W) feature map is transposed once, into the Encoding's reshape, and the
+    export agrees with Keras."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     path = export.export_onnx(enc_model, str(tmp_path / "enc.onnx"))
     proto = onnx.load(path)
-    perms = sorted(tuple(a.ints) for node in proto.graph.node
-                   if node.op_type == "Transpose" for a in node.attribute)
-    # The image to channels-first for the stem; the map into the Encoding's reshape;
-    # gamma (B, 1, 1, C) to channels-first; the soft assignments (B, N, K) for the
-    # aggregation; the probabilities to channels-last.
-    assert perms == [(0, 2, 1), (0, 2, 3, 1), (0, 2, 3, 1), (0, 3, 1, 2), (0, 3, 1, 2)], \
-        perms
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    to_nhwc = [node for node in proto.graph.node if node.op_type == "Transpose"
+               and [list(a.ints) for a in node.attribute] == [[0, 2, 3, 1]]]
+    # Into the Encoding's reshape, and the probabilities output.
+    assert sorted(producers[node.input[0]].op_type for node in to_nhwc) == ["Relu", "Softmax"]
+    attention = [node for node in proto.graph.node
+                 if node.op_type == "Mul" and "encmodule" in node.name
+                 and any(producers.get(i) is not None and producers[i].op_type == "Relu"
+                         for i in node.input)]
+    assert len(attention) == 1  # x * gamma, on the conv's channels-first output
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for batch in images:
         class_map, probs = sess.run(None, {"images": batch.astype(np.float32)})
