@@ -16,6 +16,8 @@ which fails loudly (naming the hook) when a Keras release changes one. `setup.py
 - `all_layers`: every layer nested in a model, sublayers of custom layers included
   (`Model.layers` stops at the first level of a custom layer such as the JPU); used to
   switch BatchNorm synchronization on for training and off for saving.
+- `sublayers`: a layer's direct sublayers (one level of `all_layers`); the models
+  save the layers frozen inside them by their paths through it.
 - `is_functional`: whether a model is a functional graph (which `clone_model` can
   rebuild layer by layer) rather than a subclassed one; Keras has no public test.
 - `replace_sublayer`: swaps a built layer's sublayer for another, in Keras's layer
@@ -51,6 +53,11 @@ def optimizer_built_variables(optimizer):
 def all_layers(model):
     """Every layer inside `model` (nested models and custom layers' sublayers), once."""
     return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def sublayers(layer):
+    """The layers directly inside `layer` (a model's, or a custom layer's sublayers)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def is_functional(model):

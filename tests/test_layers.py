@@ -66,6 +66,20 @@ def test_jpu_rejects_bad_inputs():
         L.JPU(width=8, dilations=(0, 2))
 
 
+def test_heads_reject_too_few_channels_by_name():
+    """A head whose branches take C // k channels names k and C, instead of Keras'
+    "filters=0" from a conv deep inside it."""
+    x = keras.ops.zeros((1, 8, 8, 2))
+    with pytest.raises(ValueError, match="PSPHead needs at least 4 input channels.*C = 2"):
+        L.PSPHead(3)(x)
+    with pytest.raises(ValueError, match="FCNHead needs at least 4 input channels"):
+        L.FCNHead(3)(x)
+    with pytest.raises(ValueError, match="ASPP needs at least 8 input channels"):
+        L.ASPP()(keras.ops.zeros((1, 8, 8, 4)))
+    with pytest.raises(ValueError, match="EncHead width must be >= 1, got 0"):
+        L.EncHead(5, width=0)
+
+
 def test_separable_conv_bn_structure():
     sep = L.SeparableConvBN(6, dilation_rate=2)
     sep(keras.ops.zeros((1, 9, 9, 4)))

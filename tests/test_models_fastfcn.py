@@ -188,6 +188,78 @@ def test_frozen_backbone_stays_frozen_through_save_and_load(tmp_path, rng):
         seg.backbone.get_config()).trainable_variables == []
 
 
+@pytest.mark.parametrize("frozen", ["backbone", "upsampler"])
+def test_frozen_layers_train_under_mixed_precision(frozen, rng):
+    """The README's fine-tuning (backbone frozen) under mixed_bfloat16: the rest
+    trains. The JPU's rematerialized convs failed there when frozen (AddN of bfloat16
+    and float32 gradients in TensorFlow's recompute_grad)."""
+    backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", width=16,
+                                         dtype="mixed_bfloat16")
+    seg = kf.models.FastFCNImageSegmenter(backbone, num_classes=3, head="fcn", aux=False,
+                                          dtype="mixed_bfloat16")
+    layer = seg.backbone if frozen == "backbone" else seg.backbone.upsampler
+    layer.trainable = False
+    seg.compile()
+    images, masks = toy_data(rng, n=2, num_classes=3)
+    before = [np.array(v) for v in seg.trainable_variables]
+    seg.fit(images, masks, epochs=1, batch_size=2, verbose=0)
+    assert all(not np.array_equal(a, np.array(b))
+               for a, b in zip(before, seg.trainable_variables))
+
+
+def test_layers_frozen_one_by_one_stay_frozen_through_save_and_load(tmp_path, rng):
+    """Freezing single layers (the encoder, a head's sublayer) survives `.keras` save /
+    load and `save_to_preset`, with the optimizer state, as it does for a functional
+    Keras model: the models rebuild their layers from arguments, so the config lists
+    the frozen layers (`frozen_layers`)."""
+    import warnings
+
+    seg = tiny_segmenter(num_classes=4, head="encnet")
+    seg.backbone.encoder.trainable = False
+    seg.head_layer.encmodule.trainable = False
+    seg.compile()
+    images, masks = toy_data(rng, n=2)
+    seg.fit(images, masks, epochs=1, batch_size=2, verbose=0)
+    trainable = [v.path for v in seg.trainable_variables]
+    assert 0 < len(trainable) < len(seg.weights)
+    seg.save(tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Skipping variable loading for optimizer"
+        restored = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert [v.path for v in restored.trainable_variables] == trainable
+    assert restored.backbone.encoder.trainable is False
+    assert len(restored.optimizer.variables) == len(seg.optimizer.variables)
+    frozen = [np.array(v) for v in restored.backbone.encoder.weights]
+    restored.fit(images, masks, epochs=1, batch_size=2, verbose=0)
+    assert all(np.array_equal(a, np.array(b))
+               for a, b in zip(frozen, restored.backbone.encoder.weights))
+    again = kf.models.FastFCNImageSegmenter.from_preset(seg.save_to_preset(tmp_path / "p"))
+    assert [v.path for v in again.trainable_variables] == trainable
+    backbone = kf.models.FastFCNBackbone.from_config(seg.backbone.get_config())
+    assert backbone.encoder.trainable is False and backbone.trainable_variables
+
+
+def test_channels_first_global_setting_is_not_used(rng):
+    """The models and layers are NHWC whatever `keras.config.image_data_format()` says
+    (they pin channels_last; the encoder is built channels-last): the same weights
+    give the same logits under a channels_first global setting."""
+    x = rng.uniform(0, 255, (1, 64, 80, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    ref_model = tiny_segmenter(num_classes=3, head="psp")
+    ref = np.asarray(ref_model(x, training=False))
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        model = tiny_segmenter(num_classes=3, head="psp")
+        model.set_weights(ref_model.get_weights())
+        got = np.asarray(model(x, training=False))
+        head = kf.layers.FCNHead(3)
+        assert head(np.ones((1, 9, 7, 16), "float32")).shape == (1, 9, 7, 3)
+    finally:
+        keras.config.set_image_data_format(previous)
+    np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+
+
 def test_save_load_round_trip(tmp_path, rng):
     backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler="jpu_x", width=64,
                                          remat=False)
@@ -259,10 +331,28 @@ def test_preprocessor_resizes_images_and_masks():
     (np.zeros((64, 64, 3), "float32"), "batch axis"),
     (np.zeros((1, 64, 64, 1), "float32"), "3 channels"),
     (np.zeros((1, 64, 64, 4), "float32"), "3 channels"),
+    (np.full((1, 64, 64, 3), "a"), "real-valued"),
+    (np.zeros((1, 64, 64, 3), "complex64"), "real-valued"),
 ])
 def test_bad_images(bad, match):
     with pytest.raises(ValueError, match=match):
         tiny_segmenter()(bad)
+
+
+def test_channels_unknown_when_traced_still_must_be_three():
+    """A graph traced with every dimension unknown (tf.function after retracing, as
+    `predict` on varying image sizes does) refuses 1 or 4 channels when it runs,
+    instead of broadcasting a grayscale image into three channels."""
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a TensorFlow graph with unknown channels")
+    model = tiny_segmenter(num_classes=3, head="fcn")
+    fn = tf.function(lambda x: model(x, training=False),
+                     input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
+    assert fn(tf.zeros((1, 32, 32, 3))).shape == (1, 32, 32, 3)
+    for channels in (1, 4):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="preprocessing"):
+            fn(tf.zeros((1, 32, 32, channels)))
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -285,3 +375,7 @@ def test_bad_arguments(kwargs, match):
 def test_numpy_integer_num_classes():
     seg = kf.FastFCN(num_classes=np.int64(3), head="fcn", backbone="tiny_resnet", jpu_width=16)
     assert seg.num_classes == 3 and isinstance(seg.num_classes, int)
+    head = kf.layers.FCNHead(np.int64(5))  # the layers take numpy integers too
+    assert head.num_classes == 5 and isinstance(head.num_classes, int)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2.*got 0"):
+        tiny_segmenter(num_classes=0)

@@ -125,7 +125,8 @@ class ConvBNReLU(keras.layers.Layer):
         self.conv = keras.layers.Conv2D(
             self.filters, self.kernel_size, padding="same",
             dilation_rate=self.dilation_rate, use_bias=False,
-            kernel_initializer="he_normal", dtype=self.dtype_policy, name="conv",
+            kernel_initializer="he_normal", data_format="channels_last",
+            dtype=self.dtype_policy, name="conv",
         )
         self.bn = make_norm(norm, "bn", dtype=self.dtype_policy)
 
@@ -167,8 +168,8 @@ class SeparableConvBN(keras.layers.Layer):
     needed by its own gradient, so TensorFlow and JAX drop that recomputation (the
     PyTorch backend's checkpointing does redo it). Outputs, gradients and
     BatchNorm moving statistics are the same as without remat (moving statistics
-    are updated once per call, from the first forward pass). Inference is not
-    affected.
+    are updated once per call, from the first forward pass). Inference, and a
+    frozen layer (`trainable=False`), run without it.
 
     On the JAX backend the depthwise conv runs as nine shifted multiply-adds on
     `conv1`'s kernel (`depthwise_shifted`; the module's `SHIFTED_DEPTHWISE` says
@@ -210,12 +211,13 @@ class SeparableConvBN(keras.layers.Layer):
         # Names mirror the official module (conv1, bn, pointwise) for conversion.
         self.conv1 = keras.layers.DepthwiseConv2D(
             self.kernel_size, padding="same", dilation_rate=self.dilation_rate,
-            use_bias=False, dtype=self.dtype_policy, name="conv1",
+            use_bias=False, data_format="channels_last", dtype=self.dtype_policy,
+            name="conv1",
         )
         self.bn = make_norm(norm, "bn", dtype=self.dtype_policy)
         self.pointwise = keras.layers.Conv2D(
             self.filters, 1, use_bias=False, kernel_initializer="he_normal",
-            dtype=self.dtype_policy, name="pointwise",
+            data_format="channels_last", dtype=self.dtype_policy, name="pointwise",
         )
 
     def build(self, input_shape):
@@ -225,7 +227,11 @@ class SeparableConvBN(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None, chain=False):
-        if self.remat and training:
+        # A frozen layer (a frozen backbone) runs plainly: it keeps no weight
+        # gradients to make room for, and TensorFlow's recompute_grad of a function
+        # with only frozen weights failed under mixed precision (AddN of bfloat16
+        # and float32 gradients).
+        if self.remat and training and self.trainable:
             out, passed = self._rematerialized_call(inputs, chain)
         else:
             out, passed = self._forward(inputs, training=training), inputs

@@ -7,6 +7,8 @@ the input channels (2048 for ResNet C5 and for JPU with width 512): FCN and PSP 
 `keras.layers.SpatialDropout2D` plays PyTorch's `Dropout2d`.
 """
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -56,16 +58,24 @@ def _pool_matrix(length, bins, dtype):
     return ops.cast(weights, dtype)
 
 
-def _channels(input_shape, name):
+def _channels(input_shape, name, divisor=1):
+    """The channel count C of `input_shape`; a ValueError unless it is known and its
+    branches of `C // divisor` channels have at least one."""
     if len(input_shape) != 4 or input_shape[-1] is None:
         raise ValueError(f"{name} expects (B, H, W, C) with a known C, got shape {input_shape}.")
-    return int(input_shape[-1])
+    channels = int(input_shape[-1])
+    if channels // divisor < 1:
+        raise ValueError(f"{name} needs at least {divisor} input channels (its branches have "
+                         f"C // {divisor}), got C = {channels}.")
+    return channels
 
 
 def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    """`num_classes` as an int (numpy integers too) if it is >= 1; else ValueError."""
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1):
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
-    return num_classes
+    return int(num_classes)
 
 
 class _ClassifierMixin:
@@ -73,8 +83,10 @@ class _ClassifierMixin:
 
     def _make_classifier(self, dropout):
         self.dropout = keras.layers.SpatialDropout2D(dropout, name="dropout",
+                                                     data_format="channels_last",
                                                      dtype=self.dtype_policy)
         self.classifier = keras.layers.Conv2D(self.num_classes, 1, name="classifier",
+                                              data_format="channels_last",
                                               dtype=self.dtype_policy)
 
     def _classify(self, x, training):
@@ -114,7 +126,7 @@ class FCNHead(_ClassifierMixin, keras.layers.Layer):
         self._make_classifier(self.dropout_rate)
 
     def build(self, input_shape):
-        inter = self.inter_channels or _channels(input_shape, "FCNHead") // 4
+        inter = self.inter_channels or _channels(input_shape, "FCNHead", 4) // 4
         self.conv5 = ConvBNReLU(inter, 3, name="conv5", dtype=self.dtype_policy)
         self.conv5.build(input_shape)
         self._build_classifier(self.conv5.compute_output_shape(input_shape))
@@ -157,7 +169,7 @@ class PyramidPooling(keras.layers.Layer):
         self.convs = []
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "PyramidPooling")
+        channels = _channels(input_shape, "PyramidPooling", len(self.bins))
         self.convs = [
             ConvBNReLU(channels // len(self.bins), 1, name=f"conv{i + 1}", dtype=self.dtype_policy)
             for i in range(len(self.bins))
@@ -213,7 +225,7 @@ class PSPHead(_ClassifierMixin, keras.layers.Layer):
         self._make_classifier(self.dropout_rate)
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "PSPHead")
+        channels = _channels(input_shape, "PSPHead", 4)
         self.pyramid.build(input_shape)
         pooled = self.pyramid.compute_output_shape(input_shape)
         self.conv = ConvBNReLU(channels // 4, 3, name="conv", dtype=self.dtype_policy)
@@ -261,10 +273,11 @@ class ASPP(keras.layers.Layer):
         self.pool_conv = None
         self.project = None
         self.dropout = keras.layers.SpatialDropout2D(self.dropout_rate, name="dropout",
+                                                     data_format="channels_last",
                                                      dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        out = self.out_channels or _channels(input_shape, "ASPP") // 8
+        out = self.out_channels or _channels(input_shape, "ASPP", 8) // 8
         kw = dict(dtype=self.dtype_policy)
         self.branches = [ConvBNReLU(out, 1, name="b0", **kw)] + [
             ConvBNReLU(out, 3, dilation_rate=r, name=f"b{i + 1}", **kw)
@@ -378,6 +391,8 @@ class EncHead(_ClassifierMixin, keras.layers.Layer):
         self.se_loss = bool(se_loss)
         self.jpu = bool(jpu)
         self.width = int(width)
+        if self.width < 1:
+            raise ValueError(f"EncHead width must be >= 1, got {width!r}.")
         self.num_codes = int(num_codes)
         self.dropout_rate = float(dropout)
         kw = dict(dtype=self.dtype_policy)

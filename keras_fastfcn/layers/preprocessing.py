@@ -42,6 +42,14 @@ class ImageNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
+        if x.shape[-1] is None:
+            # A graph traced with every dimension unknown (tf.function relaxes shapes
+            # after retracing, as `predict` on images of varying sizes does), where
+            # `check_image_batch` cannot see the channels: pinning them to 3 makes 1 or
+            # 4 channels fail here (a reshape of the wrong size) instead of a grayscale
+            # image broadcasting silently into three channels.
+            shape = ops.shape(x)
+            x = ops.reshape(x, (shape[0], shape[1], shape[2], 3))
         if self.mode == "caffe":
             x = ops.flip(x, axis=-1)
             return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=self.compute_dtype)
@@ -70,8 +78,10 @@ def check_image_batch(images, name="images", channels=3):
     """
     shape = tuple(getattr(images, "shape", ()))
     dtype = str(getattr(images, "dtype", ""))
-    if "string" in dtype or "bool" in dtype or dtype in ("object", "<U", "str"):
-        raise ValueError(f"{name} must be a numeric image tensor, got dtype {dtype}.")
+    if (any(word in dtype for word in ("string", "bool", "complex", "object", "str"))
+            or dtype.lstrip("<>|=").startswith(("U", "S"))):  # numpy: <U5, |S3
+        raise ValueError(f"{name} must be a real-valued image tensor (uint8 or float), got "
+                         f"dtype {dtype}.")
     if len(shape) != 4:
         hint = ""
         if len(shape) == 3 and shape[-1] in (1, 3, 4):

@@ -2,10 +2,12 @@
 
 import contextlib
 import numbers
+import warnings
 from typing import Optional, Sequence
 
 import keras
 
+from keras_fastfcn._keras_private import sublayers
 from keras_fastfcn.layers.preprocessing import ImageNormalization, check_image_batch
 from keras_fastfcn.models import presets as presets_lib
 from keras_fastfcn.models import registry
@@ -63,6 +65,58 @@ def freeze_after_init(model, trainable):
     """
     if not trainable:
         model.trainable = False
+
+
+def frozen_layers(model):
+    """The `/`-joined name paths of the layers frozen one by one inside `model`
+    (`trainable=False` under a trainable parent), for its config.
+
+    The models rebuild their layers from arguments, so a config keeps only the model's
+    own `trainable`; without these paths a model with a frozen encoder or head layer
+    would reload with it trainable (and train it, without the optimizer state saved
+    for the other variables)."""
+    paths = []
+
+    def walk(layer, prefix):
+        for child in sublayers(layer):
+            if not child.trainable:
+                paths.append(prefix + child.name)
+            else:
+                walk(child, prefix + child.name + "/")
+
+    if model.trainable:
+        walk(model, "")
+    return paths
+
+
+def freeze_layers(model, paths):
+    """Sets `trainable=False` on the layers of `model` at `paths` (`frozen_layers`).
+    A path that names no layer (a config edited by hand, a renamed layer) is skipped
+    with a warning: the model still loads."""
+    for path in paths or ():
+        layer = model
+        for name in path.split("/"):
+            layer = next((c for c in sublayers(layer) if c.name == name), None)
+            if layer is None:
+                break
+        if layer is None:
+            warnings.warn(f"{model.name}: no layer {path!r} to freeze, as its config "
+                          "says; it stays trainable.", stacklevel=2)
+        else:
+            layer.trainable = False
+
+
+@contextlib.contextmanager
+def channels_last():
+    """Builds layers channels-last whatever `keras.config.image_data_format()` says:
+    the models are NHWC (the layers of this package pin `data_format` themselves;
+    an encoder from keras.applications or a registry takes the global one)."""
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_last")
+    try:
+        yield
+    finally:
+        keras.config.set_image_data_format(previous)
 
 
 @contextlib.contextmanager
@@ -168,7 +222,9 @@ class FastFCNBackbone(ImageInputsMixin, keras.Model):
 
             # === Layers ===
             normalize = ImageNormalization(preprocessing, name="preprocessing")
-            encoder_model = registry.build_encoder(spec.name, output_stride, encoder_weights)
+            with channels_last():  # keras.applications reads the global data format
+                encoder_model = registry.build_encoder(spec.name, output_stride,
+                                                       encoder_weights)
             upsample = (registry.UPSAMPLERS[upsampler](width, align_corners, remat, "jpu")
                         if upsampler is not None else None)
 
@@ -208,12 +264,17 @@ class FastFCNBackbone(ImageInputsMixin, keras.Model):
             "input_shape": list(self.image_shape),
             "name": self.name,
             "trainable": self.trainable,
+            "frozen_layers": frozen_layers(self),
             "dtype": dtype_config(self),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        frozen = config.pop("frozen_layers", None)
+        model = cls(**config)
+        freeze_layers(model, frozen)
+        return model
 
     presets = presets_lib.ClassPresets()
 

@@ -1,6 +1,7 @@
 """`FastFCNImageSegmenter`: the FastFCN task (backbone + head), trained on `(images, masks)`."""
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import keras
@@ -17,10 +18,11 @@ from keras_fastfcn.models import registry
 from keras_fastfcn.models.fastfcn.fastfcn_backbone import (
     FastFCNBackbone,
     ImageInputsMixin,
-    check_positive_int,
     dtype_config,
     dtype_policy_scope,
     freeze_after_init,
+    freeze_layers,
+    frozen_layers,
 )
 from keras_fastfcn.models.fastfcn.fastfcn_fit_checks import (
     from_per_output, num_batches, warn_about_loss, warn_if_learning_rate_is_zero)
@@ -98,11 +100,13 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             if not isinstance(backbone, FastFCNBackbone):
                 raise ValueError(
                     f"backbone must be a keras_fastfcn FastFCNBackbone, got {type(backbone).__name__}.")
-            num_classes = check_positive_int(num_classes, "num_classes")
-            if num_classes < 2:
+            if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+                    or num_classes < 2):
                 # Softmax over one class is 1 everywhere: nothing to learn or predict.
-                raise ValueError("num_classes must be >= 2 (a segmentation model tells "
-                                 "classes apart: 2 for object and background), got 1.")
+                raise ValueError("num_classes must be an int >= 2 (a segmentation model "
+                                 "tells classes apart: 2 for object and background), got "
+                                 f"{num_classes!r}.")
+            num_classes = int(num_classes)
             spec = registry.head(head)
             se_loss = spec.se_loss if se_loss is None else bool(se_loss)
             if se_loss and not spec.se_loss:
@@ -442,16 +446,20 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                              if self.preprocessor is not None else None),
             "name": self.name,
             "trainable": self.trainable,
+            "frozen_layers": frozen_layers(self),
             "dtype": dtype_config(self),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        frozen = config.pop("frozen_layers", None)
         for key in ("backbone", "preprocessor"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.layers.deserialize(config[key])
-        return cls(**config)
+        model = cls(**config)
+        freeze_layers(model, frozen)
+        return model
 
     # ------------------------------------------------------------------ presets
 

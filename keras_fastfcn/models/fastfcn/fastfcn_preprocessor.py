@@ -151,7 +151,7 @@ class FastFCNImageSegmenterPreprocessor(keras.layers.Layer):
                 y = tf.cast(masks[..., 0], tf.int32)
             else:
                 masks = ops.image.resize(ops.cast(masks, "float32"), size,
-                                         interpolation="nearest")
+                                         interpolation="nearest", data_format="channels_last")
                 y = ops.cast(masks[..., 0], "int32")
             y = y[0] if single else y
         return y
