@@ -164,6 +164,11 @@ def format_results(result):
         iou = f"{c['IoU']:.4f}" if c["present"] else "absent"
         lines.append(f"{c['id']:>3}  {c['name']:<{width}}  {iou:>6}  {c['label_pixels']:>10}  "
                      f"{c['predicted_pixels']:>10}")
+    unlabeled = [c["name"] for c in result["per_class"] if not c["label_pixels"]]
+    if unlabeled and result["labeled_pixels"]:
+        lines += ["", f"No labeled pixels of: {', '.join(unlabeled)}. If that is unexpected, "
+                      "check the masks: their values are class ids 0..C-1, 255 = ignore "
+                      "(a mask saved as 0/255 has no class 1)."]
     return "\n".join(lines)
 
 

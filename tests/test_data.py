@@ -3,6 +3,7 @@ augmentation pipelines and bad-input errors. (tfds sources: test_data_tfds.py.)"
 
 import hashlib
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -204,6 +205,30 @@ def test_folder_source_split_dirs_and_classes(tmp_path):
         assert data.get_source(f"folder:{root}").splits == ("train", "val")
     with pytest.raises(ValueError, match=r"unknown split 'valid'.*--split"):
         src.dataset("valid")
+
+
+def test_folder_source_names_images_it_converts(tmp_path):
+    """RGBA, grayscale (and 16-bit) training images are converted to 8-bit RGB with a
+    warning naming the first few files, as `predict` warns, then one more that the
+    rest are not named; RGB images say nothing."""
+    root = _make_folder(tmp_path / "ds", label_fn=lambda i: np.zeros((12, 16), np.uint8))
+    images = sorted((root / "train" / "images").iterdir())
+    for k, path in enumerate(images):
+        mode = "RGBA" if k % 2 else "L"
+        Image.open(path).convert(mode).save(path.with_suffix(".png"))
+        path.unlink()
+    src = data.get_source(f"folder:{root}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # a second epoch names nothing again
+            for image, _ in src.dataset("train"):
+                assert image.shape[-1] == 3
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3 and "train_0.png: grayscale image (mode L) converted" in \
+        messages[0] and "alpha dropped" in messages[1], messages
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(src.dataset("val"))  # RGB: quiet
 
 
 def test_folder_source_split_lists_and_ignore_index(tmp_path):

@@ -125,6 +125,9 @@ def test_result_format_and_names():
     assert [c["name"] for c in res["per_class"]] == ["sky", "road", "car"]
     text = M.format_results(res)
     assert "road" in text and "absent" in text and "mIoU_present" in text
+    assert text.splitlines()[-1].startswith("No labeled pixels of: car.")  # 0/255 masks hint
+    metric.update(np.array([[2]]), np.array([[2]]))
+    assert "No labeled pixels" not in M.format_results(metric.result())
     assert res["pixAcc"] == pytest.approx(2 / 3)
     # sky: inter 1, union 2; road: inter 1, union 2; car absent -> official mean /3
     assert res["mIoU"] == pytest.approx((0.5 + 0.5 + 0.0) / 3)

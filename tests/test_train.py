@@ -35,6 +35,12 @@ def test_config_overrides_and_errors(tmp_path):
     bad.write_text("modle:\n  head: psp\n")
     with pytest.raises(ValueError, match="unknown config key 'modle'"):
         training.load_config(str(bad))
+    # A bad --set key is the override's fault, not the file's.
+    with pytest.raises(ValueError, match=r"^--set train.epoch=3: unknown config key "
+                                         r"'train.epoch' \(did you mean 'train.epochs'"):
+        training.load_config("demo", ["train.epoch=3"])
+    assert training.load_config("demo", ["data.options.num_val=2"])["data"]["options"] == {
+        "num_val": 2}  # data.options is free-form
     bad.write_text("train:\n  batch_size: eight\n")
     with pytest.raises(ValueError, match="'train.batch_size' must be of type int"):
         training.load_config(str(bad))

@@ -137,6 +137,7 @@ def load_config(config, overrides=()):
         parts = key.strip().split(".")
         if len(parts) == 2 and tuple(parts) in RENAMED:  # a 0.1 name: `model.backbone=...`
             parts[1] = RENAMED[tuple(parts)]
+        _check_override_key(parts, item)
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -158,6 +159,21 @@ def _renamed(user):
         if isinstance(values, dict) and old in values:
             values.setdefault(new, values.pop(old))
     return user
+
+
+def _check_override_key(parts, item):
+    """A `ValueError` naming the override (not the config file) for an unknown key."""
+    node = DEFAULTS
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or tuple(parts[:depth]) in _FREE_FORM:
+            return  # a value's own keys, or a free-form section (data.options)
+        if part not in node:
+            dotted = ".".join(parts[:depth + 1])
+            close = difflib.get_close_matches(part, [str(k) for k in node], n=1)
+            hint = (f" (did you mean {'.'.join(parts[:depth] + [close[0]])!r}?)"
+                    if close else "")
+            raise ValueError(f"--set {item}: unknown config key {dotted!r}{hint}.")
+        node = node[part]
 
 
 def _merge(defaults, user, prefix, path):

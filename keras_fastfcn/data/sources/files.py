@@ -44,6 +44,7 @@ class FileSource(Source):
         self._pairs = {split: [(str(i), str(l)) for i, l in items]
                        for split, items in pairs.items()}
         self._lut = label_lut(num_classes) if lut is None else np.asarray(lut, np.int32)
+        self._noted = set()  # converted images named so far (`_note_conversion`)
 
     def files(self, split):
         """The `(image_path, label_path)` pairs of `split`, in dataset order."""
@@ -55,10 +56,12 @@ class FileSource(Source):
     def load_example(self, image_path, label_path):
         """`(image uint8 (H, W, 3), label int32 (H, W))`, mapped and checked."""
         try:
-            image, _ = read_image(image_path)
+            image, note = read_image(image_path)
             raw = read_label(label_path)
         except ImageError as err:
             raise DataError(str(err)) from None
+        if note:
+            self._note_conversion(image_path, note)
         if raw.shape != image.shape[:2]:
             raise DataError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its label "
@@ -72,6 +75,22 @@ class FileSource(Source):
             raise DataError(f"label {label_path}: "
                             f"{_bad_values_message(raw, label, self.num_classes)}")
         return image, label
+
+    # How many converted images are named (a warning each) before the rest go quiet.
+    _NOTES_SHOWN = 3
+
+    def _note_conversion(self, image_path, note):
+        """Warns (as `predict` does) that an image was not 8-bit RGB, for the first few
+        such files of the source, then once that further ones are not named."""
+        noted = self._noted
+        if image_path in noted or len(noted) > self._NOTES_SHOWN:
+            return
+        noted.add(image_path)
+        if len(noted) > self._NOTES_SHOWN:
+            warnings.warn(f"{self.name}: more images are not 8-bit RGB and are converted "
+                          "the same way; they are not named.", stacklevel=2)
+        else:
+            warnings.warn(f"{image_path}: {note}.", stacklevel=2)
 
     def _load_numpy(self, image_path, label_path):
         try:
