@@ -339,6 +339,21 @@ def test_bad_images(bad, match):
         tiny_segmenter()(bad)
 
 
+@pytest.mark.parametrize("shape,match", [
+    ((2, 32, 32), "masks are 32x32 but the images are 64x64"),
+    ((2, 64, 64, 4), "one-hot masks"),
+    ((2, 64), "masks must be class ids"),
+])
+def test_fit_names_masks_of_the_wrong_shape(shape, match, rng):
+    """Masks of another size, one-hot or of the wrong rank are refused by name
+    (Keras' cross-entropy failed with a graph error on its SelectV2)."""
+    seg = tiny_segmenter(num_classes=4, head="fcn")
+    seg.compile()
+    images, _ = toy_data(rng, n=2)
+    with pytest.raises(ValueError, match=match):
+        seg.fit(images, np.zeros(shape, "int32"), epochs=1, verbose=0)
+
+
 def test_channels_unknown_when_traced_still_must_be_three():
     """A graph traced with every dimension unknown (tf.function after retracing, as
     `predict` on varying image sizes does) refuses 1 or 4 channels when it runs,

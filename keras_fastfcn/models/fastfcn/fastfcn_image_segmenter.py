@@ -283,9 +283,10 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         return keras.ops.where(invalid, IGNORE_LABEL, keras.ops.cast(y, "int32")), stats
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        y, _ = self._checked_labels(y)
         extra = y_pred if isinstance(y_pred, dict) else {}
         logits = _logits(y_pred)
+        _check_mask_shape(y, logits)
+        y, _ = self._checked_labels(y)
         total = super().compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight,
                                      training=training)
         if "aux_logits" in extra and self.aux_weight:
@@ -499,6 +500,22 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         >>> seg.save_to_preset("my_preset")
         """
         return presets_lib.save_segmenter(self, preset_dir)
+
+
+def _check_mask_shape(masks, logits):
+    """A `ValueError` naming the shapes unless `masks` are class ids `(B, H, W)` (or
+    `(B, H, W, 1)`) at the logits' (the images') size, as far as the traced shapes
+    tell; Keras' loss would fail with a graph error on the cross-entropy instead."""
+    shape, size = tuple(masks.shape), tuple(logits.shape)[1:3]
+    if len(shape) == 4 and shape[-1] not in (1, None):
+        raise ValueError(f"masks must be class ids (batch, height, width), got shape {shape}: "
+                         "one-hot masks? Pass their argmax over the last axis.")
+    if len(shape) not in (3, 4):
+        raise ValueError(f"masks must be class ids (batch, height, width), got shape {shape}.")
+    if any(m is not None and s is not None and m != s for m, s in zip(shape[1:3], size)):
+        raise ValueError(f"masks are {shape[1]}x{shape[2]} but the images are "
+                         f"{size[0]}x{size[1]} (height x width): masks must have the size of "
+                         "their images (resize them with nearest neighbour).")
 
 
 def _logits(outputs):
