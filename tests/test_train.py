@@ -152,3 +152,27 @@ def test_config_numeric_ranges_and_old_names(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             training.load_config("demo", [override])
+
+
+def test_history_rows_say_how_many_steps_their_training_metrics_cover(tmp_path):
+    """history.csv's `steps`: the steps an epoch's training metrics average over; an
+    epoch resumed mid-way (a first `fit` call with its remaining steps, as the runner
+    does) says so. Rows restored from a checkpoint of an older version (no `steps`)
+    are kept."""
+    import csv
+
+    from keras_fastfcn.train.callbacks import HistoryCSV
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 2), "float32"), np.zeros((8, 1), "float32")
+    path = tmp_path / "history.csv"
+    history = HistoryCSV(str(path), rows=[{"epoch": 0, "loss": 1.0}])
+    model.fit(x, y, batch_size=2, epochs=2, initial_epoch=1, steps_per_epoch=1,
+              callbacks=[history], verbose=0)  # epoch 1 resumed with 1 step left
+    model.fit(x, y, batch_size=2, epochs=3, initial_epoch=2, callbacks=[history],
+              verbose=0)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:2] == ["epoch", "steps"]
+    assert [(r["epoch"], r["steps"]) for r in rows] == [("0", ""), ("1", "1"), ("2", "4")]

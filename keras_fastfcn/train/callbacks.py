@@ -175,6 +175,11 @@ class BestModel(keras.callbacks.Callback):
 class HistoryCSV(keras.callbacks.Callback):
     """`history.csv`: one row per epoch, rewritten atomically from all rows each epoch.
 
+    Each row has the epoch's logs and `steps`, the number of training steps its
+    training metrics (`loss`, ...) are the mean of: the epoch's steps, or in an epoch
+    resumed mid-way only those run after the resume (Keras' metrics start again at
+    each `fit` call). The validation metrics are always over the whole split.
+
     Args:
         filepath: the CSV path.
         rows: rows of earlier epochs (restored on resume), each a dict.
@@ -184,20 +189,28 @@ class HistoryCSV(keras.callbacks.Callback):
         super().__init__()
         self.filepath = filepath
         self.rows = [dict(row) for row in rows]
+        self._steps = 0
 
     def on_train_begin(self, logs=None):
         if self.rows:
             self._write()  # drops any row a killed run wrote after its last checkpoint
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch}
+        row = {"epoch": epoch, "steps": self._steps}
         row.update({k: float(v) for k, v in (logs or {}).items()
                     if isinstance(v, (int, float)) or hasattr(v, "__float__")})
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + [row]
         self._write()
 
     def _write(self):
-        keys = ["epoch"] + sorted({k for row in self.rows for k in row} - {"epoch"})
+        keys = ["epoch", "steps"] + sorted({k for row in self.rows for k in row}
+                                           - {"epoch", "steps"})
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
