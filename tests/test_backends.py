@@ -29,6 +29,13 @@ for head, up in pairs + [("encnet", "jpu_x"), ("psp", None)]:
     assert np.isfinite(keras.ops.convert_to_numpy(out)).all()
     train = model(x, training=True)
     assert set(train) == {"logits", "aux_logits"} | ({"se_logits"} if head == "encnet" else set())
+# Masks of another size are named (JAX and PyTorch compute the metrics before the loss).
+model.compile()
+try:
+    model.fit(x, np.zeros((1, 36, 28), "int32"), epochs=1, verbose=0)
+    raise AssertionError("masks of another size were accepted")
+except ValueError as err:
+    assert "masks are 36x28 but the images are 72x56" in str(err), err
 for encoder in ("resnet50", "resnet50s"):  # keras.applications and the official ResNet
     deep = kf.FastFCN(num_classes=3, head="fcn", backbone=encoder, upsampler=None)
     assert tuple(deep(x).shape) == (1, 72, 56, 3)

@@ -221,7 +221,9 @@ def run(config: Union[str, dict], strategy=None,
     try:
         before = set(os.listdir(out)) if chief else set()
         had_checkpoint = chief and os.path.isfile(os.path.join(out, "backup", "latest"))
-        if chief and not had_checkpoint and not overwrite:
+        # Every worker checks (the folder is on storage they share): one refusing
+        # alone would leave the others waiting for it.
+        if not overwrite and not os.path.isfile(os.path.join(out, "backup", "latest")):
             _refuse_finished_run(out)
         try:
             return _train(cfg, replicas, source, steps_per_epoch, even, callbacks)

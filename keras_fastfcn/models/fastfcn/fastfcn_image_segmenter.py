@@ -298,6 +298,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        _check_mask_shape(y, _logits(y_pred))  # JAX and PyTorch compute these first
         y, stats = self._checked_labels(y)
         logs = dict(super().compute_metrics(x, y, _logits(y_pred), sample_weight))
         logs.update(LabelCheck.logs(stats))
