@@ -419,6 +419,21 @@ def _fuse_pad_into_conv(proto):
     return len(fused)
 
 
+def inferred_shapes(proto):
+    """`{tensor name: [dim, ...]}` of the tensors of `proto` whose rank ONNX shape
+    inference finds (a dim it cannot tell is None), initializers included. It works on
+    a copy of the whole model: call it only where a rewrite has something to do."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(proto).graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                       for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.value_info) + list(inferred.input)
+              + list(inferred.output) if v.type.tensor_type.HasField("shape")}
+    shapes.update({t.name: list(t.dims) for t in proto.graph.initializer})
+    return shapes
+
+
 def _cancel_layout_transposes(proto):
     """Removes the layout transposes that tf2onnx leaves around a channel-wise product:
     `Transpose(Mul(Transpose(x, P), g), P^-1)` becomes `Mul(x, Transpose(g, P^-1))`,
@@ -445,19 +460,14 @@ def _cancel_layout_transposes(proto):
     Returns:
         The number of Transpose nodes removed, net.
     """
-    from onnx import helper, shape_inference
+    from onnx import helper
 
     graph = proto.graph
     if not any(node.op_type == "Transpose" for node in graph.node):
         return 0  # no shape inference (a copy of the whole model) for nothing
     if any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute):
         return 0  # control flow: its subgraphs may read the names this would remove
-    inferred = shape_inference.infer_shapes(proto).graph
-    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None
-                     for d in v.type.tensor_type.shape.dim]
-            for v in list(inferred.value_info) + list(inferred.input)
-            + list(inferred.output) if v.type.tensor_type.HasField("shape")}
-    dims.update({t.name: list(t.dims) for t in graph.initializer})
+    dims = inferred_shapes(proto)
     outputs = {o.name for o in graph.output}
     before = sum(node.op_type == "Transpose" for node in graph.node)
 

@@ -39,8 +39,8 @@ from keras_fastfcn.fileio import atomic_path, removing_new_folders, scratch_fold
 from keras_fastfcn.serving import onnx as onnx_export
 from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.onnx import (DEFAULT_KEEP_FLOAT, DEFAULT_OPSET, _first_line,
-                                       _scope_matches, check_keep_float, match_scopes,
-                                       require_onnx)
+                                       _scope_matches, check_keep_float, inferred_shapes,
+                                       match_scopes, require_onnx)
 from keras_fastfcn.serving.targets import check_options, check_target_file
 
 # OpenVINO's name of each precision's inference precision (int8: its float parts).
@@ -208,8 +208,9 @@ def argmax_as_reductions(proto):
     Zen 4 EPYC (2 cores, OpenVINO 2026.4, `benchmarks/profile_ops.py --runtime
     openvino`); an unstable TopK would be faster still but may pick any of tied
     classes. ONNX Runtime's own ArgMax is faster than the reductions there (578
-    against 637-698 ms for the whole model), so only the OpenVINO export rewrites. An ArgMax whose input rank shape inference cannot tell,
-    or with `select_last_index`, is left as it is. A NaN in a row gives index `n`
+    against 637-698 ms for the whole model), so only the OpenVINO export rewrites.
+    An ArgMax whose input rank shape inference cannot tell, or with
+    `select_last_index`, is left as it is. A NaN in a row gives index `n`
     (no element equals the NaN maximum): the exports' inputs are checked finite.
 
     Args:
@@ -223,17 +224,14 @@ def argmax_as_reductions(proto):
     >>> argmax_as_reductions(proto)
     1
     """
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
     graph = proto.graph
     if not any(node.op_type == "ArgMax" for node in graph.node):
         return 0  # no shape inference (a copy of the whole model) for nothing
     opset = max([o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
                 or [0])
-    inferred = shape_inference.infer_shapes(proto).graph
-    ranks = {v.name: len(v.type.tensor_type.shape.dim)
-             for v in list(inferred.value_info) + list(inferred.input)
-             + list(inferred.output) if v.type.tensor_type.HasField("shape")}
+    ranks = {name: len(dims) for name, dims in inferred_shapes(proto).items()}
     taken = {name for node in graph.node for name in node.output}
     taken |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
 
