@@ -206,8 +206,15 @@ def test_wrong_checkpoints_are_named(psp_state_dict):
         convert(no_head)
     with pytest.raises(ValueError, match="3 class names given for a 19-class"):
         convert(psp_state_dict, class_names=["a", "b", "c"])
-    with pytest.raises(ValueError, match="150 class names .* for a 19-class"):
+    with pytest.raises(ValueError, match="dataset 'ade20k' has 150 classes, but the "
+                                         "checkpoint has 19: wrong --dataset"):
         convert(psp_state_dict, dataset="ade20k")
+    # Also where the file names its 19 classes (it was converted with ADE20K's palette).
+    cityscapes = {"state_dict": psp_state_dict,
+                  "meta": {"CLASSES": list(palettes.class_names("cityscapes"))}}
+    with pytest.raises(ValueError, match="dataset 'ade20k' has 150 classes"):
+        convert(cityscapes, dataset="ade20k")
+    assert convert(cityscapes, aux=False).dataset == "cityscapes"
     with pytest.raises(ValueError, match="encoder='resnet50s' was asked for"):
         convert(psp_state_dict, encoder="resnet50s")
 

@@ -296,6 +296,70 @@ def test_save_to_preset_and_from_preset(tmp_path, rng):
         kf.models.FastFCNImageSegmenter.from_preset(tmp_path)
 
 
+def test_save_to_preset_into_a_folder_keeps_its_other_files(tmp_path, monkeypatch, rng):
+    """keras-hub's habit: a preset saved into the folder that will be uploaded, next
+    to its README. The folder was replaced whole (README and all deleted, and the
+    working directory with it when the folder was `.`)."""
+    folder = tmp_path / "my_model"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "README.md").write_text("# my model")
+    (folder / "notes" / "train.txt").write_text("lr 0.01")
+    monkeypatch.chdir(folder)
+    first = tiny_segmenter(num_classes=3, head="fcn")
+    first.save_to_preset(".")
+    second = tiny_segmenter(num_classes=4, head="fcn")
+    second.save_to_preset(".")
+    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "metadata.json",
+                                          "model.weights.h5", "notes"]
+    assert (folder / "notes" / "train.txt").read_text() == "lr 0.01"
+    assert os.getcwd() == str(folder)
+    x = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    again = kf.models.FastFCNImageSegmenter.from_preset(".")
+    assert again.num_classes == 4
+    np.testing.assert_allclose(again.predict(x, verbose=0), second.predict(x, verbose=0),
+                               atol=1e-5)
+
+
+def test_preset_folder_loads_where_a_model_file_does_and_broken_ones_are_named(tmp_path, rng):
+    """`inference.load_model` and the commands' `--model` take a folder written by
+    `save_to_preset` (they said "is a folder"); a broken config.json or weights file
+    is named, not h5py's or json's bare error."""
+    from keras_fastfcn.cli.common import check_model_file
+
+    seg = tiny_segmenter(num_classes=3, head="fcn")
+    folder = seg.save_to_preset(tmp_path / "p")
+    x = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(kf.inference.load_model(folder).predict(x, verbose=0),
+                               seg.predict(x, verbose=0), atol=1e-5)
+    check_model_file(folder)
+    with pytest.raises(ValueError, match="neither a .keras model file nor a preset folder"):
+        kf.inference.load_model(tmp_path)
+    with pytest.raises(ValueError, match="neither a .keras model file nor a preset folder"):
+        check_model_file(str(tmp_path))
+    weights = tmp_path / "p" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="model.weights.h5 does not hold the weights .*broken"):
+        kf.models.FastFCNImageSegmenter.from_preset(folder)
+    (tmp_path / "p" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is broken"):
+        kf.models.FastFCNImageSegmenter.from_preset(folder)
+
+
+def test_unknown_keyword_arguments_are_refused(tmp_path, tiny_backbone):
+    """Keras' functional init drops unknown keywords: a misspelt `num_clases=5`
+    silently gave the model with the preset's or the default classes."""
+    backbone = kf.models.FastFCNBackbone(encoder=tiny_backbone, width=32)
+    with pytest.raises(TypeError, match="'bogus'"):
+        kf.models.FastFCNImageSegmenter(backbone, num_classes=3, bogus=1)
+    with pytest.raises(TypeError, match="'widht' \\(did you mean 'width'\\?\\)"):
+        kf.models.FastFCNBackbone(encoder=tiny_backbone, widht=32)
+    folder = tiny_segmenter(num_classes=3, head="fcn").save_to_preset(tmp_path / "p")
+    with pytest.raises(TypeError, match="'num_clases' \\(did you mean 'num_classes'\\?\\)"):
+        kf.models.FastFCNImageSegmenter.from_preset(folder, num_clases=5)
+    assert kf.models.FastFCNImageSegmenter.from_preset(
+        folder, load_weights=False, num_classes=5).num_classes == 5
+
+
 def test_fastfcn_shortcut_and_weights_argument(tmp_path, rng):
     model = kf.FastFCN(num_classes=2, head="fcn", backbone="tiny_resnet", jpu_width=16)
     assert isinstance(model, kf.models.FastFCNImageSegmenter)

@@ -145,6 +145,45 @@ def test_drive_refusal_names_the_manual_step(drive, tmp_path, checkpoint):
     assert seg.num_classes == 5 and path.exists()
 
 
+def test_checkpoint_argument_is_used_even_when_the_preset_is_cached(drive, tmp_path):
+    """A checkpoint passed by hand (a fine-tuned one, say) was ignored once the preset
+    was cached from another file: the cache is used only for the file it was
+    converted from (its SHA-256 is in metadata.json)."""
+    seg = kf.models.FastFCNImageSegmenter.from_preset(drive)  # cached from the download
+    other_model = ref.randomize_(ref.SegmentationModel(
+        "fcn", 5, layers=(1, 1, 1, 1), jpu="JPU", aux=True, se_loss=False, width=64), 11)
+    other = tmp_path / "fine_tuned.pth"
+    torch.save(other_model.eval().state_dict(), other)
+    x = np.random.RandomState(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        expected = other_model(torch.from_numpy(((x / 255 - mean) / std).astype("float32"))
+                               .permute(0, 3, 1, 2))[0].permute(0, 2, 3, 1).numpy()
+    tuned = kf.models.FastFCNImageSegmenter.from_preset(drive, checkpoint=str(other))
+    got = tuned.predict(x, verbose=0)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, atol=1e-4 * scale)
+    assert np.abs(got - seg.predict(x, verbose=0)).max() > 1e-2 * scale
+    # Now cached from that file: no request, the same model.
+    requests = len(FakeDrive.requests)
+    again = kf.models.FastFCNImageSegmenter.from_preset(drive, checkpoint=str(other))
+    np.testing.assert_allclose(again.predict(x, verbose=0), got, atol=1e-5 * scale)
+    assert len(FakeDrive.requests) == requests
+
+
+def test_wrong_checkpoint_by_hand_says_what_does_not_match(drive, tmp_path):
+    wrong = ref.randomize_(ref.SegmentationModel(
+        "fcn", 7, layers=(1, 1, 1, 1), jpu="JPU", aux=True, se_loss=False, width=64), 0)
+    path = tmp_path / "wrong.pth"
+    torch.save(wrong.eval().state_dict(), path)
+    with pytest.raises(presets.PresetError) as err:
+        kf.models.FastFCNImageSegmenter.from_preset(drive, checkpoint=str(path))
+    message = str(err.value)
+    assert "wrong.pth is not the released model" in message
+    assert "7" in message and "in a browser" not in message
+    assert _cache_files(tmp_path) == []
+
+
 def test_sha256_is_verified(drive, tmp_path, monkeypatch):
     monkeypatch.setitem(presets.PRESETS[drive], "sha256", "0" * 64)
     with pytest.raises(presets.PresetError, match="SHA-256 .* expected 0000"):
@@ -263,6 +302,10 @@ def test_mmseg_preset_refused_download_names_url_and_manual_step(openmmlab, tmp_
     assert (f"Download {entry['file_name']} in a browser from {entry['url']} and pass the "
             f"file: FastFCNImageSegmenter.from_preset('{name}', checkpoint='path/to/"
             f"{entry['file_name']}')") in message
+    # The commands' route: the file where the download would have gone.
+    downloads = tmp_path / "keras_home" / "keras_fastfcn" / "downloads"
+    assert f"for the keras-fastfcn commands, save it as {downloads / entry['file_name']}." \
+        in message
     assert _cache_files(tmp_path) == []
 
 

@@ -26,9 +26,9 @@ COMMANDS = {
     "train": "train a model from a YAML config",
     "evaluate": "pixAcc / mIoU of a saved model on a dataset",
     "predict": "class maps, colour masks and overlays for images",
-    "export": "SavedModel (TF Serving), ONNX or TFLite export",
+    "export": "SavedModel (TF Serving), ONNX, TFLite or OpenVINO export",
     "benchmark": "speed, FLOPs and memory: JPU vs dilated",
-    "convert": "official PyTorch FastFCN checkpoint -> .keras",
+    "convert": "released PyTorch FastFCN checkpoint (authors' or mmsegmentation's) -> .keras",
 }
 
 

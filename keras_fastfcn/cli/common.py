@@ -272,8 +272,12 @@ class DeprecatedAlias(argparse.Action):
     """An old spelling of an option: stores into the new one's `dest`, with a warning.
 
     Example:
-    >>> parser.add_argument("--backbones", dest="encoders", action=DeprecatedAlias,
-    ...                     new="--encoders", help=argparse.SUPPRESS)
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = parser.add_argument("--encoders")
+    >>> _ = parser.add_argument("--backbones", dest="encoders", action=DeprecatedAlias,
+    ...                         new="--encoders", help=argparse.SUPPRESS)
+    >>> parser.parse_args(["--backbones", "resnet50"]).encoders  # warns on stderr
+    'resnet50'
     """
 
     def __init__(self, option_strings, dest, new=None, **kwargs):
@@ -321,4 +325,8 @@ def check_model_file(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Model file not found: {path}")
     if os.path.isdir(path):
-        raise ValueError(f"--model {path} is a folder, not a .keras model file.")
+        from keras_fastfcn.models import presets
+
+        if not presets.is_preset_dir(path):
+            raise ValueError(f"--model {path} is a folder, neither a .keras model file nor "
+                             "a preset folder (written by save_to_preset).")

@@ -374,6 +374,10 @@ def convert_mmseg_checkpoint(checkpoint, output=None, num_classes=None, class_na
                          f"{inferred['encoder']!r}.")
     num_classes = num_classes or inferred["num_classes"]
     dataset = normalize_dataset(dataset)
+    known = dataset_class_names(dataset)
+    if known is not None and len(known) != num_classes:  # its palette would be wrong too
+        raise ValueError(f"dataset {dataset!r} has {len(known)} classes, but the checkpoint "
+                         f"has {num_classes}: wrong --dataset?")
     if class_names is None:
         class_names = _meta_class_names(meta)
         if class_names is not None and dataset is None:

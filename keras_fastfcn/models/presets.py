@@ -30,6 +30,7 @@ Example:
 import hashlib
 import html.parser
 import importlib
+import inspect
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ import urllib.request
 import keras
 
 from keras_fastfcn.data import palettes
-from keras_fastfcn.fileio import atomic_path
+from keras_fastfcn.fileio import atomic_path, scratch_folder
 from keras_fastfcn.models import registry
 from keras_fastfcn.version import __version__
 from keras_fastfcn.models.fastfcn.fastfcn_presets import PRESETS, describe, download_page, file_name
@@ -94,8 +95,20 @@ def cache_dir():
 # ------------------------------------------------------------------ folders
 
 
-def save_segmenter(model, preset_dir):
-    """Writes `model` as a preset folder (atomically); returns the folder."""
+def save_segmenter(model, preset_dir, metadata=None):
+    """Writes `model` as a preset folder; returns the folder.
+
+    A new folder appears whole (written beside it, then renamed). Into an existing
+    folder (one with a README for a model hub, say) the three preset files are
+    written and nothing else is touched, as keras-hub does: each file is renamed into
+    place, `metadata.json` last and removed first, so that a write cut short leaves a
+    folder `from_preset` refuses instead of new weights under an old config.
+
+    Args:
+        model: the model.
+        preset_dir: the folder.
+        metadata: extra entries for `metadata.json` (e.g. the source checkpoint).
+    """
     preset_dir = os.fspath(preset_dir)
     if os.path.exists(preset_dir) and not os.path.isdir(preset_dir):
         raise NotADirectoryError(f"{preset_dir} exists and is not a folder.")
@@ -105,17 +118,32 @@ def save_segmenter(model, preset_dir):
         "class": type(model).__name__,
         "parameter_count": int(model.count_params()),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(metadata or {}),
     }
-    with atomic_path(preset_dir, is_dir=True) as tmp:
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+
+    def write(folder):
+        with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(keras.saving.serialize_keras_object(model), f, indent=2)
-        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
-        with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
+        model.save_weights(os.path.join(folder, WEIGHTS_FILE))
+        with open(os.path.join(folder, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2)
+
+    if not os.path.isdir(preset_dir):
+        with atomic_path(preset_dir, is_dir=True) as tmp:
+            write(tmp)
+        return preset_dir
+    with scratch_folder(os.path.join(preset_dir, METADATA_FILE)) as tmp:
+        write(tmp)
+        marker = os.path.join(preset_dir, METADATA_FILE)
+        if os.path.exists(marker):
+            os.remove(marker)
+        for name in (WEIGHTS_FILE, CONFIG_FILE, METADATA_FILE):
+            os.replace(os.path.join(tmp, name), os.path.join(preset_dir, name))
     return preset_dir
 
 
-def _is_preset_dir(path):
+def is_preset_dir(path):
+    """Whether `path` is a folder written by `save_to_preset`."""
     return all(os.path.isfile(os.path.join(path, name))
                for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE))
 
@@ -127,27 +155,57 @@ def load_segmenter(cls, preset, load_weights=True, checkpoint=None, **overrides)
         raise PresetError(f"checkpoint= is for a released model ({', '.join(sorted(PRESETS))}), "
                           f"not {preset!r}.")
     if os.path.isdir(preset):
-        if not _is_preset_dir(preset):
+        if not is_preset_dir(preset):
             raise PresetError(f"{preset} is not a preset folder: it needs {CONFIG_FILE}, "
                               f"{WEIGHTS_FILE} and {METADATA_FILE} (written by save_to_preset).")
         folder = preset
     elif preset in PRESETS:
         cached = _cached_folder(preset)
-        if not load_weights and not _is_preset_dir(cached):
+        if not load_weights and not is_preset_dir(cached):
             return _check_class(_architecture(preset, **overrides), cls, preset)
         folder = materialize(preset, checkpoint=checkpoint)
     else:
         raise PresetError(
             f"Unknown preset {preset!r}: not a folder, nor a released model "
             f"({', '.join(sorted(PRESETS))}).")
-    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
-        config = json.load(f)
+    path = os.path.join(folder, CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+            raise ValueError("not a Keras model config (no 'config' object)")
+    except ValueError as err:  # JSONDecodeError included
+        raise PresetError(f"{path} is broken: {err}. Save the preset again "
+                          "(save_to_preset).") from None
     if overrides:
+        _check_overrides(cls, config, overrides)
         config = dict(config, config=dict(config["config"], **overrides))
     model = _check_class(keras.saving.deserialize_keras_object(config), cls, preset)
     if load_weights:
-        model.load_weights(os.path.join(folder, WEIGHTS_FILE))
+        path = os.path.join(folder, WEIGHTS_FILE)
+        try:
+            model.load_weights(path)
+        except Exception as err:  # h5py's and Keras' many errors for broken or foreign files
+            raise PresetError(f"{path} does not hold the weights of {folder}'s model "
+                              f"({_first_line(err)}): a broken or foreign file. Save the "
+                              "preset again (save_to_preset).") from None
     return model
+
+
+def _check_overrides(cls, config, overrides):
+    """A `TypeError` naming the overrides that are not arguments of the preset's
+    model: Keras' model constructors take (and drop) any keyword."""
+    known = (set(config.get("config", {})) | {"name", "dtype", "trainable"}) - {
+        "self", "kwargs"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        import difflib
+
+        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                 for key in unknown for close in [difflib.get_close_matches(key, known, 1)]]
+        raise TypeError(f"{cls.__name__}.from_preset got unknown argument(s) "
+                        f"{', '.join(hints)}: it takes the model's arguments "
+                        f"({', '.join(sorted(known))}).")
 
 
 def _check_class(model, cls, preset):
@@ -179,6 +237,9 @@ def _architecture(name, **overrides):
               "se_loss": entry.get("se_loss", registry.head(entry["head"]).se_loss),
               "aux_weight": entry.get("aux_weight", 0.2),
               "class_names": names, "dataset": dataset, "name": f"fastfcn_{entry['head']}"}
+    segmenter = keras.saving.get_registered_object("keras_fastfcn>FastFCNImageSegmenter")
+    _check_overrides(segmenter, {"config": dict.fromkeys(
+        inspect.signature(segmenter.__init__).parameters)}, overrides)
     config.update(overrides)
     return keras.saving.deserialize_keras_object(_registered("FastFCNImageSegmenter", config))
 
@@ -235,8 +296,12 @@ def materialize(name, checkpoint=None):
     """
     entry = PRESETS[name]
     folder = _cached_folder(name)
-    if _is_preset_dir(folder):
-        return folder
+    if is_preset_dir(folder):
+        if checkpoint is None or (os.path.isfile(checkpoint)
+                                  and _cached_from(folder) == file_sha256(checkpoint)):
+            return folder
+        # checkpoint= names another file than the cached model was converted from (a
+        # fine-tuned one, say): convert it, replacing the cache.
     try:
         import torch  # noqa: F401
     except ImportError as err:
@@ -269,11 +334,26 @@ def materialize(name, checkpoint=None):
     except Exception as err:
         if in_cache:
             os.remove(checkpoint)
-        raise PresetError(f"Preset {name!r}: the checkpoint {checkpoint}{where} is not the "
-                          f"expected model ({_first_line(err)}). Nothing was cached. "
-                          + manual_step(name, entry)) from err
-    save_segmenter(model, folder)
+            raise PresetError(f"Preset {name!r}: the checkpoint {checkpoint}{where} is not "
+                              f"the expected model ({_first_line(err)}). Nothing was "
+                              "cached. " + manual_step(name, entry)) from err
+        # The user's own file: the whole mismatch (keys, class counts) is the answer.
+        raise PresetError(f"Preset {name!r}: {checkpoint} is not the released model "
+                          f"{file_name(name, entry)!r} ({describe(name, entry)['description']}"
+                          f"): {err}") from err
+    save_segmenter(model, folder, metadata={"checkpoint": os.path.basename(checkpoint),
+                                            "checkpoint_sha256": file_sha256(checkpoint)})
     return folder
+
+
+def _cached_from(folder):
+    """The SHA-256 of the checkpoint the cached preset `folder` was converted from
+    (None for caches written before it was recorded)."""
+    try:
+        with open(os.path.join(folder, METADATA_FILE), encoding="utf-8") as f:
+            return json.load(f).get("checkpoint_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 def _cached_folder(name):
@@ -285,7 +365,18 @@ def manual_step(name, entry=None):
     entry = entry or PRESETS[name]
     return (f"Download {file_name(name, entry)} in a browser from {download_page(entry)} and "
             f"pass the file: FastFCNImageSegmenter.from_preset({name!r}, "
-            f"checkpoint='path/to/{file_name(name, entry)}').")
+            f"checkpoint='path/to/{file_name(name, entry)}'), or, for the keras-fastfcn "
+            f"commands, save it as "
+            f"{os.path.join(cache_dir(), 'downloads', file_name(name, entry))}.")
+
+
+def file_sha256(path):
+    """The SHA-256 of a file, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def verify_sha256(path, expected):
@@ -297,11 +388,7 @@ def verify_sha256(path, expected):
     Example:
     >>> verify_sha256("fastfcn_..._053722-5d1a2648.pth", "5d1a2648")  # doctest: +SKIP
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    actual, expected = digest.hexdigest(), expected.lower()
+    actual, expected = file_sha256(path), expected.lower()
     if len(expected) < len(actual) and actual.startswith(expected):
         return
     if actual != expected:

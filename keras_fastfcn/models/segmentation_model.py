@@ -67,13 +67,15 @@ def model_info(model):
 
 
 def load_model(path):
-    """Loads a segmentation model from a `.keras` file, with a clear error otherwise.
+    """Loads a segmentation model from a `.keras` file or a preset folder, with a
+    clear error otherwise.
 
     Any Keras model mapping `(B, H, W, 3)` images to `(B, H, W, C)` logits is accepted
     (a keras_fastfcn model, a 0.1 `FastFCN` file, or a model of your own).
 
     Args:
-        path: path of a `.keras` file written by `model.save`.
+        path: path of a `.keras` file written by `model.save`, or of a folder written
+            by `save_to_preset`.
 
     Returns:
         The model (not compiled).
@@ -89,7 +91,13 @@ def load_model(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Model file not found: {path}")
     if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory, not a .keras model file.")
+        from keras_fastfcn.models import presets
+
+        if not presets.is_preset_dir(path):
+            raise ValueError(f"{path} is a folder, neither a .keras model file nor a preset "
+                             f"folder (save_to_preset: {presets.CONFIG_FILE}, "
+                             f"{presets.WEIGHTS_FILE}, {presets.METADATA_FILE}).")
+        return presets.load_segmenter(keras.Model, path)
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path} is not a Keras model file (.keras, a zip archive written by model.save)."

@@ -184,4 +184,5 @@ def _bad_values_message(raw, mapped, num_classes):
     bad = np.unique(raw[mapped < 0])
     shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
     return (f"label values [{shown}] are not class ids 0..{num_classes - 1} nor 255 "
-            f"(ignore); check num_classes or map them with ignore_index=/label_map=")
+            f"(ignore); check num_classes or map them with ignore_index=/label_map= "
+            "(options of folder sources; a named dataset's files must hold its own ids)")

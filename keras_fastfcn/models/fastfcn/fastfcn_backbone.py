@@ -55,6 +55,23 @@ def check_positive_int(value, what):
     return int(value)
 
 
+def check_model_kwargs(model, kwargs):
+    """A `TypeError` naming the keyword arguments of `model`'s constructor that are
+    neither its own nor `trainable`: Keras' functional init drops unknown keywords,
+    so a misspelt `num_clases=5` would silently give the default model."""
+    unknown = sorted(set(kwargs) - {"trainable"})
+    if unknown:
+        import difflib
+        import inspect
+
+        own = [p for p in inspect.signature(type(model).__init__).parameters
+               if p not in ("self", "kwargs")]
+        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                 for key in unknown for close in [difflib.get_close_matches(key, own, 1)]]
+        raise TypeError(f"{type(model).__name__} got unexpected keyword argument(s) "
+                        f"{', '.join(hints)}.")
+
+
 def freeze_after_init(model, trainable):
     """Applies a `trainable=False` constructor argument once `model` tracks its layers.
 
@@ -202,6 +219,7 @@ class FastFCNBackbone(ImageInputsMixin, keras.Model):
                  align_corners: bool = True, remat: bool = True,
                  input_shape: Sequence[Optional[int]] = (None, None, 3),
                  name: Optional[str] = None, dtype=None, **kwargs):
+        check_model_kwargs(self, kwargs)
         with dtype_policy_scope(dtype):
             spec = registry.encoder(encoder)
             upsampler = registry.upsampler_name(upsampler)

@@ -18,6 +18,7 @@ from keras_fastfcn.models import registry
 from keras_fastfcn.models.fastfcn.fastfcn_backbone import (
     FastFCNBackbone,
     ImageInputsMixin,
+    check_model_kwargs,
     dtype_config,
     dtype_policy_scope,
     freeze_after_init,
@@ -96,6 +97,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                  se_weight: float = 0.2, class_names: Optional[Sequence[str]] = None,
                  dataset: Optional[str] = None, preprocessor=None, name: Optional[str] = None,
                  dtype=None, **kwargs):
+        check_model_kwargs(self, kwargs)
         with dtype_policy_scope(dtype):
             if not isinstance(backbone, FastFCNBackbone):
                 raise ValueError(
