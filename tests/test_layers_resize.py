@@ -50,3 +50,32 @@ def test_adaptive_avg_pool_matches_torch(rng, hw, bins):
     ref = torch.nn.functional.adaptive_avg_pool2d(
         torch.from_numpy(x).permute(0, 3, 1, 2), bins).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_log_resize_is_the_log_of_the_resized_scores_and_stays_finite(rng, align_corners,
+                                                                      monkeypatch):
+    """`log_resize_bilinear` (multi-scale inference) equals log(resize(exp(x))) where
+    float32 can compute that, and stays finite for trained-size logits (+-1000), also
+    where a runtime fuses its selects into products, as OpenVINO does (its exported
+    multi-scale models gave NaN probabilities: 0 * exp(overflow))."""
+    import keras
+
+    x = rng.uniform(-20, 20, (1, 5, 7, 3)).astype("float32")
+    got = np.asarray(kops.log_resize_bilinear(x, (13, 11), align_corners))
+    expected = np.log(np.asarray(kops.resize_bilinear(np.exp(x), (13, 11), align_corners)))
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+
+    big = rng.choice([-1000.0, 0.0, 1000.0], (1, 5, 7, 3)).astype("float32")
+    reference = np.asarray(kops.log_resize_bilinear(big, (13, 11), align_corners))
+    assert np.isfinite(reference).all()
+    select = keras.ops.where
+
+    def fused(condition, x1, x2):  # where(c, x, 0) as c * x + (1 - c) * 0
+        if isinstance(x2, float) and x2 == 0.0:
+            return keras.ops.cast(condition, "float32") * x1
+        return select(condition, x1, x2)
+
+    monkeypatch.setattr(kops.ops, "where", fused)
+    as_products = np.asarray(kops.log_resize_bilinear(big, (13, 11), align_corners))
+    np.testing.assert_allclose(as_products, reference, atol=1e-3)

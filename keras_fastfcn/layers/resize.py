@@ -122,7 +122,10 @@ def resize_bilinear(images, size, align_corners=True, method="gather"):
 
     Example:
     >>> x = keras.ops.reshape(keras.ops.arange(4, dtype="float32"), (1, 2, 2, 1))
-    >>> resize_bilinear(x, (3, 3))[0, :, :, 0]  # corners kept, centre averaged
+    >>> keras.ops.convert_to_numpy(resize_bilinear(x, (3, 3))[0, :, :, 0])  # corners kept
+    array([[0. , 0.5, 1. ],
+           [1. , 1.5, 2. ],
+           [2. , 2.5, 3. ]], dtype=float32)
     """
     if len(images.shape) != 4:
         raise ValueError(
@@ -146,7 +149,9 @@ def _log_interp_1d(log_x, axis, out_size, align_corners):
     sum at least the smallest non-zero weight, so the result is finite for any
     finite input and equal to the log of the linear blend of the exponentials.
     A neighbour of weight 0 is left out entirely (not `0 * exp(...)`, which is NaN
-    once its exponential overflows).
+    once its exponential overflows), and its exponent is clamped to 0 as well: a
+    runtime that fuses the select into a product (OpenVINO does) would otherwise
+    compute `0 * inf`.
     """
     in_size = ops.shape(log_x)[axis]
     src = _source_coords(in_size, out_size, align_corners)
@@ -161,8 +166,8 @@ def _log_interp_1d(log_x, axis, out_size, align_corners):
     b = ops.take(log_x, i1, axis=axis)
     use_a, use_b = w0 > 0, w1 > 0
     m = ops.where(use_a, ops.where(use_b, ops.maximum(a, b), a), b)
-    total = (ops.where(use_a, w0 * ops.exp(a - m), 0.0)
-             + ops.where(use_b, w1 * ops.exp(b - m), 0.0))
+    total = (ops.where(use_a, w0 * ops.exp(ops.minimum(a - m, 0.0)), 0.0)
+             + ops.where(use_b, w1 * ops.exp(ops.minimum(b - m, 0.0)), 0.0))
     return m + ops.log(total)
 
 
@@ -186,7 +191,8 @@ def log_resize_bilinear(log_x, size, align_corners=True):
 
     Example:
     >>> x = keras.ops.reshape(keras.ops.array([0.0, 500.0]), (1, 1, 2, 1))
-    >>> log_resize_bilinear(x, (1, 3))[0, 0, :, 0]  # [0, 500 + log(0.5), 500]
+    >>> keras.ops.convert_to_numpy(log_resize_bilinear(x, (1, 3))[0, 0, :, 0])  # 500 + log(0.5)
+    array([  0.     , 499.30685, 500.     ], dtype=float32)
     """
     if len(log_x.shape) != 4:
         raise ValueError(

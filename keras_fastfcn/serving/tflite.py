@@ -162,11 +162,13 @@ def _selectively_quantized(saved_model_dir, converter, calibration, keep_float):
         interpreter = tf.lite.Interpreter(model_content=float_converter.convert())
     names = float_tensor_names([t["name"] for t in interpreter.get_tensor_details()],
                                keep_float)
-    # The class map's ARG_MAX sits outside the model's layers; left to the quantizer it
-    # gets an int8 copy of the scores, whose coarse steps turn near-ties into ties
-    # (won by the lowest class): with the scores kept in float it must read them as is.
+    # The class map's ARG_MAX and the probabilities' SOFTMAX sit outside the model's
+    # layers; left to the quantizer they get an int8 copy of the scores, whose coarse
+    # steps turn near-ties into ties (ARG_MAX: won by the lowest class; SOFTMAX: 1/k
+    # for k tied classes, disagreeing with the class map): with the scores kept in
+    # float they must read them as they are.
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=converter.representative_dataset,
         debug_options=tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=names, denylisted_ops=["ARG_MAX"]))
+            denylisted_nodes=names, denylisted_ops=["ARG_MAX", "SOFTMAX"]))
     return debugger.get_nondebug_quantized_model()
