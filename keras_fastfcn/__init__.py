@@ -22,8 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from keras_fastfcn.version import __version__  # noqa: E402
 
 _SUBMODULES = ("benchmark", "cli", "convert", "data", "evaluation", "fileio", "images",
-               "inference", "layers", "losses", "metrics", "models", "optimizers", "serving",
-               "train", "visualize")
+               "inference", "layers", "losses", "metrics", "models", "optimizers",
+               "precision", "serving", "train", "visualize")
 _SHORTCUTS = {name: "keras_fastfcn.models" for name in (
     "FastFCN", "FastFCNBackbone", "FastFCNImageSegmenter", "FastFCNImageConverter",
     "FastFCNImageSegmenterPreprocessor")}

@@ -40,8 +40,11 @@ def atomic_path(path, is_dir=False):
         is_dir: whether a folder is written (the temporary is created empty).
 
     Example:
-    >>> with atomic_path("/tmp/model.keras") as tmp:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> with atomic_path("runs/model.keras") as tmp:  # runs/.model.keras.PID.RANDOM.tmp.keras
     ...     model.save(tmp)
+    >>> os.listdir("runs")
+    ['model.keras']
     """
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
@@ -51,6 +54,10 @@ def atomic_path(path, is_dir=False):
     prefix = f".{base}.{os.getpid()}."
     if is_dir:
         tmp = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent)
+        # mkdtemp makes it 0700; renamed into place, a SavedModel version would be
+        # unreadable to a TF Serving process of another user. Give it what os.mkdir
+        # would have (the umask's).
+        os.chmod(tmp, 0o777 & ~_umask())
     else:
         # Keep the extension: Keras picks the format from it (.keras, .weights.h5).
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{_ext(base)}", dir=parent)
@@ -73,6 +80,20 @@ def atomic_path(path, is_dir=False):
         elif os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask():
+    """The process umask (read from /proc where it can be, without setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _ext(name):
@@ -100,8 +121,10 @@ def remove_stale_temporaries(folder, name=None):
         The names removed.
 
     Example:
-    >>> remove_stale_temporaries("runs/demo")   # after a killed run
-    ['.best.keras.4242.k2j4_x9a.tmp.keras']
+    >>> os.makedirs("runs/demo")
+    >>> open("runs/demo/.best.keras.999999999.k2j4_x9a.tmp.keras", "w").close()  # a killed run's
+    >>> remove_stale_temporaries("runs/demo")
+    ['.best.keras.999999999.k2j4_x9a.tmp.keras']
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -130,7 +153,12 @@ def removing_new_folders(path):
 
     Example:
     >>> with removing_new_folders("exports/new/fastfcn.onnx"):
-    ...     export_onnx(model, "exports/new/fastfcn.onnx")  # a failure removes exports/new
+    ...     os.makedirs("exports/new")
+    ...     raise RuntimeError("the export failed")
+    Traceback (most recent call last):
+    RuntimeError: the export failed
+    >>> os.path.exists("exports")
+    False
     """
     missing, probe = [], os.path.abspath(os.fspath(path))
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
@@ -154,8 +182,9 @@ def scratch_folder(output):
     next write of `output` removes it.
 
     Example:
-    >>> with scratch_folder("fastfcn.tflite") as tmp:  # .fastfcn.tflite.PID.RANDOM.tmp
-    ...     write_saved_model(endpoints, tmp)
+    >>> with scratch_folder("fastfcn.tflite") as tmp:
+    ...     os.path.basename(tmp).startswith(f".fastfcn.tflite.{os.getpid()}.")
+    True
     """
     parent, name = os.path.split(os.path.abspath(os.fspath(output)))
     return tempfile.TemporaryDirectory(prefix=f".{name}.{os.getpid()}.", suffix=".tmp",
@@ -211,7 +240,7 @@ class FolderLock:
 
     Example:
     >>> with FolderLock("runs/demo", "a training run"):
-    ...     ...   # a second process entering here fails with OSError naming the lock
+    ...     pass  # a second process entering here fails with OSError naming the lock
     """
 
     NAME = ".lock"

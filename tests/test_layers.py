@@ -197,3 +197,18 @@ def test_branch_relu_placement_changes_no_value(rng, training):
     assert (ref[..., 8:] == 0).mean() > 0.2  # the ReLU matters
     out = _branches_output(branches, feat, training, leading=[lead])
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_encoding_under_float16_does_not_overflow(rng):
+    """Under mixed_float16 the Encoding computes in float32: ||x||^2 over 512
+    channels and its sums over the positions pass float16's 65504 (a user's EncNet
+    gave NaN logits from 192x256 images on)."""
+    x = rng.uniform(0, 20, (1, 16, 16, 512)).astype("float32")
+    reference = L.Encoding(num_codes=8)
+    expected = np.asarray(reference(x))
+    half = L.Encoding(num_codes=8, dtype="mixed_float16")
+    half.build(x.shape)
+    half.set_weights(reference.get_weights())
+    got = np.asarray(half(x)).astype("float32")
+    assert half.compute_dtype == "float16" and np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=2e-3 * np.abs(expected).max())

@@ -182,3 +182,31 @@ def test_02_keras_files_and_presets_load_unchanged(tmp_path, tiny_backbone):
     np.testing.assert_allclose(from_preset.predict(x[:1], verbose=0), expected, atol=tol)
     with pytest.warns(UserWarning, match="learning rate is 0.0"):
         model.fit(x, np.zeros((2, 64, 64), "int32"), batch_size=2, epochs=1, verbose=0)
+
+
+def test_every_public_module_is_an_attribute_of_the_package():
+    """`kf.precision.with_precision` (deployment.md) raised AttributeError: the
+    package's lazy attributes missed the module."""
+    import keras_fastfcn as kf
+
+    package = os.path.join(REPO, "keras_fastfcn")
+    public = sorted(name.removesuffix(".py") for name in os.listdir(package)
+                    if not name.startswith("_") and (name.endswith(".py") or os.path.isfile(
+                        os.path.join(package, name, "__init__.py"))) and name != "version.py")
+    missing = [name for name in public if name not in kf.__all__]
+    assert not missing, missing
+    assert callable(kf.precision.with_precision)
+
+
+def test_atomic_folders_get_the_umask_permissions(tmp_path):
+    """An atomically written folder (a SavedModel version, a preset) was left 0700 by
+    mkdtemp: unreadable to a TF Serving process of another user."""
+    from keras_fastfcn.fileio import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "saved_models" / "m" / "1", is_dir=True) as tmp:
+            open(os.path.join(tmp, "saved_model.pb"), "w").close()
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "saved_models" / "m" / "1").st_mode & 0o777) == oct(0o755)

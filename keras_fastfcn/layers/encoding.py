@@ -60,6 +60,14 @@ class Encoding(keras.layers.Layer):
     def call(self, inputs):
         dim = self.codewords.shape[-1]
         x = ops.reshape(inputs, (ops.shape(inputs)[0], -1, dim))  # (B, N, D)
+        if x.dtype == "float16":
+            # float16 tops out at 65504: ||x||^2 over 512 channels and the sums over
+            # the H * W positions pass it at 192x256 images already (NaN logits).
+            # bfloat16 has float32's range and is left as it is.
+            return ops.cast(self._encode(ops.cast(x, "float32")), "float16")
+        return self._encode(x)
+
+    def _encode(self, x):
         codewords = ops.cast(self.codewords, x.dtype)
         scale = ops.cast(self.scale, x.dtype)
         # ||x - d||^2 expanded, so no (B, N, K, D) tensor is materialized.
