@@ -6,8 +6,8 @@ official pixAcc and mIoU, plus the mean over present classes). A progress bar sh
 the running pixAcc / mIoU; the table is printed at the end and, with `--output`,
 written as JSON (atomically, only once the whole split has been evaluated).
 
-An exported `.onnx` or `.tflite` model is scored the same way (ONNX Runtime / TFLite,
-`serving.runtime.ExportPredictor`): that is how an int8 or fp16 export's accuracy is
+An exported `.onnx`, `.tflite` or OpenVINO `.xml` model is scored the same way (ONNX
+Runtime / TFLite / OpenVINO, `serving.runtime.ExportPredictor`): that is how an int8 or fp16 export's accuracy is
 measured. Its inference options were fixed at export, so the inference flags below are
 refused for it.
 
@@ -49,9 +49,9 @@ METRIC_DEFINITIONS = {
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="PATH|PRESET",
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
-                             "from images to logits), an .onnx / .tflite export, or a "
-                             "released model's name (kf.models.list_presets(); downloaded "
-                             "on first use)")
+                             "from images to logits), a save_to_preset folder, an .onnx / "
+                             ".tflite / OpenVINO .xml export, or a released model's name "
+                             "(kf.models.list_presets(); downloaded on first use)")
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help=f"data source: {', '.join(SPECS)}")
     parser.add_argument("--data-option", dest="data_options", type=key_value,

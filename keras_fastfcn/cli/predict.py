@@ -30,9 +30,10 @@ converted on first use): it predicts with its protocol unless flags say otherwis
 (mmsegmentation's: each image resized to fit 2048x1024 for Cityscapes, 2048x512 for
 ADE20K, `--protocol mmseg`).
 
-An exported `.onnx` or `.tflite` model (`keras-fastfcn export`, any precision) predicts
-the same way, through ONNX Runtime / TFLite (`serving.runtime.ExportPredictor`), with
-the inference options it was exported with (the inference flags are refused for it). A
+An exported `.onnx`, `.tflite` or OpenVINO `.xml` model (`keras-fastfcn export`, any
+precision) predicts the same way, through ONNX Runtime / TFLite / OpenVINO
+(`serving.runtime.ExportPredictor`), with the inference options it was exported with
+(the inference flags are refused for it). A
 fixed-size export (every TFLite file) gets each image resized to its input size, and
 the class map is resized back to the image (nearest), with a warning.
 
@@ -139,9 +140,9 @@ def _check_sizes(files, sizes, args):
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="PATH|PRESET",
                         help="a .keras segmentation model (keras_fastfcn or any Keras model "
-                             "from images to logits), an .onnx / .tflite export, or a "
-                             "released model's name (kf.models.list_presets(); downloaded "
-                             "on first use)")
+                             "from images to logits), a save_to_preset folder, an .onnx / "
+                             ".tflite / OpenVINO .xml export, or a released model's name "
+                             "(kf.models.list_presets(); downloaded on first use)")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="an image file or a folder of images")
     parser.add_argument("--output", required=True, metavar="FOLDER",
