@@ -15,9 +15,11 @@ rule. Every problem raises `ImageError` (a `ValueError`) naming the file. This m
 imports NumPy and Pillow only (no TensorFlow), so the serving client can use it.
 
 Example:
->>> image, note = read_image("photo.jpg")     # doctest: +SKIP
->>> image.dtype, image.shape[-1]
-(dtype('uint8'), 3)
+>>> from PIL import Image
+>>> Image.new("L", (48, 32)).save("gray.png")
+>>> image, note = read_image("gray.png")
+>>> image.dtype, image.shape, note
+(dtype('uint8'), (32, 48, 3), 'grayscale image (mode L) converted to RGB')
 """
 
 import os

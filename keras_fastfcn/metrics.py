@@ -194,7 +194,7 @@ class MeanIoU(keras.metrics.MeanIoU):
 
     Example:
     >>> metric = MeanIoU(3)
-    >>> metric.update_state(np.array([[0, 1, 255]]), np.eye(3)[None, [0, 0, 2]])
+    >>> _ = metric.update_state(np.array([[0, 1, 255]]), np.eye(3)[None, [0, 0, 2]])
     >>> round(float(metric.result()), 4)  # IoU 1/2, 0, absent 0 -> mean over 3
     0.1667
     """
@@ -255,7 +255,7 @@ class PixelAccuracy(keras.metrics.Metric):
 
     Example:
     >>> metric = PixelAccuracy()
-    >>> metric.update_state(np.array([[0, 1, 255]]), np.eye(3)[None, [0, 0, 2]])
+    >>> _ = metric.update_state(np.array([[0, 1, 255]]), np.eye(3)[None, [0, 0, 2]])
     >>> float(metric.result())
     0.5
     """
@@ -308,7 +308,10 @@ def segmentation_metrics(num_classes, ignore_label=IGNORE_LABEL):
     score `(pixAcc + mIoU) / 2` (`keras_fastfcn.train.callbacks.OfficialScore`).
 
     Example:
-    >>> model.compile(optimizer="sgd", loss=loss, metrics=segmentation_metrics(59))
+    >>> from keras_fastfcn.losses import segmentation_loss
+    >>> model = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Conv2D(59, 1)])
+    >>> model.compile(optimizer="sgd", loss=segmentation_loss(),
+    ...               metrics=segmentation_metrics(59))
     """
     return [PixelAccuracy(ignore_class=ignore_label),
             mean_iou(num_classes, ignore_label=ignore_label)]

@@ -19,8 +19,10 @@ int8 uses VNNI or AMX-INT8 where present and still AVX2 `vpmaddubsw` elsewhere.
 `benchmarks/precision.py` measures speed and accuracy of each on the machine at hand.
 
 Example:
+>>> model = keras_fastfcn.models.FastFCNImageSegmenter(
+...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
 >>> fast = with_precision(model, "bf16")
->>> fast.predict(images).dtype   # logits of a mixed-precision model
+>>> fast.predict(np.zeros((1, 64, 64, 3)), verbose=0).dtype  # logits of a mixed model
 dtype('float32')
 """
 

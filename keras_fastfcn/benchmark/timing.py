@@ -60,7 +60,8 @@ def measure_speed(head, encoder, upsampler, size=512, num_classes=59, warmup=3,
         `params`, and with `throughput_batch` `throughput_ips` and its batch.
 
     Example:
-    >>> measure_speed("encnet", "resnet50", "jpu", size=128, min_seconds=1)["fps"] > 0
+    >>> measure_speed("encnet", "resnet50", "jpu", size=128,
+    ...               min_seconds=1)["fps"] > 0  # a benchmark: a minute  # doctest: +SKIP
     True
     """
     import numpy as np
@@ -170,8 +171,9 @@ def measure_int8_speed(head, encoder, upsampler, size=512, num_classes=59, warmu
         and `export_s` per runtime tried, and `runtime_errors` where one failed.
 
     Example:
-    >>> row = measure_int8_speed("encnet", "resnet50", "jpu", size=128, min_seconds=1)
-    >>> row["runtime"] in ("tflite", "onnx")
+    >>> row = measure_int8_speed("encnet", "resnet50", "jpu", size=128,
+    ...                          min_seconds=1)  # a benchmark: minutes  # doctest: +SKIP
+    >>> row["runtime"] in ("tflite", "onnx")  # doctest: +SKIP
     True
     """
     import tempfile

@@ -406,9 +406,9 @@ def predict(model: keras.Model, images, mode: str = "whole", scales: Sequence[fl
     Example:
     >>> model = keras_fastfcn.models.FastFCNImageSegmenter(
     ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
-    >>> scores = predict(model, np.zeros((1, 64, 80, 3)), scales=MS_SCALES, flip=True)
-    >>> tf.argmax(scores, -1).shape
-    TensorShape([1, 64, 80])
+    >>> scores = predict(model, np.zeros((1, 64, 80, 3)), scales=(0.75, 1.0), flip=True)
+    >>> keras.ops.argmax(scores, -1).shape
+    (1, 64, 80)
     """
     key = (mode, tuple(float(s) for s in scales), bool(flip), crop_size, base_size,
            tuple(sorted((k, repr(v)) for k, v in kwargs.items())))

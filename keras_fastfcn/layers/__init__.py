@@ -7,7 +7,10 @@ for `.keras` saving under the package name `keras_fastfcn`.
 Example:
 >>> from keras_fastfcn.layers import JPU
 >>> jpu = JPU(width=512, dilations=(1, 2, 4, 8))
->>> features = jpu([c3, c4, c5])  # stride-8 features, 4 * width channels
+>>> c3, c4, c5 = (keras.ops.ones((1, 16, 16, 512)), keras.ops.ones((1, 8, 8, 1024)),
+...               keras.ops.ones((1, 4, 4, 2048)))  # strides 8, 16, 32 of a 128 px image
+>>> jpu([c3, c4, c5]).shape  # stride-8 features, 4 * width channels
+(1, 16, 16, 2048)
 """
 
 from keras_fastfcn.layers.conv import ConvBNReLU, SeparableConvBN

@@ -1,13 +1,16 @@
 """FastFCN models in the shape of keras-hub: a Backbone, a Task, a Preprocessor, presets.
 
 Example:
->>> import keras, keras_fastfcn as kf
->>> backbone = kf.models.FastFCNBackbone(encoder="resnet50", upsampler="jpu", width=512)
->>> seg = kf.models.FastFCNImageSegmenter(backbone=backbone, num_classes=11, head="encnet")
+>>> import keras_fastfcn as kf
+>>> from keras_fastfcn.data import demo
+>>> backbone = kf.models.FastFCNBackbone(encoder="resnet50", upsampler="jpu", width=64)
+>>> seg = kf.models.FastFCNImageSegmenter(backbone=backbone, num_classes=5, head="encnet")
 >>> seg.compile()                       # the official loss, optimizer and metrics
->>> seg.fit(train_ds, validation_data=val_ds, epochs=2)   # (images, masks) pairs
+>>> images, masks = demo.generate("train", num_images=2, size=64)
+>>> history = seg.fit(images, masks, epochs=1, verbose=0)  # or a tf.data of (image, mask)
 >>> seg.backbone.trainable = False      # fine-tune the head only
->>> seg = kf.models.FastFCNImageSegmenter.from_preset("fastfcn_encnet_jpu_resnet50_pcontext")
+>>> released = kf.models.FastFCNImageSegmenter.from_preset(
+...     "fastfcn_encnet_jpu_resnet50_pcontext")  # doctest: +SKIP
 
 Parts are looked up by name in `registry` (encoders, upsamplers, heads); adding one
 is a module plus one `registry.register_*` call.

@@ -18,10 +18,16 @@ def synchronize_batchnorm(model, strategy):
     layers set.
 
     Example:
-    >>> with strategy.scope():
-    ...     seg = FastFCNImageSegmenter(...)
-    >>> synchronize_batchnorm(seg, strategy)
-    150
+    >>> seg = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...     keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
+    >>> synchronize_batchnorm(seg, tf.distribute.get_strategy())  # one replica: as they are
+    0
+    >>> strategy = tf.distribute.MirroredStrategy(["/gpu:0", "/gpu:1"])  # doctest: +SKIP
+    >>> with strategy.scope():  # doctest: +SKIP
+    ...     seg = keras_fastfcn.models.FastFCNImageSegmenter(
+    ...         keras_fastfcn.models.FastFCNBackbone(width=64), num_classes=3, head="fcn")
+    >>> synchronize_batchnorm(seg, strategy) > 0  # every BatchNormalization  # doctest: +SKIP
+    True
     """
     if strategy.num_replicas_in_sync < 2:
         return 0

@@ -23,8 +23,13 @@ twelve, `fastfcn_presets.py`), which is resolved like this:
 with random weights and never touches the network (nor PyTorch).
 
 Example:
->>> seg = FastFCNImageSegmenter.from_preset("fastfcn_encnet_jpu_resnet50_pcontext")
->>> seg.save_to_preset("my_model"); FastFCNImageSegmenter.from_preset("my_model")
+>>> from keras_fastfcn.models import FastFCNImageSegmenter
+>>> seg = FastFCNImageSegmenter.from_preset("fastfcn_encnet_jpu_resnet50_pcontext",
+...                                         load_weights=False)  # no download
+>>> seg.save_to_preset("my_model")
+'my_model'
+>>> FastFCNImageSegmenter.from_preset("my_model").class_names[:3]
+['aeroplane', 'bag', 'bed']
 """
 
 import hashlib
@@ -66,7 +71,7 @@ def list_presets():
 
     Example:
     >>> sorted(list_presets())[0]
-    'fastfcn_deeplab_jpu_resnet50_pcontext'
+    'fastfcn_aspp_jpu_resnet50_v1c_ade20k_160k'
     """
     return {name: describe(name, entry) for name, entry in PRESETS.items()}
 

@@ -16,10 +16,13 @@ parts are registered at the bottom of this file, all in one place.
   upsampler (EncNet's conv5 is 1x1 then, as the official code).
 
 Example:
->>> from keras_fastfcn.models import registry
+>>> from keras_fastfcn.layers import FCNHead
+>>> from keras_fastfcn.models import FastFCNBackbone, FastFCNImageSegmenter, registry
 >>> registry.register_head("fcn_wide", lambda num_classes, **kw: FCNHead(
 ...     num_classes, inter_channels=1024, name=kw["name"]))
->>> seg = FastFCNImageSegmenter(backbone, num_classes=5, head="fcn_wide")
+>>> seg = FastFCNImageSegmenter(FastFCNBackbone(width=64), num_classes=5, head="fcn_wide")
+>>> seg.predict(np.zeros((1, 64, 64, 3)), verbose=0).shape
+(1, 64, 64, 5)
 """
 
 import dataclasses

@@ -8,8 +8,12 @@ benchmark run it. `client.py` queries TF Serving's REST API and imports no Tenso
 
 Example:
 >>> from keras_fastfcn import serving
->>> serving.export(model, "saved_models/fastfcn")                 # -> saved_models/fastfcn/1
+>>> inputs = keras.Input((None, None, 3))
+>>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs))
+>>> serving.export(model, "saved_models/fastfcn")  # any model from images to logits
+'saved_models/fastfcn/1'
 >>> serving.export(model, "fastfcn.onnx", format="onnx", scales=(0.75, 1.0, 1.25), flip=True)
+'fastfcn.onnx'
 """
 
 import importlib

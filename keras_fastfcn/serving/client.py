@@ -25,8 +25,9 @@ images and the output folder before the first request.
 
 Example:
 >>> from keras_fastfcn.serving import client
->>> results = client.predict("http://localhost:8501", "fastfcn", ["street.jpg"])
->>> mask = client.colorize(results[0]["class_map"])
+>>> results = client.predict("http://localhost:8501", "fastfcn",  # a running TF Serving
+...                          ["street.jpg"])  # doctest: +SKIP
+>>> mask = client.colorize(results[0]["class_map"])  # doctest: +SKIP
 """
 
 import argparse
@@ -457,8 +458,9 @@ def predict(url, model_name, images, version=None, signature=DEFAULT_SIGNATURE,
             (a `RuntimeError`).
 
     Example:
-    >>> (result,) = predict("http://localhost:8501", "fastfcn", ["street.jpg"], timeout=30)
-    >>> result["class_map"].shape
+    >>> (result,) = predict("http://localhost:8501", "fastfcn", ["street.jpg"],
+    ...                     timeout=30)  # doctest: +SKIP
+    >>> result["class_map"].shape  # doctest: +SKIP
     (480, 640)
     """
     timeout = _check_timeout(timeout)
@@ -590,7 +592,7 @@ def main(argv=None):
     is unreachable, slow, failing or answering nonsense).
 
     Example:
-    >>> main(["street.jpg", "--model", "fastfcn", "--timeout", "30"])
+    >>> main(["street.jpg", "--model", "fastfcn", "--timeout", "30"])  # doctest: +SKIP
     0
     """
     parser = argparse.ArgumentParser(

@@ -47,6 +47,8 @@ def make_forward(model, scales=(1.0,), flip=False, input_size=None, base_size=No
         align_corners: resize semantics (the model's).
 
     Example:
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
     >>> forward = make_forward(model, scales=(0.75, 1.0), flip=True)
     >>> forward(tf.zeros((1, 64, 64, 3))).shape
     TensorShape([1, 64, 64, 3])
@@ -317,8 +319,12 @@ def serving_endpoints(model, class_names=None, probabilities=True, scales=(1.0,)
         `keras.export.ExportArchive.add_endpoint` or `tf.function`.
 
     Example:
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
     >>> fn, spec = serving_endpoints(model)["serving_default"]
-    >>> tf.function(fn, input_signature=spec)(tf.zeros((1, 64, 64, 3), tf.uint8))
+    >>> outputs = tf.function(fn, input_signature=spec)(tf.zeros((1, 64, 64, 3), tf.uint8))
+    >>> sorted(outputs), outputs["class_map"].shape
+    (['class_map', 'probabilities'], TensorShape([1, 64, 64]))
     """
     forward = make_forward(model, scales, flip, input_size, base_size, align_corners)
     count = _pixel_counter(scales, flip, input_size, base_size)

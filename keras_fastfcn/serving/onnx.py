@@ -82,10 +82,13 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
         The path written.
 
     Example:
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1, name="classifier")(inputs))
     >>> export_onnx(model, "fastfcn.onnx")
     'fastfcn.onnx'
+    >>> images = [np.full((64, 64, 3), 100 + i, np.uint8) for i in range(4)]
     >>> export_onnx(model, "int8.onnx", precision="int8", calibration=images,
-    ...             keep_float=("encoding", "classifier"))
+    ...             keep_float=("classifier",))
     'int8.onnx'
     """
     check_export_precision("onnx", precision, calibration)
@@ -259,8 +262,11 @@ def float_node_names(proto, keep_float):
         ValueError: a name matches no node (the message lists the layer names found).
 
     Example:
-    >>> float_node_names(onnx.load("fastfcn.onnx"), ["classifier"])
-    ['fastfcn_encnet_logits_1/head_1/classifier_1/BiasAdd']
+    >>> import onnx
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1, name="classifier")(inputs))
+    >>> float_node_names(onnx.load(export_onnx(model, "m.onnx")), ["classifier"])
+    [...classifier...]
     """
     nodes = list(proto.graph.node)
     producer = {out: node for node in nodes for out in node.output}

@@ -115,8 +115,11 @@ def export_openvino(model, output, overwrite=False, probabilities=True, scales=(
         The path of the `.xml` written.
 
     Example:
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1, name="classifier")(inputs))
     >>> export_openvino(model, "fastfcn.xml")
     'fastfcn.xml'
+    >>> images = [np.full((64, 64, 3), 100 + i, np.uint8) for i in range(4)]
     >>> export_openvino(model, "int8.xml", precision="int8", calibration=images)
     'int8.xml'
     """
@@ -220,7 +223,11 @@ def argmax_as_reductions(proto):
         How many ArgMax nodes were rewritten.
 
     Example:
-    >>> proto = onnx.load("fastfcn.onnx")
+    >>> import onnx
+    >>> from keras_fastfcn.serving.onnx import export_onnx
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1, name="classifier")(inputs))
+    >>> proto = onnx.load(export_onnx(model, "fastfcn.onnx"))
     >>> argmax_as_reductions(proto)
     1
     """
@@ -359,8 +366,12 @@ def float_op_names(ov_model, keep_float):
         ValueError: a name matches no op (the message lists the layer names found).
 
     Example:
-    >>> float_op_names(openvino.convert_model("fastfcn.onnx"), ["classifier"])
-    ['fastfcn_encnet_logits_1/head_1/classifier_1/convolution', ...]
+    >>> import openvino
+    >>> from keras_fastfcn.serving.onnx import export_onnx
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1, name="classifier")(inputs))
+    >>> float_op_names(openvino.convert_model(export_onnx(model, "m.onnx")), ["classifier"])
+    [...classifier...]
     """
     return match_scopes(_scopes(ov_model), keep_float)
 

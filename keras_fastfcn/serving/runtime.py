@@ -8,8 +8,12 @@ The export's inference options (scales, flip, input size, precision) were fixed 
 was written; they are read from its metadata.
 
 Example:
->>> predictor = ExportPredictor("fastfcn_int8.onnx")  # doctest: +SKIP
->>> predictor(images).shape                               # (B, H, W) class map
+>>> from keras_fastfcn import serving
+>>> inputs = keras.Input((None, None, 3))
+>>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs))
+>>> predictor = ExportPredictor(serving.export(model, "fastfcn.onnx", format="onnx"))
+>>> predictor(np.zeros((2, 64, 96, 3), np.uint8)).shape  # (B, H, W) class map
+(2, 64, 96)
 """
 
 import json
@@ -116,7 +120,10 @@ class ExportPredictor:
             it the same way.
 
     Example:
-    >>> predictor = ExportPredictor("fastfcn.onnx")  # doctest: +SKIP
+    >>> from keras_fastfcn import serving
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs))
+    >>> predictor = ExportPredictor(serving.export(model, "fastfcn.onnx", format="onnx"))
     >>> predictor(np.zeros((1, 360, 480, 3), np.float32)).shape
     (1, 360, 480)
     """

@@ -103,6 +103,8 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
         The version folder written.
 
     Example:
+    >>> inputs = keras.Input((None, None, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1)(inputs))
     >>> export_saved_model(model, "saved_models/demo")
     'saved_models/demo/1'
     """

@@ -57,10 +57,14 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
         The path written.
 
     Example:
+    >>> inputs = keras.Input((None, None, 3))
+    >>> features = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(5, 1, name="classifier")(features))
     >>> export_tflite(model, "fastfcn.tflite", input_size=(512, 512))
     'fastfcn.tflite'
-    >>> export_tflite(model, "int8.tflite", input_size=(360, 480), precision="int8",
-    ...               calibration=images, keep_float=("encoding", "classifier", "logits"))
+    >>> images = [np.full((64, 64, 3), 100 + i, np.uint8) for i in range(4)]
+    >>> export_tflite(model, "int8.tflite", input_size=(64, 64), precision="int8",
+    ...               calibration=images, keep_float=("classifier",))
     'int8.tflite'
     """
     import tensorflow as tf

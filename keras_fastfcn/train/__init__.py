@@ -2,9 +2,12 @@
 
 Example:
 >>> from keras_fastfcn import train
->>> results = train.run("demo", overrides=["train.epochs=1"])        # what the CLI does
->>> cfg = train.load_config("camvid", ["train.batch_size=4"])
->>> results = train.run(cfg, callbacks=[keras.callbacks.EarlyStopping("val_score")])
+>>> cfg = train.load_config("demo", ["train.epochs=1", "output_dir=runs/demo"])
+>>> cfg["train"]["epochs"], cfg["data"]["source"]
+(1, 'demo')
+>>> results = train.run(cfg)  # what the CLI does (minutes on a CPU)  # doctest: +SKIP
+>>> results = train.run(cfg, callbacks=[  # doctest: +SKIP
+...     keras.callbacks.EarlyStopping("val_score", mode="max")])
 
 Pieces for a loop of your own: `build_segmenter`, `compile_segmenter` (the official
 optimizer and schedule), `datasets` (the official augmentation), the callbacks in

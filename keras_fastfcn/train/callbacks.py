@@ -68,7 +68,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         monitor: the log key holding the loss.
 
     Example:
-    >>> model.fit(ds, epochs=2, callbacks=[StopOnNonFiniteLoss(), BestModel("best.keras")])
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> x, y = np.ones((4, 2)), np.array([[1.0], [np.nan], [1.0], [1.0]])  # a NaN target
+    >>> model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[StopOnNonFiniteLoss()])
+    Traceback (most recent call last):
+    ...
+    keras_fastfcn.train.callbacks.TrainingDiverged: Training diverged: the loss is nan at epoch 1, step ...
     """
 
     def __init__(self, monitor="loss"):
@@ -126,8 +132,17 @@ class BestModel(keras.callbacks.Callback):
             `ResumableBackup(best=...)` calls it once its checkpoint records the epoch).
 
     Example:
+    >>> from keras_fastfcn import metrics
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...               metrics=metrics.segmentation_metrics(3))
+    >>> x, y = np.random.uniform(0, 1, (4, 8, 8, 3)), np.random.randint(0, 3, (4, 8, 8))
     >>> best = BestModel("runs/x/best.keras")      # writes directly: no backup
-    >>> model.fit(train_ds, validation_data=val_ds, callbacks=[OfficialScore(), best])
+    >>> _ = model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
+    ...               callbacks=[OfficialScore(), best])
+    >>> os.listdir("runs/x")
+    ['best.keras']
     """
 
     def __init__(self, filepath, monitor="val_score", mode="max", best=None, best_epoch=None,

@@ -38,9 +38,11 @@ def make_strategy(name="default", cpu_devices=None):
         or None (JAX).
 
     Example:
-    >>> strategy = make_strategy("mirrored", cpu_devices=2)
-    >>> Replicas(strategy).count
+    >>> strategy = make_strategy("mirrored", cpu_devices=2)  # before TF starts  # doctest: +SKIP
+    >>> Replicas(strategy).count  # doctest: +SKIP
     2
+    >>> Replicas(make_strategy("default")).count
+    1
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}: expected one of {STRATEGIES}.")
@@ -116,9 +118,14 @@ class Replicas:
         name: the strategy's class name, for messages.
 
     Example:
-    >>> replicas = Replicas(make_strategy("mirrored", cpu_devices=2))
+    >>> from keras_fastfcn import data
+    >>> from keras_fastfcn.train import build_segmenter, load_config
+    >>> replicas = Replicas(make_strategy("default"))  # or "mirrored", "multiworker", ...
     >>> with replicas.scope():
-    ...     model = build_segmenter(cfg, source)
+    ...     model = build_segmenter(load_config("demo", ["model.width=64"]),
+    ...                             data.get_source("demo"))
+    >>> replicas.count, replicas.chief
+    (1, True)
     """
 
     def __init__(self, strategy=None):

@@ -47,7 +47,9 @@ def build_segmenter(cfg, source):
     """The `FastFCNImageSegmenter` of a config for a data source (call in the strategy scope).
 
     Example:
-    >>> model = build_segmenter(load_config("demo"), data.get_source("demo"))
+    >>> model = build_segmenter(load_config("demo", ["model.width=64"]), data.get_source("demo"))
+    >>> model.num_classes
+    5
     """
     m, t = cfg["model"], cfg["train"]
     backbone = FastFCNBackbone(
@@ -180,8 +182,9 @@ def run(config: Union[str, dict], strategy=None,
         The results dict (also written to `results.json`).
 
     Example:
-    >>> results = run("demo", overrides=["train.epochs=1", "output_dir=/tmp/demo"])
-    >>> sorted(results)[:3]
+    >>> results = run("demo", overrides=["train.epochs=1",  # doctest: +SKIP
+    ...                                  "output_dir=runs/demo"])  # minutes on a CPU
+    >>> sorted(results)[:3]  # doctest: +SKIP
     ['epochs', 'model_path', 'name']
     """
     cfg = config if isinstance(config, dict) else load_config(config, overrides)

@@ -238,6 +238,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             **kwargs: other `keras.Model.compile` arguments.
 
         Example:
+        >>> seg = FastFCNImageSegmenter(FastFCNBackbone(width=64), num_classes=3)
         >>> seg.compile(learning_rate=0.004 / 16 * 8)   # ADE20K rate, batch 8
         """
         loss_weights = kwargs.pop("loss_weights", None)
@@ -496,11 +497,16 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         return presets_lib.load_segmenter(cls, preset, load_weights=load_weights,
                                           checkpoint=checkpoint, **kwargs)
 
-    def save_to_preset(self, preset_dir: str) -> None:
-        """Writes this model as a preset folder (`from_preset(preset_dir)` loads it).
+    def save_to_preset(self, preset_dir: str) -> str:
+        """Writes this model as a preset folder (`from_preset(preset_dir)` loads it);
+        returns the folder.
 
         Example:
+        >>> seg = FastFCNImageSegmenter(FastFCNBackbone(width=64), num_classes=3)
         >>> seg.save_to_preset("my_preset")
+        'my_preset'
+        >>> FastFCNImageSegmenter.from_preset("my_preset").num_classes
+        3
         """
         return presets_lib.save_segmenter(self, preset_dir)
 
