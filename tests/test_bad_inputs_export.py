@@ -135,6 +135,12 @@ def test_hand_made_onnx_with_the_export_interface_runs(tmp_path):
     assert fixed.input_size == (5, 7)
     with pytest.raises(ValueError, match=r"fixed.onnx cannot run on images of shape \(2, 5, 7"):
         fixed(images)  # the batch its graph fixed is 1
+    # An empty batch (ONNX Runtime's bare `Fail`) and NaN pixels (a constant class map)
+    # are refused by name, as the SavedModel's in-graph checks do.
+    with pytest.raises(ValueError, match=r"non-empty batch of images, got shape \(0, 5, 7, 3\)"):
+        bare(images[:0])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bare(np.where(images > 250, np.nan, images))
 
 
 def tflite_file(path, input_shape, input_name="images"):

@@ -313,6 +313,14 @@ class ExportPredictor:
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Expected images (batch, height, width, 3), got {images.shape}.")
+        if 0 in images.shape:
+            # ONNX Runtime fails with a bare `Fail`, TFLite in a concatenate, and an
+            # OpenVINO request stays broken for every later call.
+            raise ValueError(f"Expected a non-empty batch of images, got shape {images.shape}.")
+        if not np.isfinite(images).all():
+            # The in-graph checks of the SavedModel refuse them too; the runtimes would
+            # give a constant class map (TFLite: 2**31 - 1 everywhere).
+            raise ValueError("images hold NaN or infinite values (expected 0-255 RGB).")
         fixed = self.input_size
         if fixed is not None and images.shape[1:3] != fixed:
             raise ValueError(
