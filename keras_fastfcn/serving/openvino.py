@@ -299,13 +299,17 @@ def argmax_as_reductions(proto):
 
 def _save(ov, ov_model, tmp, output):
     """Writes the IR into `tmp` (a scratch folder beside `output`), then moves the
-    `.bin` and last the `.xml` into place: an `.xml` is there only with its weights."""
+    `.bin` and last the `.xml` into place: an `.xml` is there only with its weights.
+    An `.xml` being overwritten is removed first, so that a write cut short between
+    the two renames leaves no old `.xml` reading the new weights."""
     xml = os.path.join(tmp, "model.xml")
     # fp32 weights as trained: compress_to_fp16 (OpenVINO's default) would round them.
     ov.save_model(ov_model, xml, compress_to_fp16=False)
     with atomic_path(output) as xml_tmp, atomic_path(bin_path(output)) as bin_tmp:
         os.replace(bin_path(xml), bin_tmp)
         os.replace(xml, xml_tmp)
+        if os.path.exists(output):
+            os.remove(output)
 
 
 def _ops(ov_model):
