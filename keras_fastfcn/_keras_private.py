@@ -26,6 +26,13 @@ which fails loudly (naming the hook) when a Keras release changes one. `setup.py
   resizes) use it on an inference copy.
 - `patch_multiworker_fit`: works around keras-team/keras#20585, Keras 3's `fit`
   under `tf.distribute.MultiWorkerMirroredStrategy` (TensorFlow backend only).
+- `logs_in_order`: a dict of logs as the list `evaluate` / `train_on_batch` return
+  without `return_dict` (Keras' `_flatten_metrics_in_order`: the compiled metrics in
+  compile order, then the other logs by name); the segmenter overrides those methods
+  to check the labels first.
+- `restored_epoch`: the epoch `keras.callbacks.BackupAndRestore` restored a `fit` to
+  (the trainer's `_initial_epoch`, which its `on_train_begin` sets), so that the
+  segmenter's per-fit learning-rate decay resumes where it stopped.
 - `freeze_function`: a traced `tf.function` with its variables as constants of its
   graph (TensorFlow's `convert_variables_to_constants_v2`, which its own TFLite
   converter and tf2onnx use; the public API can save a function, not freeze it).
@@ -48,6 +55,16 @@ def optimizer_variable_index(optimizer, variable):
 def optimizer_built_variables(optimizer):
     """The trainable variables `optimizer` was built for ([] before it is built)."""
     return list(optimizer._trainable_variables) if optimizer.built else []
+
+
+def logs_in_order(model, logs):
+    """`logs` as the list Keras' `evaluate` / `*_on_batch` return without `return_dict`."""
+    return model._flatten_metrics_in_order(logs)
+
+
+def restored_epoch(model):
+    """The epoch `BackupAndRestore` restored the current `fit` to, or None."""
+    return getattr(model, "_initial_epoch", None)
 
 
 def all_layers(model):
@@ -172,6 +189,11 @@ def check():
     probe_optimizer.build([keras.Variable(1.0)])
     if len(getattr(probe_optimizer, "_trainable_variables", ())) != 1:
         missing.append("keras.optimizers.Optimizer._trainable_variables")
+    if not hasattr(keras.Model, "_flatten_metrics_in_order"):
+        missing.append("keras.Model._flatten_metrics_in_order")
+    probe_model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    if getattr(probe_model, "_initial_epoch", "missing") == "missing":
+        missing.append("keras.Model._initial_epoch (set by BackupAndRestore)")
     if not hasattr(keras.layers.Layer, "_flatten_layers"):
         missing.append("keras.layers.Layer._flatten_layers")
     probe = keras.Input((1,))

@@ -62,6 +62,12 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.fit_window = window
         return changed
 
+    def end_fit(self):
+        """Disarms the per-fit decay when its `fit` ends (the rate is
+        `initial_learning_rate` again). Returns whether a window was set."""
+        was, self.fit_window = self.fit_window, None
+        return was is not None
+
     def __call__(self, step):
         lr = keras.ops.convert_to_tensor(self.initial_learning_rate, "float32")
         if self.decay_steps is not None:

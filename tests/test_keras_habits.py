@@ -258,3 +258,83 @@ def test_the_preprocessor_lets_fit_and_predict_take_images_of_any_size(tiny_back
     # Saved with the model: a reloaded segmenter preprocesses the same way.
     assert seg.get_config()["preprocessor"]["config"]["image_converter"]["config"][
         "image_size"] == (64, 64)
+
+
+class _Rates(keras.callbacks.Callback):
+    """The learning rate of every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+class _StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+def _habits_segmenter(tiny_backbone):
+    keras.utils.set_random_seed(0)
+    seg = kf.models.FastFCNImageSegmenter(
+        kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn")
+    seg.compile()
+    return seg
+
+
+def test_lists_of_logs_keep_keras_order_and_train_on_batch_trains_after_fit(tiny_backbone,
+                                                                           rng):
+    """`loss, acc, miou = seg.evaluate(...)` got the metrics alphabetically (mean_iou
+    first), and `train_on_batch` after a `fit` ran at the finished decay's rate 0."""
+    x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    y = rng.randint(0, 3, (4, 64, 64)).astype("int32")
+    seg = _habits_segmenter(tiny_backbone)
+    seg.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    logs = seg.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
+    values = seg.evaluate(x, y, batch_size=2, verbose=0)
+    names = ["loss", "pixel_accuracy", "mean_iou"]  # compile order, as Keras lists it
+    np.testing.assert_allclose(values[:3], [logs[n] for n in names], rtol=1e-6)
+    assert float(keras.ops.convert_to_numpy(seg.optimizer.learning_rate)) == pytest.approx(
+        seg._poly_schedule.initial_learning_rate)
+    before = [w.copy() for w in seg.get_weights()]
+    seg.train_on_batch(x[:2], y[:2])
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, seg.get_weights())) > 0
+
+
+def test_the_decay_spans_the_steps_fit_runs(tiny_backbone, rng):
+    """`validation_split` was ignored when sizing the per-fit decay: 4 steps decayed
+    as if 8 (ending at 0.4x the rate, not near 0)."""
+    x = rng.uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    y = rng.randint(0, 3, (8, 64, 64)).astype("int32")
+    seg, rates = _habits_segmenter(tiny_backbone), _Rates()
+    seg.fit(x, y, batch_size=1, epochs=1, validation_split=0.5, verbose=0, callbacks=[rates])
+    lr = seg._poly_schedule.initial_learning_rate
+    assert len(rates.rates) == 4
+    np.testing.assert_allclose(rates.rates, [lr * (1 - k / 4) ** 0.9 for k in range(4)],
+                               rtol=1e-5)
+
+
+def test_backup_and_restore_in_the_same_process_continues_the_decay(tiny_backbone, rng,
+                                                                   tmp_path):
+    """Keras' documented resume, `fit` again with `BackupAndRestore` on the same model,
+    restarted the decay from the compiled rate (a fresh model resumed it right)."""
+    x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    y = rng.randint(0, 3, (4, 64, 64)).astype("int32")
+    whole, rates = _habits_segmenter(tiny_backbone), _Rates()
+    whole.fit(x, y, batch_size=2, epochs=4, shuffle=False, verbose=0, callbacks=[rates])
+    seg, first, resumed = _habits_segmenter(tiny_backbone), _Rates(), _Rates()
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        seg.fit(x, y, batch_size=2, epochs=4, shuffle=False, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(backup), _StopAt(2), first])
+    seg.fit(x, y, batch_size=2, epochs=4, shuffle=False, verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(backup), resumed])
+    assert (len(first.rates), len(resumed.rates)) == (4, 4), (first.rates, resumed.rates)
+    np.testing.assert_allclose(first.rates + resumed.rates, rates.rates, rtol=1e-5)

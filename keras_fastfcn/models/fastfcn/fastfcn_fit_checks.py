@@ -48,14 +48,16 @@ def warn_if_learning_rate_is_zero(optimizer):
             f"anew in every fit.", stacklevel=3)
 
 
-def num_batches(x, batch_size):
-    """Batches per epoch of `x` when it is known (arrays, sized datasets), else None."""
+def num_batches(x, batch_size, validation_split=0.0):
+    """Batches per epoch of `x` when it is known (arrays, sized datasets), else None;
+    for arrays, of the part `fit(validation_split=...)` trains on (Keras' split)."""
     cardinality = getattr(x, "cardinality", None)
     if callable(cardinality):
         n = int(cardinality())
         return n if n > 0 else None
     if hasattr(x, "__len__") and hasattr(x, "shape"):
-        return math.ceil(len(x) / (batch_size or 32))
+        train = math.floor(len(x) * (1.0 - float(validation_split)))
+        return math.ceil(train / (batch_size or 32))
     if hasattr(x, "__len__"):  # a keras.utils.PyDataset
         try:
             return len(x) or None

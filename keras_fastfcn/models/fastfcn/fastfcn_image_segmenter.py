@@ -361,14 +361,14 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                                   return_dict)
 
     def _checked_logs(self, logs, return_dict):
-        """`logs` after `LabelCheck`, as a dict or in Keras' list order (the model's
-        metrics, then any other logs by name; one value alone as a scalar)."""
+        """`logs` after `LabelCheck`, as a dict or in Keras' list order (the loss, the
+        compiled metrics in compile order, then any other logs by name; one value
+        alone as a scalar)."""
         logs = dict(logs)
         LabelCheck.check(logs, self.num_classes)
         if return_dict:
             return logs
-        names = [m.name for m in self.metrics if m.name in logs]
-        values = [logs[n] for n in names] + [logs[k] for k in sorted(logs) if k not in names]
+        values = _keras_private.logs_in_order(self, logs)
         return values[0] if len(values) == 1 else values
 
     def fit(self, x=None, y=None, epochs=1, steps_per_epoch=None, initial_epoch=0, **kwargs):
@@ -395,21 +395,36 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                     validation, None, kwargs.get("batch_size"))[0]
         self._rebuild_optimizer_if_trainables_changed()
         schedule = self._poly_schedule
+        callbacks = LabelCheck.added_to(kwargs.get("callbacks"), self)
         if schedule is not None and schedule.per_fit:
-            steps = steps_per_epoch or num_batches(x, kwargs.get("batch_size"))
+            steps = steps_per_epoch or num_batches(x, kwargs.get("batch_size"),
+                                                   kwargs.get("validation_split") or 0.0)
             if not steps:
                 raise ValueError(
                     "compile()'s poly learning-rate decay needs the length of the run: pass "
                     "steps_per_epoch to fit (the dataset's size is unknown), or compile with "
                     "an optimizer of your own.")
             first = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
-            if schedule.start_fit(first, max(int(epochs) - int(initial_epoch), 1) * int(steps)):
+            span = max(int(epochs) - int(initial_epoch), 1) * int(steps)
+            if schedule.start_fit(first, span):
                 # The traced step holds the schedule's window as constants.
                 self.train_function = None
+            window = _ResumedFitWindow(schedule, int(initial_epoch), int(steps), span)
+            if isinstance(callbacks, keras.callbacks.CallbackList):
+                window.set_model(self)
+                callbacks.callbacks.append(window)
+            else:
+                callbacks = list(callbacks) + [window]
         warn_if_learning_rate_is_zero(self.optimizer)
-        kwargs["callbacks"] = LabelCheck.added_to(kwargs.get("callbacks"), self)
-        return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                           initial_epoch=initial_epoch, **kwargs)
+        kwargs["callbacks"] = callbacks
+        try:
+            return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                               initial_epoch=initial_epoch, **kwargs)
+        finally:
+            if schedule is not None and schedule.per_fit and schedule.end_fit():
+                # Outside a fit the rate is the compiled one again (`train_on_batch`
+                # after a fit ran at the window's end: 0, and trained nothing).
+                self.train_function = None
 
     def _rebuild_optimizer_if_trainables_changed(self):
         """A new optimizer (same config, same state where a variable kept it) when
@@ -509,6 +524,29 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         3
         """
         return presets_lib.save_segmenter(self, preset_dir)
+
+
+class _ResumedFitWindow(keras.callbacks.Callback):
+    """Moves the per-fit decay's window back to where the interrupted `fit` began
+    when `keras.callbacks.BackupAndRestore` restored it to a later epoch, so that the
+    resumed fit continues the decay instead of starting it again (`fit` set the
+    window from the optimizer's step before the callback restored it)."""
+
+    def __init__(self, schedule, initial_epoch, steps_per_epoch, span):
+        super().__init__()
+        self.schedule = schedule
+        self.initial_epoch = initial_epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.span = span
+
+    def on_train_begin(self, logs=None):
+        restored = _keras_private.restored_epoch(self.model)
+        if not restored or restored <= self.initial_epoch:
+            return
+        now = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        first = now - (restored - self.initial_epoch) * self.steps_per_epoch
+        if self.schedule.start_fit(first, self.span):
+            self.model.make_train_function(force=True)
 
 
 def _check_mask_shape(masks, logits):
