@@ -32,6 +32,7 @@ Example:
 ['aeroplane', 'bag', 'bed']
 """
 
+import difflib
 import hashlib
 import html.parser
 import importlib
@@ -204,8 +205,6 @@ def _check_overrides(cls, config, overrides):
         "self", "kwargs"}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        import difflib
-
         hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                  for key in unknown for close in [difflib.get_close_matches(key, known, 1)]]
         raise TypeError(f"{cls.__name__}.from_preset got unknown argument(s) "

@@ -9,6 +9,7 @@ from typing import List, Optional
 import keras
 
 import keras_fastfcn.models  # noqa: F401  (load_model: registers the classes)
+from keras_fastfcn.models import presets
 
 
 def logits_model(model):
@@ -91,8 +92,6 @@ def load_model(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Model file not found: {path}")
     if os.path.isdir(path):
-        from keras_fastfcn.models import presets
-
         if not presets.is_preset_dir(path):
             raise ValueError(f"{path} is a folder, neither a .keras model file nor a preset "
                              f"folder (save_to_preset: {presets.CONFIG_FILE}, "

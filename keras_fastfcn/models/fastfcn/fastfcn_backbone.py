@@ -1,6 +1,8 @@
 """`FastFCNBackbone`: encoder (a ResNet) + upsampler (JPU), images -> stride-8 features."""
 
 import contextlib
+import difflib
+import inspect
 import numbers
 import warnings
 from typing import Optional, Sequence
@@ -61,9 +63,6 @@ def check_model_kwargs(model, kwargs):
     so a misspelt `num_clases=5` would silently give the default model."""
     unknown = sorted(set(kwargs) - {"trainable"})
     if unknown:
-        import difflib
-        import inspect
-
         own = [p for p in inspect.signature(type(model).__init__).parameters
                if p not in ("self", "kwargs")]
         hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
