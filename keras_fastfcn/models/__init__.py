@@ -7,7 +7,7 @@ Example:
 >>> seg = kf.models.FastFCNImageSegmenter(backbone=backbone, num_classes=5, head="encnet")
 >>> seg.compile()                       # the official loss, optimizer and metrics
 >>> images, masks = demo.generate("train", num_images=2, size=64)
->>> history = seg.fit(images, masks, epochs=1, verbose=0)  # or a tf.data of (image, mask)
+>>> history = seg.fit(images, masks, epochs=1)  # or a tf.data of (image, mask)  # doctest: +SKIP
 >>> seg.backbone.trainable = False      # fine-tune the head only
 >>> released = kf.models.FastFCNImageSegmenter.from_preset(
 ...     "fastfcn_encnet_jpu_resnet50_pcontext")  # doctest: +SKIP
