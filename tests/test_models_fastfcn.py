@@ -81,12 +81,23 @@ def test_fit_on_images_and_masks_with_auto_compile(rng):
     assert seg.aux and seg.se_loss  # the official training heads by default
     seg.compile()
     images, masks = toy_data(rng)
-    history = seg.fit(images, masks, batch_size=2, epochs=2, verbose=0)
+
+    class Window(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            schedule = self.model.optimizer.schedule
+            self.window = schedule.fit_window
+            self.rate = float(schedule(self.model.optimizer.iterations))
+
+    window = Window()
+    history = seg.fit(images, masks, batch_size=2, epochs=2, verbose=0, callbacks=[window])
     assert np.isfinite(history.history["loss"]).all()
     assert {"pixel_accuracy", "mean_iou"} <= set(history.history)
-    # compile()'s poly schedule decays over each fit: 2 epochs x 2 steps from step 0.
-    assert seg.optimizer.schedule.per_fit and seg.optimizer.schedule.fit_window == (0, 4)
-    assert float(seg.optimizer.learning_rate) == 0.0  # the end of this fit's decay
+    # compile()'s poly schedule decays over each fit: 2 epochs x 2 steps from step 0,
+    # to 0 at its end; outside a fit the rate is the compiled one.
+    assert seg.optimizer.schedule.per_fit and window.window == (0, 4) and window.rate == 0.0
+    assert seg.optimizer.schedule.fit_window is None
+    assert float(seg.optimizer.learning_rate) == pytest.approx(
+        seg.optimizer.schedule.initial_learning_rate)
     assert set(seg.optimizer.lr_multipliers) == {"jpu", "head", "auxlayer"}
 
 
