@@ -32,7 +32,6 @@ Example:
 ['aeroplane', 'bag', 'bed']
 """
 
-import difflib
 import hashlib
 import html.parser
 import importlib
@@ -205,10 +204,9 @@ def _check_overrides(cls, config, overrides):
         "self", "kwargs"}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                 for key in unknown for close in [difflib.get_close_matches(key, known, 1)]]
         raise TypeError(f"{cls.__name__}.from_preset got unknown argument(s) "
-                        f"{', '.join(hints)}: it takes the model's arguments "
+                        f"{registry.with_hints(unknown, sorted(known))}: it takes the "
+                        "model's arguments "
                         f"({', '.join(sorted(known))}).")
 
 
@@ -300,10 +298,14 @@ def materialize(name, checkpoint=None):
     """
     entry = PRESETS[name]
     folder = _cached_folder(name)
+    digest = None  # the checkpoint's SHA-256, read once (files of hundreds of MB)
     if is_preset_dir(folder):
-        if checkpoint is None or (os.path.isfile(checkpoint)
-                                  and _cached_from(folder) == file_sha256(checkpoint)):
+        if checkpoint is None:
             return folder
+        if os.path.isfile(checkpoint):
+            digest = file_sha256(checkpoint)
+            if _cached_from(folder) == digest:
+                return folder
         # checkpoint= names another file than the cached model was converted from (a
         # fine-tuned one, say): convert it, replacing the cache.
     try:
@@ -324,9 +326,10 @@ def materialize(name, checkpoint=None):
         raise FileNotFoundError(f"Checkpoint not found: {checkpoint}")
     where = f" downloaded from {download_page(entry)}" if downloaded else ""
     expected = entry.get("sha256") or entry.get("sha256_prefix")
+    digest = digest or file_sha256(checkpoint)
     try:
         if expected:
-            verify_sha256(checkpoint, expected)
+            verify_sha256(checkpoint, expected, actual=digest)
     except PresetError as err:
         if in_cache:  # a bad download must not stay in the cache
             os.remove(checkpoint)
@@ -346,7 +349,7 @@ def materialize(name, checkpoint=None):
                           f"{file_name(name, entry)!r} ({describe(name, entry)['description']}"
                           f"): {err}") from err
     save_segmenter(model, folder, metadata={"checkpoint": os.path.basename(checkpoint),
-                                            "checkpoint_sha256": file_sha256(checkpoint)})
+                                            "checkpoint_sha256": digest})
     return folder
 
 
@@ -383,16 +386,16 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def verify_sha256(path, expected):
+def verify_sha256(path, expected, actual=None):
     """Raises `PresetError` unless the file's SHA-256 is `expected`, or starts with it:
     mmcv's publishing script names a released file after the first 8 hex digits of its
     SHA-256 (`..._20210928_053722-5d1a2648.pth`), the only checksum mmsegmentation
-    publishes.
+    publishes. `actual`: the file's SHA-256 where the caller has read it already.
 
     Example:
     >>> verify_sha256("fastfcn_..._053722-5d1a2648.pth", "5d1a2648")  # doctest: +SKIP
     """
-    actual, expected = file_sha256(path), expected.lower()
+    actual, expected = actual or file_sha256(path), expected.lower()
     if len(expected) < len(actual) and actual.startswith(expected):
         return
     if actual != expected:

@@ -26,6 +26,7 @@ Example:
 """
 
 import dataclasses
+import difflib
 import functools
 from typing import Callable, Optional
 
@@ -59,6 +60,14 @@ _BUILTIN = set()  # (kind, name) of the parts registered below; not replaceable
 _ALIASES = {"encoder": {}, "upsampler": {}, "head": {}}
 # Spellings of "no upsampler": the encoder itself is dilated (the DilatedFCN baseline).
 NO_UPSAMPLER = (None, "none", "dilated")
+
+
+def with_hints(unknown, known):
+    """`'num_clases' (did you mean 'num_classes'?), ...`: the names `unknown`, each
+    with the closest of `known` where one is close, for an error message."""
+    return ", ".join(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                     for key in unknown
+                     for close in [difflib.get_close_matches(key, list(known), 1)])
 
 
 def register_encoder(name, builder, preprocessing, aliases=()):

@@ -1,7 +1,6 @@
 """`FastFCNBackbone`: encoder (a ResNet) + upsampler (JPU), images -> stride-8 features."""
 
 import contextlib
-import difflib
 import inspect
 import numbers
 import warnings
@@ -65,10 +64,8 @@ def check_model_kwargs(model, kwargs):
     if unknown:
         own = [p for p in inspect.signature(type(model).__init__).parameters
                if p not in ("self", "kwargs")]
-        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                 for key in unknown for close in [difflib.get_close_matches(key, own, 1)]]
         raise TypeError(f"{type(model).__name__} got unexpected keyword argument(s) "
-                        f"{', '.join(hints)}.")
+                        f"{registry.with_hints(unknown, own)}.")
 
 
 def freeze_after_init(model, trainable):
