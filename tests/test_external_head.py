@@ -96,11 +96,11 @@ def test_train_benchmark_export_and_reload_a_head_of_your_own(tmp_path):
 
     _run(tmp_path, "export", "--model", "run/model.keras", "--format", "onnx",
          "--output", "m.onnx")
+    # `export` loaded the .keras file with the user's head (as `predict --model
+    # run/model.keras` would, through the same `load_model`); the file it wrote predicts.
     Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(tmp_path / "img.png")
-    for model, out in (("m.onnx", "from_onnx"), ("run/model.keras", "from_keras")):
-        _run(tmp_path, "predict", "--model", model, "--input", "img.png", "--output", out)
-        labels = np.asarray(Image.open(tmp_path / out / "img_labels.png"))
-        assert labels.shape == (48, 64)
+    _run(tmp_path, "predict", "--model", "m.onnx", "--input", "img.png", "--output", "out")
+    assert np.asarray(Image.open(tmp_path / "out" / "img_labels.png")).shape == (48, 64)
 
 
 def test_a_data_source_registered_outside(tmp_path):

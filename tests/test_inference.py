@@ -274,8 +274,8 @@ def test_scaled_size_python_and_graph_agree():
                 assert (ph, pw) == (int(th), int(tw))
 
 
-def test_fastfcn_with_dict_outputs(rng):
-    model = kf.FastFCN(num_classes=3, head="fcn", aux=True, jpu_width=64)
+def test_fastfcn_with_dict_outputs(rng, tiny_backbone):
+    model = kf.FastFCN(num_classes=3, head="fcn", backbone=tiny_backbone, aux=True, jpu_width=64)
     image = rng.randint(0, 256, (1, 64, 72, 3)).astype("uint8")
     scores = inference.predict(model, image, mode="slide", crop_size=48, flip=True).numpy()
     assert scores.shape == (1, 64, 72, 3) and np.isfinite(scores).all()
@@ -339,10 +339,10 @@ def test_converted_official_model_matches_official_evaluator(tmp_path):
     assert (ours.argmax(-1) == expected.argmax(-1)).mean() > 0.999
 
 
-def test_xla_parts_same_output_jpu_left_to_tensorflow():
+def test_xla_parts_same_output_jpu_left_to_tensorflow(tiny_backbone):
     """`jit_compile="parts"`: the backbone and head become XLA clusters, the JPU does
     not, the output is unchanged and the model's layers are restored after the trace."""
-    model = kf.FastFCN(4, head="deeplab", backbone="resnet50", upsampler="jpu", jpu_width=16)
+    model = kf.FastFCN(4, head="deeplab", backbone=tiny_backbone, upsampler="jpu", jpu_width=16)
     net = inference.logits_model(model)
     x = tf.random.uniform((1, 64, 80, 3), 0, 255, seed=1)
     reference = net(x, training=False).numpy()
@@ -427,14 +427,14 @@ def test_trace_freeze_holds_the_weights_of_the_moment(tiny_backbone, jit_compile
     np.testing.assert_allclose(fallback(x).numpy(), before + 5.0, rtol=1e-4, atol=1e-4)
 
 
-def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng):
+def test_fold_batchnorm_predictor_same_class_map_weights_of_the_moment(rng, tiny_backbone):
     """`fold_batchnorm=True` (what `evaluate` / `predict` use): an inference copy with BN
     folded, same logits up to float rounding on a trained-looking (confident) model,
     recorded in the settings, and frozen at build time: it does not follow later
     weight changes, the unfolded predictor does."""
     from conftest import make_confident
 
-    model = kf.FastFCN(5, head="encnet", backbone="resnet50", jpu_width=16)
+    model = kf.FastFCN(5, head="encnet", backbone=tiny_backbone, jpu_width=16)
     x = rng.uniform(0, 255, (2, 64, 80, 3)).astype("float32")
     make_confident(model, x)
     plain, folded = inference.Predictor(model), inference.Predictor(model, fold_batchnorm=True)

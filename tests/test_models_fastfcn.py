@@ -39,7 +39,10 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
 import keras, keras_fastfcn as kf
+sys.path.insert(0, sys.argv[2] + "/tests")
+import tiny_encoder  # the one-block-per-stage ResNet: the point here is the strategy
 
+tiny_encoder.register()
 rng = np.random.RandomState(0)
 images = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
 masks = rng.randint(0, 11, (4, 64, 64)).astype("int32")
@@ -47,7 +50,7 @@ train_ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
 val_ds = train_ds
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
-    backbone = kf.models.FastFCNBackbone(encoder="resnet50", upsampler="jpu", width=64)
+    backbone = kf.models.FastFCNBackbone(encoder="tiny_resnet", upsampler="jpu", width=64)
     seg = kf.models.FastFCNImageSegmenter(backbone=backbone, num_classes=11, head="encnet")
     seg.compile()
 seg.fit(train_ds, validation_data=val_ds, epochs=2, verbose=0)
@@ -67,7 +70,8 @@ print("SNIPPET OK", strategy.num_replicas_in_sync)
 
 @pytest.mark.slow
 def test_issue_snippet_runs_under_mirrored_strategy(tmp_path):
-    """The README / issue snippet as written (small width), built and compiled in
+    """The README / issue snippet as written (small width and the one-block-per-stage
+    ResNet, whose layers are ResNet-50's), built and compiled in
     `MirroredStrategy(["/cpu:0", "/cpu:1"]).scope()`, in a fresh process."""
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", SNIPPET, str(tmp_path), REPO], capture_output=True,

@@ -112,14 +112,15 @@ def test_fold_rejects_non_functional_models():
         fold_batchnorm("model.keras")
 
 
-def test_padded_dilated_depthwise_same_values_any_size(rng):
+def test_padded_dilated_depthwise_same_values_any_size(rng, tiny_backbone):
     """JUM (dilations 1, 2, 4) and JPU (2, 4, 8) separable convs written as explicit
     padding + valid conv: same outputs at odd and even sizes, the caller's model
     untouched, and the layer round-trips through its config."""
     keras.utils.set_random_seed(2)
     # JPU: dilations 1, 2, 4, 8; JPU_X: two JUMs with 1, 2, 4 and 2, 4, 8.
     for upsampler, replaced in (("jpu", 3), ("jpu_x", 2 + 3)):
-        model = kf.FastFCN(num_classes=3, head="fcn", upsampler=upsampler, jpu_width=64)
+        model = kf.FastFCN(num_classes=3, head="fcn", upsampler=upsampler, jpu_width=64,
+                           backbone=tiny_backbone)
         randomize_batchnorms(model, seed=3)
         net = pad_dilated_convs(inference_copy(logits_model(model)))
         padded = [layer for layer in net._flatten_layers(include_self=False)
@@ -138,13 +139,13 @@ def test_padded_dilated_depthwise_same_values_any_size(rng):
     assert clone.compute_output_shape((1, 9, 11, channels)) == (1, 9, 11, channels)
 
 
-def test_padded_dilated_aspp_convs_same_values(rng):
+def test_padded_dilated_aspp_convs_same_values(rng, tiny_backbone):
     """The DeepLab head's ASPP branches (rates 12, 24, 36: larger than a 64 px image's
     8x8 map, where only the centre tap reads it) written as explicit padding + valid
     conv, beside the JPU's: same logits at odd and even sizes, folded or not, the
     caller's model untouched, and the layer round-trips through its config."""
     keras.utils.set_random_seed(4)
-    model = kf.FastFCN(num_classes=3, head="deeplab", jpu_width=32)
+    model = kf.FastFCN(num_classes=3, head="deeplab", jpu_width=32, backbone=tiny_backbone)
     randomize_batchnorms(model, seed=5)
     for net in (inference_copy(logits_model(model)), fold_batchnorm(model)):
         net = pad_dilated_convs(net)
@@ -202,10 +203,10 @@ def test_native_bilinear_resize_is_the_same_resize(rng, shape, size):
 
 
 @pytest.mark.parametrize("head", ["fcn", "psp"])
-def test_native_resizes_swaps_every_resize_of_a_copy(rng, head):
+def test_native_resizes_swaps_every_resize_of_a_copy(rng, head, tiny_backbone):
     """The logits resize (top-level graph) and the layers' own upsampling (JPU,
     pyramid pooling) of the copy become native; the caller's model keeps its own."""
-    model = kf.FastFCN(num_classes=3, head=head, jpu_width=32)
+    model = kf.FastFCN(num_classes=3, head=head, jpu_width=32, backbone=tiny_backbone)
     net = logits_model(model)
     copy = inference_copy(net)
     native = native_resizes(copy)
@@ -228,13 +229,13 @@ def test_native_resizes_swaps_every_resize_of_a_copy(rng, head):
         NativeBilinearResize(align_corners=False)
 
 
-def test_native_resizes_under_mixed_precision_and_subclassed_models(rng):
+def test_native_resizes_under_mixed_precision_and_subclassed_models(rng, tiny_backbone):
     """A bf16 export's logits resize (the layer's policy rewritten to mixed_bfloat16)
     gives the portable layer's values; a subclassed model is exported as it is."""
     from keras_fastfcn.precision import with_precision
 
-    net = logits_model(with_precision(kf.FastFCN(num_classes=3, head="fcn", jpu_width=32),
-                                      "bf16"))
+    net = logits_model(with_precision(kf.FastFCN(num_classes=3, head="fcn", jpu_width=32,
+                                                 backbone=tiny_backbone), "bf16"))
     native = native_resizes(inference_copy(net))
     assert native.get_layer("logits").compute_dtype == net.get_layer("logits").compute_dtype
     image = rng.uniform(0, 255, (1, 64, 72, 3)).astype("float32")
@@ -265,13 +266,13 @@ class _Apply(keras.layers.Layer):
         return self.fn(x)
 
 
-def test_prepare_without_folding_copies_what_it_can(rng):
+def test_prepare_without_folding_copies_what_it_can(rng, tiny_backbone):
     """`fold_bn=False`: a Sequential model is copied and rewritten (the caller's is
     not); a functional model that cannot be cloned from its configs is exported as it
     is, with a warning that says why, instead of failing."""
     from keras_fastfcn.inference.prepare import prepare
 
-    model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=32)
+    model = kf.FastFCN(num_classes=3, head="fcn", jpu_width=32, backbone=tiny_backbone)
     image = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     seq = keras.Sequential([keras.Input((None, None, 3)), logits_model(model)])
     net, _ = prepare(seq, fold_bn=False, pad_dilations=True, native_resizes=True)

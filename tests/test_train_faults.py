@@ -172,7 +172,7 @@ def test_pointer_to_a_missing_checkpoint(tmp_path, capsys):
         _one_error_line(capsys.readouterr().err)
 
 
-def test_finished_run_is_refused_unless_overwrite(tmp_path, capsys):
+def test_finished_run_is_refused_unless_overwrite(tmp_path, capsys, tiny_backbone):
     """Running the same command again over a finished run (results.json, no
     checkpoint) is refused in one line before anything is written, naming --overwrite;
     with --overwrite it trains from the start and replaces the run's files."""
@@ -182,7 +182,10 @@ def test_finished_run_is_refused_unless_overwrite(tmp_path, capsys):
                        ("model.keras", "old")):
         (out / name).write_text(text)
     before = _listing(out)
-    quick = ["--epochs", "1", "--steps-per-epoch", "1", "--set", "data.options.num_val=2"]
+    quick = ["--epochs", "1", "--steps-per-epoch", "1", "--set", "data.options.num_val=2",
+             "--set", f"model.encoder={tiny_backbone}", "--set", "data.options.size=64",
+             "--set", "data.crop_size=64", "--set", "data.base_size=64",
+             "--set", "model.width=16", "--set", "train.batch_size=2"]
     assert main(["train", "--config", "demo", "--output-dir", str(out), *quick]) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert f"{out} holds a finished run" in line and "--overwrite" in line, line
