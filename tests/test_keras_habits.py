@@ -327,7 +327,9 @@ def test_the_decay_spans_the_steps_fit_runs(tiny_backbone, rng):
 def test_backup_and_restore_in_the_same_process_continues_the_decay(tiny_backbone, rng,
                                                                    tmp_path):
     """Keras' documented resume, `fit` again with `BackupAndRestore` on the same model,
-    restarted the decay from the compiled rate (a fresh model resumed it right)."""
+    restarted the decay from the compiled rate (a fresh model resumed it right). The
+    resumed fit takes a `CallbackList` of the user's, which fit uses as it is: it must
+    not keep fit's decay window afterwards (a later fit with it would carry it)."""
     x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
     y = rng.randint(0, 3, (4, 64, 64)).astype("int32")
     seg, first, resumed = _habits_segmenter(tiny_backbone), _Rates(), _Rates()
@@ -335,8 +337,11 @@ def test_backup_and_restore_in_the_same_process_continues_the_decay(tiny_backbon
     with pytest.raises(RuntimeError, match="interrupted"):
         seg.fit(x, y, batch_size=2, epochs=4, shuffle=False, verbose=0,
                 callbacks=[keras.callbacks.BackupAndRestore(backup), _StopAt(2), first])
-    seg.fit(x, y, batch_size=2, epochs=4, shuffle=False, verbose=0,
-            callbacks=[keras.callbacks.BackupAndRestore(backup), resumed])
+    theirs = keras.callbacks.CallbackList(
+        [keras.callbacks.BackupAndRestore(backup), resumed], model=seg)
+    seg.fit(x, y, batch_size=2, epochs=4, shuffle=False, verbose=0, callbacks=theirs)
+    assert [type(c).__name__ for c in theirs.callbacks] == [
+        "LabelCheck", "BackupAndRestore", "_Rates"]
     assert (len(first.rates), len(resumed.rates)) == (4, 4), (first.rates, resumed.rates)
     lr = seg._poly_schedule.initial_learning_rate  # the uninterrupted fit's 8 steps:
     np.testing.assert_allclose(first.rates + resumed.rates,

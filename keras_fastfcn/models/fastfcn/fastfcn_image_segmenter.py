@@ -396,6 +396,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         self._rebuild_optimizer_if_trainables_changed()
         schedule = self._poly_schedule
         callbacks = LabelCheck.added_to(kwargs.get("callbacks"), self)
+        window = None
         if schedule is not None and schedule.per_fit:
             steps = steps_per_epoch or num_batches(x, kwargs.get("batch_size"),
                                                    kwargs.get("validation_split") or 0.0)
@@ -411,6 +412,8 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                 self.train_function = None
             window = _ResumedFitWindow(schedule, int(initial_epoch), int(steps), span)
             if isinstance(callbacks, keras.callbacks.CallbackList):
+                # The user's own list, used as it is: the window leaves it again
+                # below, or a second `fit` with the list would carry this one's.
                 window.set_model(self)
                 callbacks.callbacks.append(window)
             else:
@@ -421,6 +424,9 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                initial_epoch=initial_epoch, **kwargs)
         finally:
+            if isinstance(callbacks, keras.callbacks.CallbackList) and \
+                    window in callbacks.callbacks:
+                callbacks.callbacks.remove(window)
             if schedule is not None and schedule.per_fit and schedule.end_fit():
                 # Outside a fit the rate is the compiled one again (`train_on_batch`
                 # after a fit ran at the window's end: 0, and trained nothing).
