@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import JAX_QUICK_COMPILE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
@@ -49,6 +51,8 @@ def test_models_run_on_other_backends(backend, module):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed (only the Keras {backend} backend needs it)")
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO)
+    if backend == "jax":
+        env.update(JAX_QUICK_COMPILE)  # shapes and finiteness only
     proc = subprocess.run([sys.executable, "-c", f"BACKEND = {backend!r}\n" + SCRIPT],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

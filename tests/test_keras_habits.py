@@ -17,6 +17,7 @@ import pytest
 
 import keras
 import keras_fastfcn as kf
+from conftest import JAX_QUICK_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,6 +97,8 @@ def test_a_keras_users_script(backend):
     if backend == "jax" and importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install -e '.[test]' installs jax[cpu])")
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    if backend == "jax":
+        env.update(JAX_QUICK_COMPILE)  # no value is compared with TensorFlow's
     proc = subprocess.run([sys.executable, "-c", SCRIPT, REPO], capture_output=True,
                           text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
