@@ -33,6 +33,12 @@ which fails loudly (naming the hook) when a Keras release changes one. `setup.py
 - `restored_epoch`: the epoch `keras.callbacks.BackupAndRestore` restored a `fit` to
   (the trainer's `_initial_epoch`, which its `on_train_begin` sets), so that the
   segmenter's per-fit learning-rate decay resumes where it stopped.
+- `build_before_tracing`: the optimizer's slots and the compiled metrics' and losses'
+  state, created before a training step is traced (Keras' `_symbolic_build`, from
+  the model's input shapes). Keras does this itself under a `tf.distribute` strategy
+  and on JAX and PyTorch; on TensorFlow without a strategy it leaves it to the first
+  trace, where `tf.function` sees variables created and traces the step a second time
+  without them (a small model's first `fit`: 8.9 s of CPU -> 6.3 s).
 - `freeze_function`: a traced `tf.function` with its variables as constants of its
   graph (TensorFlow's `convert_variables_to_constants_v2`, which its own TFLite
   converter and tf2onnx use; the public API can save a function, not freeze it).
@@ -87,6 +93,22 @@ def replace_sublayer(parent, attr, new):
     weight order is kept and no orphaned (unused, but saved) variables are left."""
     parent._tracker.replace_tracked_value("layers", getattr(parent, attr), new)
     setattr(parent, attr, new)
+
+
+def build_before_tracing(model, masks_dtype="int32", optimizer=True):
+    """Creates the state of `model`'s compiled metrics and losses, and with `optimizer`
+    its optimizer's slots, that the first traced training or evaluation step would
+    otherwise create (and so be traced twice): TensorFlow without a distribution
+    strategy only, where Keras defers them to that trace. The batch is symbolic: the
+    model's input, and masks of its shape without channels."""
+    if (keras.config.backend() != "tensorflow" or model._distribute_strategy is not None
+            or not model.compiled):
+        return  # Keras builds them itself before the first step (or asks for compile)
+    if not optimizer and model.optimizer is not None and not model.optimizer.built:
+        return  # evaluation alone: no momentum buffers for a model that is not trained
+    images = model.inputs[0]
+    masks = keras.KerasTensor(tuple(images.shape)[:-1], masks_dtype)
+    model._symbolic_build(data_batch=(images, masks, None))
 
 
 def patch_multiworker_fit(model, sample_batch):
@@ -204,6 +226,8 @@ def check():
     for name in ("_symbolic_build", "_maybe_symbolic_build"):
         if not hasattr(keras.Model, name):
             missing.append(f"keras.Model.{name}")
+    if getattr(probe_model, "_distribute_strategy", "missing") == "missing":
+        missing.append("keras.Model._distribute_strategy")
     if keras.config.backend() == "tensorflow":
         from keras.src.backend.tensorflow import trainer as tf_trainer
 

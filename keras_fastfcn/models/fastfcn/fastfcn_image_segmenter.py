@@ -321,6 +321,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         the data goes through the model's `preprocessor` first, if it has one."""
         if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation: done by fit
             x, y = self._preprocessed(x, y, kwargs.get("batch_size"))
+        _keras_private.build_before_tracing(self, optimizer=False)
         logs = super().evaluate(x, y, *args, callbacks=LabelCheck.added_to(callbacks, self),
                                 return_dict=True, **kwargs)
         return self._checked_logs(logs, return_dict)
@@ -353,10 +354,13 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         return pre(x, y)
 
     def train_on_batch(self, *args, return_dict=False, **kwargs):
+        self._rebuild_optimizer_if_trainables_changed()
+        _keras_private.build_before_tracing(self)
         return self._checked_logs(super().train_on_batch(*args, return_dict=True, **kwargs),
                                   return_dict)
 
     def test_on_batch(self, *args, return_dict=False, **kwargs):
+        _keras_private.build_before_tracing(self, optimizer=False)
         return self._checked_logs(super().test_on_batch(*args, return_dict=True, **kwargs),
                                   return_dict)
 
@@ -394,6 +398,9 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                 kwargs["validation_data"] = self._preprocessed(
                     validation, None, kwargs.get("batch_size"))[0]
         self._rebuild_optimizer_if_trainables_changed()
+        # The optimizer's slots and the metrics' state before the first step is traced:
+        # created during that trace, they make TensorFlow trace it twice.
+        _keras_private.build_before_tracing(self)
         schedule = self._poly_schedule
         callbacks = LabelCheck.added_to(kwargs.get("callbacks"), self)
         window = None
