@@ -95,19 +95,17 @@ def replace_sublayer(parent, attr, new):
     setattr(parent, attr, new)
 
 
-def build_before_tracing(model, masks_dtype="int32", optimizer=True):
-    """Creates the state of `model`'s compiled metrics and losses, and with `optimizer`
-    its optimizer's slots, that the first traced training or evaluation step would
-    otherwise create (and so be traced twice): TensorFlow without a distribution
-    strategy only, where Keras defers them to that trace. The batch is symbolic: the
-    model's input, and masks of its shape without channels."""
+def build_before_tracing(model):
+    """Creates the optimizer's slots and the compiled metrics' and losses' state that
+    the first traced training step of `model` would otherwise create (and so be traced
+    twice): TensorFlow without a distribution strategy only, where Keras defers them
+    to that trace. The batch is symbolic: the model's input, and int32 masks of its
+    shape without channels. (An evaluation step creates no variables: traced once.)"""
     if (keras.config.backend() != "tensorflow" or model._distribute_strategy is not None
             or not model.compiled):
         return  # Keras builds them itself before the first step (or asks for compile)
-    if not optimizer and model.optimizer is not None and not model.optimizer.built:
-        return  # evaluation alone: no momentum buffers for a model that is not trained
     images = model.inputs[0]
-    masks = keras.KerasTensor(tuple(images.shape)[:-1], masks_dtype)
+    masks = keras.KerasTensor(tuple(images.shape)[:-1], "int32")
     model._symbolic_build(data_batch=(images, masks, None))
 
 

@@ -321,7 +321,6 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         the data goes through the model's `preprocessor` first, if it has one."""
         if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation: done by fit
             x, y = self._preprocessed(x, y, kwargs.get("batch_size"))
-        _keras_private.build_before_tracing(self, optimizer=False)
         logs = super().evaluate(x, y, *args, callbacks=LabelCheck.added_to(callbacks, self),
                                 return_dict=True, **kwargs)
         return self._checked_logs(logs, return_dict)
@@ -360,7 +359,6 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                                   return_dict)
 
     def test_on_batch(self, *args, return_dict=False, **kwargs):
-        _keras_private.build_before_tracing(self, optimizer=False)
         return self._checked_logs(super().test_on_batch(*args, return_dict=True, **kwargs),
                                   return_dict)
 
