@@ -71,6 +71,63 @@ def class_presence(labels, num_classes):
     return ops.cast(counts[:, :num_classes] > 0, "float32")
 
 
+def pixel_weights(labels, sample_weight=None, class_weight=None):
+    """Per-pixel loss weights from Keras' weighting arguments, or None.
+
+    Keras applies `sample_weight` to the loss elementwise and turns `class_weight` into
+    a sample weight per label, which both fail on masks: one weight per image
+    `(B,)` meets a per-pixel loss `(B, H, W)`, and Keras' class weights read each
+    label array as one class id. Here an image's weight applies to all its pixels and
+    a class's weight to its pixels (ignore pixels get weight 0; the loss skips them
+    anyway). As in Keras, the weighted pixel losses are then averaged over the
+    labelled pixels (PyTorch's `CrossEntropyLoss(weight=...)` divides by the sum of
+    the weights instead).
+
+    Args:
+        labels: int tensor `(B, H, W)` (or `(B, H, W, 1)`).
+        sample_weight: None, `(B,)` per image, or `(B, H, W)` per pixel.
+        class_weight: None, or a float vector with one weight per class id.
+
+    Example:
+    >>> w = pixel_weights(np.array([[[0, 1]], [[1, 255]]]), np.array([1.0, 0.5]),
+    ...                   np.array([2.0, 1.0], "float32"))
+    >>> keras.ops.convert_to_numpy(w).tolist()
+    [[[2.0, 1.0]], [[0.5, 0.0]]]
+    """
+    if sample_weight is None and class_weight is None:
+        return None
+    labels = ops.cast(labels, "int32")
+    if len(labels.shape) == 4:
+        labels = ops.squeeze(labels, -1)
+    weight = ops.ones(ops.shape(labels), "float32")
+    if class_weight is not None:
+        table = ops.convert_to_tensor(class_weight, "float32")
+        num_classes = table.shape[0]
+        valid = ops.logical_and(labels >= 0, labels < num_classes)
+        weight = ops.where(valid, ops.take(table, ops.clip(labels, 0, num_classes - 1)), 0.0)
+    if sample_weight is not None:
+        sample_weight = ops.cast(sample_weight, "float32")
+        rank = len(sample_weight.shape)
+        if rank not in (1, 3, 4):
+            raise ValueError(
+                f"sample_weight must be one weight per image (batch,) or per pixel (batch, "
+                f"height, width), got shape {tuple(sample_weight.shape)}.")
+        if rank == 1:
+            sample_weight = ops.reshape(sample_weight, (-1, 1, 1))
+        elif rank == 4:
+            sample_weight = ops.squeeze(sample_weight, -1)
+        weight = weight * sample_weight
+    return weight
+
+
+def image_weights(sample_weight):
+    """`sample_weight` if it holds one weight per image `(B,)` (for the per-image SE
+    loss), else None."""
+    if sample_weight is None or len(ops.shape(sample_weight)) != 1:
+        return None
+    return ops.cast(sample_weight, "float32")
+
+
 def invalid_labels(labels, num_classes, ignore_label=IGNORE_LABEL):
     """The label values that are neither a class id `0..C-1` nor `ignore_label`.
 

@@ -360,3 +360,32 @@ def test_backup_and_restore_in_the_same_process_continues_the_decay(tiny_backbon
     lr = seg._poly_schedule.initial_learning_rate  # the uninterrupted fit's 8 steps:
     np.testing.assert_allclose(first.rates + resumed.rates,
                                [lr * (1 - k / 8) ** 0.9 for k in range(8)], rtol=1e-5)
+
+
+def test_class_weight_and_per_image_sample_weight_weigh_the_pixels(tiny_backbone, rng):
+    """Keras' `class_weight` failed on masks ("only 0-dimensional arrays can be
+    converted"), and a per-image `sample_weight` `(B,)` with a TensorFlow graph error
+    (shapes [2] and [2,64,64]): they weigh the pixels of a class / of an image."""
+    x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    y = rng.randint(0, 3, (4, 64, 64)).astype("int32")
+    y[0, :8] = 255
+    seg = _habits_segmenter(tiny_backbone)  # FCN head with the auxiliary head, no SE
+    logits = seg(x, training=False)
+    per_image = np.array([1.0, 0.0, 2.0, 0.5], "float32")
+    per_pixel = np.broadcast_to(per_image[:, None, None], y.shape)
+    np.testing.assert_allclose(
+        float(seg.compute_loss(x, y, logits, sample_weight=per_image, training=False)),
+        float(seg.compute_loss(x, y, logits, sample_weight=per_pixel, training=False)),
+        rtol=1e-6)
+    history = seg.fit(x, y, batch_size=2, epochs=1, verbose=0, sample_weight=per_image)
+    assert np.isfinite(history.history["loss"]).all()
+
+    # Every class weighed 0: nothing left of the training loss (main and auxiliary);
+    # the validation loss is unweighted, as in Keras.
+    history = seg.fit(x, y, batch_size=2, epochs=1, verbose=0, validation_data=(x, y),
+                      class_weight={0: 0.0, 1: 0.0, 2: 0.0})
+    assert history.history["loss"] == [0.0] and history.history["val_loss"][0] > 0.1
+    # The step traced with those weights is not reused without them.
+    assert seg.fit(x, y, batch_size=2, epochs=1, verbose=0).history["loss"][0] > 0.1
+    with pytest.raises(ValueError, match=r"class_weight has keys \[7\] that are not class ids"):
+        seg.fit(x, y, batch_size=2, verbose=0, class_weight={7: 1.0})

@@ -169,6 +169,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             self.preprocessor = preprocessor
             self._segmentation_loss = None
             self._poly_schedule = None
+            self._class_weight = None  # fit's class_weight, one weight per class
 
         # ------------------------------------------------------------------ outputs
 
@@ -290,20 +291,50 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         logits = _logits(y_pred)
         _check_mask_shape(y, logits)
         y, _ = self._checked_labels(y)
-        total = super().compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight,
+        # `fit(class_weight=...)` weighs the training loss only, as in Keras.
+        pixels = losses_lib.pixel_weights(y, sample_weight,
+                                          self._class_weight if training else None)
+        total = super().compute_loss(x=x, y=y, y_pred=logits, sample_weight=pixels,
                                      training=training)
         if "aux_logits" in extra and self.aux_weight:
             total = total + self.aux_weight * self._segmentation_loss(
-                y, extra["aux_logits"], sample_weight)
+                y, extra["aux_logits"], pixels)
         if "se_logits" in extra and self.se_weight:
             presence = losses_lib.class_presence(y, self.num_classes)
-            total = total + self.se_weight * losses_lib.se_loss()(presence, extra["se_logits"])
+            total = total + self.se_weight * losses_lib.se_loss()(
+                presence, extra["se_logits"], losses_lib.image_weights(sample_weight))
         return total
+
+    def _use_class_weight(self, class_weight):
+        """Checks `fit`'s / `train_on_batch`'s `class_weight` (a dict class id ->
+        weight, as Keras', missing classes 1.0) and keeps it for the training step as
+        one weight per class; a step traced with other class weights is traced again.
+        Keras' own handling reads each mask as one class id and fails."""
+        table = None
+        if class_weight is not None:
+            if not isinstance(class_weight, dict):
+                raise ValueError("class_weight must be a dict {class id: weight}, got "
+                                 f"{type(class_weight).__name__}.")
+            bad = [k for k in class_weight if isinstance(k, bool) or not isinstance(
+                k, numbers.Integral) or not 0 <= k < self.num_classes]
+            if bad:
+                raise ValueError(f"class_weight has keys {bad} that are not class ids "
+                                 f"0..{self.num_classes - 1} (num_classes={self.num_classes}).")
+            values = {int(k): v for k, v in class_weight.items()}
+            for k, v in values.items():
+                if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
+                    raise ValueError(f"class_weight[{k}] must be a number >= 0, got {v!r}.")
+            table = tuple(float(values.get(c, 1.0)) for c in range(self.num_classes))
+        if table != self._class_weight:
+            self._class_weight = table
+            self.train_function = None  # the traced step holds the weights as constants
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         _check_mask_shape(y, _logits(y_pred))  # JAX and PyTorch compute these first
         y, stats = self._checked_labels(y)
-        logs = dict(super().compute_metrics(x, y, _logits(y_pred), sample_weight))
+        # Per-image weights as per-pixel ones (the metrics count pixels of weight > 0).
+        logs = dict(super().compute_metrics(x, y, _logits(y_pred),
+                                            losses_lib.pixel_weights(y, sample_weight)))
         logs.update(LabelCheck.logs(stats))
         return logs
 
@@ -352,11 +383,15 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             return pre(x), None
         return pre(x, y)
 
-    def train_on_batch(self, *args, return_dict=False, **kwargs):
+    def train_on_batch(self, x=None, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
+        """`keras.Model.train_on_batch`; `class_weight` weighs each class's pixels in
+        the loss (`fit`), and layers frozen since the last step stay frozen."""
+        self._use_class_weight(class_weight)
         self._rebuild_optimizer_if_trainables_changed()
         _keras_private.build_before_tracing(self)
-        return self._checked_logs(super().train_on_batch(*args, return_dict=True, **kwargs),
-                                  return_dict)
+        return self._checked_logs(super().train_on_batch(x, y, sample_weight=sample_weight,
+                                                         return_dict=True), return_dict)
 
     def test_on_batch(self, *args, return_dict=False, **kwargs):
         return self._checked_logs(super().test_on_batch(*args, return_dict=True, **kwargs),
@@ -383,6 +418,12 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         backbone, or on a model from `keras.models.load_model`) trains again. A fixed
         schedule that has run out (`PolyDecay(decay_steps=N)` past step N, as
         `.keras` files of keras_fastfcn 0.2 hold) is warned about: it trains nothing.
+
+        Keras' weighting works on masks: `sample_weight` per image `(batch,)` or per
+        pixel `(batch, height, width)`, and `class_weight={class id: weight}` on each
+        class's pixels (training loss only; the metrics count every labelled pixel).
+        The weighted losses are averaged over the labelled pixels, as Keras does
+        (`keras_fastfcn.losses.pixel_weights`).
         """
         x, y = self._preprocessed(x, y, kwargs.get("batch_size"))
         validation = kwargs.get("validation_data")
@@ -395,6 +436,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             else:
                 kwargs["validation_data"] = self._preprocessed(
                     validation, None, kwargs.get("batch_size"))[0]
+        self._use_class_weight(kwargs.pop("class_weight", None))
         self._rebuild_optimizer_if_trainables_changed()
         # The optimizer's slots and the metrics' state before the first step is traced:
         # created during that trace, they make TensorFlow trace it twice.
