@@ -32,6 +32,7 @@ from keras_fastfcn.layers.resize import (
     log_add_exp,
     log_resize_bilinear,
     resize_bilinear,
+    resize_nearest,
 )
 
 JPU_X = JPUX  # the official code's name
@@ -42,4 +43,5 @@ __all__ = [
     "EncHead", "EncModule", "Encoding", "FCNHead", "ImageNormalization", "JPU", "JPUX",
     "JPU_X", "JUM", "MMSegASPPHead", "PSPHead", "PyramidPooling", "SeparableConvBN", "adaptive_avg_pool2d",
     "check_image_batch", "log_add_exp", "log_resize_bilinear", "resize_bilinear",
+    "resize_nearest",
 ]

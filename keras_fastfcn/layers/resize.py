@@ -140,6 +140,52 @@ def resize_bilinear(images, size, align_corners=True, method="gather"):
     return _interp_1d(x, 2, out_w, align_corners)
 
 
+def _nearest_indices(in_size, out_size, align_corners):
+    """Source index of each output row/column, as TensorFlow's `ResizeNearestNeighbor`:
+    the nearest to the bilinear source coordinate with `align_corners` (rounded), the
+    pixel whose cell holds the output pixel's centre without (floored)."""
+    in_f = ops.cast(in_size, "float32")
+    dst = ops.cast(ops.arange(out_size), "float32")
+    if align_corners:
+        src = ops.floor(_source_coords(in_size, out_size, True) + 0.5)
+    else:
+        src = ops.floor((dst + 0.5) * (in_f / ops.cast(out_size, "float32")))
+    return ops.minimum(ops.cast(src, "int32"), ops.cast(in_size, "int32") - 1)
+
+
+def resize_nearest(labels, size, align_corners=True):
+    """Nearest-neighbour resize of NHWC `labels` (class ids stay class ids) that lines
+    up with `resize_bilinear` of the same `align_corners`.
+
+    A mask resized this way keeps each output pixel's label at the source pixel
+    nearest to where `resize_bilinear` samples the image. Half-pixel nearest
+    neighbour (`keras.ops.image.resize`, PIL) against an `align_corners=True` image
+    shifts labels by up to half a source pixel: 4 output pixels at 60 -> 512.
+    Values equal TensorFlow's `ResizeNearestNeighbor` with the same `align_corners`
+    (`half_pixel_centers=not align_corners`).
+
+    Args:
+        labels: a 4-D tensor `(batch, height, width, channels)` of any dtype.
+        size: `(height, width)` of the output; Python ints or scalar tensors.
+        align_corners: bool, as `resize_bilinear`.
+
+    Returns:
+        A tensor `(batch, size[0], size[1], channels)` of the input's dtype.
+
+    Example:
+    >>> y = keras.ops.reshape(keras.ops.arange(3, dtype="int32"), (1, 1, 3, 1))
+    >>> keras.ops.convert_to_numpy(resize_nearest(y, (1, 7))[0, 0, :, 0])
+    array([0, 0, 1, 1, 1, 2, 2], dtype=int32)
+    """
+    if len(labels.shape) != 4:
+        raise ValueError(
+            f"resize_nearest expects a 4-D NHWC tensor, got shape {labels.shape}.")
+    shape = ops.shape(labels)
+    rows = _nearest_indices(shape[1], size[0], align_corners)
+    cols = _nearest_indices(shape[2], size[1], align_corners)
+    return ops.take(ops.take(labels, rows, axis=1), cols, axis=2)
+
+
 def _log_interp_1d(log_x, axis, out_size, align_corners):
     """`log(interp_1d(exp(log_x)))` without leaving the log domain.
 

@@ -5,7 +5,8 @@ difference: FastFCN models normalize inside their graph (the backbone's
 `preprocessing` layer, per the encoder's weights), so that `model(images)`, SavedModel,
 ONNX and TFLite all take raw 0-255 RGB. What is left outside the model is what a
 batch needs: one size for every image (bilinear, `align_corners` as the model) and
-the matching masks (nearest neighbour, so class ids stay class ids).
+the matching masks (nearest neighbour lined up with it, so class ids stay class ids
+and stay on their pixels).
 
 Example:
 >>> pre = FastFCNImageSegmenterPreprocessor(FastFCNImageConverter(image_size=(256, 256)))
@@ -17,7 +18,7 @@ import sys
 import keras
 from keras import ops
 
-from keras_fastfcn.layers.resize import resize_bilinear
+from keras_fastfcn.layers.resize import resize_bilinear, resize_nearest
 
 _register = keras.saving.register_keras_serializable(package="keras_fastfcn")
 
@@ -107,7 +108,8 @@ class FastFCNImageSegmenterPreprocessor(keras.layers.Layer):
 
     Masks are int class ids `(B, H, W)` or `(B, H, W, 1)` (255 = ignore); they come
     out `(B, H, W)` int32, resized with nearest neighbour to the converted images'
-    size when `resize_output_mask` (the default, so batches line up).
+    size when `resize_output_mask` (the default, so batches line up), lined up with
+    the images' bilinear resize (`keras_fastfcn.layers.resize_nearest`).
 
     Args:
         image_converter: a `FastFCNImageConverter` (None: images only cast).
@@ -144,15 +146,18 @@ class FastFCNImageSegmenterPreprocessor(keras.layers.Layer):
             y = y[..., 0]
         size = self.image_converter.image_size
         if self.resize_output_mask and size is not None:
+            # Nearest neighbour lined up with the images' bilinear resize (its
+            # `align_corners`), so each label stays on the pixels it labels.
+            align = self.image_converter.align_corners
             single = len(y.shape) == 2
             masks = (y[None] if single else y)[..., None]
-            if tf:  # nearest neighbour as Keras' TensorFlow backend does it
-                masks = tf.image.resize(tf.cast(masks, tf.float32), size, method="nearest")
-                y = tf.cast(masks[..., 0], tf.int32)
+            if tf:  # TensorFlow's kernel, the values of `resize_nearest`
+                masks = tf.raw_ops.ResizeNearestNeighbor(
+                    images=masks, size=size, align_corners=align,
+                    half_pixel_centers=not align)
             else:
-                masks = ops.image.resize(ops.cast(masks, "float32"), size,
-                                         interpolation="nearest", data_format="channels_last")
-                y = ops.cast(masks[..., 0], "int32")
+                masks = resize_nearest(masks, size, align)
+            y = masks[..., 0]
             y = y[0] if single else y
         return y
 
