@@ -52,6 +52,14 @@ def test_keras_private_hooks_still_exist():
     _keras_private.check()
 
 
+def test_tflite_schema_still_has_what_the_metadata_needs():
+    """Fails loudly when a TensorFlow release moves the TFLite flatbuffer schema that
+    `serving.tflite_metadata` writes and reads class names with."""
+    from keras_fastfcn.serving import tflite_metadata
+
+    tflite_metadata.check()
+
+
 def test_keras_pin_matches_the_tested_version():
     import keras
 

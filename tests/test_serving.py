@@ -26,6 +26,7 @@ from keras_fastfcn import cli, inference
 from keras_fastfcn import serving as export
 from keras_fastfcn.layers import resize_bilinear
 from keras_fastfcn.serving import client as serving_client
+from keras_fastfcn.serving.runtime import ExportPredictor
 from keras_fastfcn.inference.fold import batchnorm_layers
 
 CLASS_NAMES = ["road", "car", "sky"]
@@ -697,6 +698,13 @@ def test_tflite_agrees_with_keras(fcn_model, tmp_path, rng):
     image = rng.randint(0, 256, (1, 64, 80, 3)).astype(np.float32)
     out = runner(images=image)
     assert_agrees(out["probabilities"], out["class_map"], keras_probabilities(fcn_model, image))
+    # The class names and options travel in the file, as in ONNX and OpenVINO exports.
+    predictor = ExportPredictor(path)
+    assert predictor.class_names == CLASS_NAMES and predictor.num_classes == 3
+    assert predictor.options["precision"] == "fp32"
+    assert predictor.options["input_size"] == [64, 80]
+    assert "precision=fp32" in predictor.describe()
+    np.testing.assert_array_equal(predictor(image), out["class_map"])
 
 
 # --- REST client ----------------------------------------------------------------

@@ -22,7 +22,6 @@ of SpaceToDepth/DepthToSpace around an undilated one.
 """
 
 import contextlib
-import json
 import os
 import re
 
@@ -33,7 +32,8 @@ from keras_fastfcn.fileio import atomic_path, removing_new_folders, scratch_fold
 from keras_fastfcn.serving.formats import check_export_precision
 from keras_fastfcn.serving.graph import fixed_function
 from keras_fastfcn.inference.prepare import prepare
-from keras_fastfcn.serving.targets import check_options, check_target_file
+from keras_fastfcn.serving.targets import (check_options, check_target_file,
+                                           export_metadata)
 
 DEFAULT_OPSET = 17
 
@@ -125,14 +125,7 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
                    input_size=list(input_size) if input_size else None,
                    base_size=base_size, fold_bn=bool(fold_bn), opset=int(opset),
                    precision=precision, keep_float=list(keep_float))
-    meta = {
-        "class_names": json.dumps(info.class_names),
-        "num_classes": str(info.num_classes),
-        "dataset": json.dumps(info.dataset),
-        "input": "images: float32 [B, H, W, 3], RGB 0-255",
-        "keras_fastfcn_export": json.dumps(options),
-    }
-    for key, value in meta.items():
+    for key, value in export_metadata(info, options).items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
     proto.producer_name = "keras_fastfcn (tf2onnx)"

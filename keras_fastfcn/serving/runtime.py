@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_fastfcn.inference import ModelInfo
 from keras_fastfcn.serving.formats import FORMATS, format_of_file
+from keras_fastfcn.serving.tflite_metadata import read_metadata
 
 # The file formats that run in process (`serving.formats`: ONNX, TFLite, OpenVINO).
 EXPORT_SUFFIXES = tuple(f.suffix for f in FORMATS.values() if f.suffix and f.runtime)
@@ -108,10 +109,10 @@ class ExportPredictor:
 
     Attributes:
         format: `"onnx"`, `"tflite"` or `"openvino"`.
-        num_classes: from the export's metadata (ONNX, OpenVINO) or its probabilities
-            output; None when it has neither.
+        num_classes: from the export's metadata or its probabilities output; None
+            when it has neither.
         class_names: list or None.
-        dataset: the dataset name recorded at export (ONNX, OpenVINO), for its palette;
+        dataset: the dataset name recorded at export, for its palette;
             or None.
         input_size: `(H, W)` of a fixed-size export (every TFLite file), else None.
         options: the export's options (`precision`, `scales`, ...) where recorded.
@@ -177,7 +178,7 @@ class ExportPredictor:
                 self.num_classes = scores[-1]
 
     def _read_metadata(self, meta):
-        """Class names, count, dataset and export options from the ONNX metadata; a
+        """Class names, count, dataset and export options from the export's metadata; a
         `ValueError` naming the file and the key where one does not parse."""
 
         def read(key, parse, valid, expected):
@@ -241,8 +242,10 @@ class ExportPredictor:
                              f"{inputs['images'][1]}; a TFLite export takes one image "
                              "(1, height, width, 3).")
         self.input_size = tuple(inputs["images"][1][1:3])
+        with open(self.path, "rb") as f:
+            self._read_metadata(read_metadata(f.read()))
         probabilities = outputs.get("probabilities")
-        if probabilities is not None:
+        if self.num_classes is None and probabilities is not None:
             self.num_classes = int(probabilities[1][-1])
         self._runner = runner
 

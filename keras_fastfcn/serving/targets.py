@@ -25,6 +25,21 @@ def check_options(scales, flip, input_size, base_size):
     return scales, bool(flip), input_size, (int(base_size) if base_size else None)
 
 
+def export_metadata(info, options):
+    """The metadata an ONNX, TFLite or OpenVINO export carries: the model's class names,
+    count and dataset (`info`, an `inference.ModelInfo`) and the export's `options`,
+    as strings (JSON where not a plain count); `ExportPredictor` reads them back."""
+    import json
+
+    return {
+        "class_names": json.dumps(info.class_names),
+        "num_classes": str(info.num_classes),
+        "dataset": json.dumps(info.dataset),
+        "input": "images: float32 [B, H, W, 3], RGB 0-255",
+        "keras_fastfcn_export": json.dumps(options),
+    }
+
+
 def resolve_version_dir(output):
     """Splits a TF Serving target into `(model base folder, version)`.
 

@@ -1,5 +1,7 @@
 """TFLite export (fixed input size): `[1, H, W, 3]` float32 RGB 0-255 in, `class_map`
-int32 `[1, H, W]` and `probabilities` out; float32, float16 weights, or int8.
+int32 `[1, H, W]` and `probabilities` out; float32, float16 weights, or int8. The file
+carries the class names and the export's options as the ONNX export does
+(`tflite_metadata`).
 
 `precision="int8"` is full-integer post-training quantization calibrated on
 `calibration` images (per-channel weights, int8 activations; an op without an int8
@@ -20,7 +22,9 @@ from keras_fastfcn.serving.onnx import (_first_line, _scope_matches, _strip_call
                                        check_keep_float, default_keep_float)
 from keras_fastfcn.inference.prepare import prepare
 from keras_fastfcn.serving.saved_model import write_saved_model
-from keras_fastfcn.serving.targets import check_options, check_target_file
+from keras_fastfcn.serving.targets import (check_options, check_target_file,
+                                           export_metadata)
+from keras_fastfcn.serving.tflite_metadata import with_metadata
 
 # What full-integer int8 keeps in float by default: the class scores (as ONNX) and the
 # tensors the QuantizationDebugger measured worst (benchmarks/PRECISION.md: the input
@@ -114,6 +118,11 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
                 raise RuntimeError(f"TFLite conversion failed, nothing was written to "
                                    f"{output}: {type(err).__name__}: "
                                    f"{_first_line(err)}") from err
+        options = dict(probabilities=probabilities, scales=list(scales), flip=flip,
+                       input_size=list(input_size), base_size=base_size,
+                       fold_bn=bool(fold_bn), precision=precision,
+                       keep_float=list(keep_float))
+        flatbuffer = with_metadata(flatbuffer, export_metadata(info, options))
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
     return output
