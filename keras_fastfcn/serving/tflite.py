@@ -122,7 +122,9 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
                        input_size=list(input_size), base_size=base_size,
                        fold_bn=bool(fold_bn), precision=precision,
                        keep_float=list(keep_float))
-        flatbuffer = with_metadata(flatbuffer, export_metadata(info, options))
+        meta = export_metadata(info, options)
+        meta["input"] = f"images: float32 [1, {input_size[0]}, {input_size[1]}, 3], RGB 0-255"
+        flatbuffer = with_metadata(flatbuffer, meta)
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
     return output
