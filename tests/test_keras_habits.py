@@ -227,6 +227,29 @@ def test_a_schedule_that_has_run_out_is_warned_about(tiny_backbone, rng):
         seg.fit(x, y, batch_size=2, verbose=0)
 
 
+def test_callbacks_that_set_the_rate_get_a_constant_rate(tiny_backbone, rng):
+    """`ReduceLROnPlateau` with compile()'s poly decay failed with Keras' TypeError at
+    its first plateau, after that epoch's training; it is refused before training,
+    and `compile(poly_decay=False)` gives the constant rate that it reduces."""
+    seg = kf.models.FastFCNImageSegmenter(
+        kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn")
+    x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    y = rng.randint(0, 3, (4, 64, 64))
+    # Never an improvement after the first epoch: a reduction at each later one.
+    plateau = keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1,
+                                                mode="max", min_delta=1e9)
+    seg.compile()
+    for callback in (plateau, keras.callbacks.LearningRateScheduler(lambda epoch: 0.1)):
+        with pytest.raises(ValueError, match=r"compile\(poly_decay=False\)"):
+            seg.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[callback])
+    assert int(seg.optimizer.iterations) == 0
+    seg.compile(learning_rate=0.02, poly_decay=False)
+    history = seg.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[plateau])
+    # Each epoch's rate, then the one after the last reduction.
+    rates = history.history["learning_rate"] + [float(seg.optimizer.learning_rate)]
+    np.testing.assert_allclose(rates, [0.02, 0.02, 0.01, 0.005], rtol=1e-6)
+
+
 def test_a_single_image_is_named_by_its_own_shape(tiny_backbone):
     seg = kf.models.FastFCNImageSegmenter(
         kf.models.FastFCNBackbone(encoder=tiny_backbone, width=16), num_classes=3, head="fcn")

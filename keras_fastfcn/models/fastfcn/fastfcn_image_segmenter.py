@@ -212,7 +212,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
     def compile(self, optimizer: Union[str, keras.optimizers.Optimizer] = "auto",
                 loss="auto", *, metrics="auto", learning_rate: float = 0.01,
                 weight_decay: float = 1e-4, momentum: float = 0.9,
-                sync_batchnorm: bool = True, **kwargs):
+                poly_decay: bool = True, sync_batchnorm: bool = True, **kwargs):
         """Configures training; `"auto"` arguments give the official recipe.
 
         Args:
@@ -229,6 +229,9 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                 rates are given per 16 images: scale by `batch_size / 16`).
             weight_decay: coupled L2 for `optimizer="auto"`.
             momentum: for `optimizer="auto"`.
+            poly_decay: for `optimizer="auto"`: the per-fit poly decay (official);
+                False: a constant `learning_rate`, for callbacks that set the rate
+                (`keras.callbacks.ReduceLROnPlateau`, `LearningRateScheduler`).
             sync_batchnorm: compiled in the scope of a `tf.distribute` strategy with
                 several replicas, compute BatchNorm statistics over all of them (the
                 official SyncBN). Without it each replica also keeps moving
@@ -249,10 +252,11 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         elif loss_weights is not None:
             raise ValueError("loss_weights: use aux_weight / se_weight of the model instead.")
         if optimizer == "auto":
-            self._poly_schedule = optimizers.PolyDecay(learning_rate, decay_steps=None)
+            self._poly_schedule = (optimizers.PolyDecay(learning_rate, decay_steps=None)
+                                   if poly_decay else None)
             optimizer = optimizers.SegmentationSGD(
-                self._poly_schedule, momentum=momentum, l2=weight_decay,
-                lr_multipliers=self.lr_multipliers())
+                self._poly_schedule or float(learning_rate), momentum=momentum,
+                l2=weight_decay, lr_multipliers=self.lr_multipliers())
         else:
             schedule = getattr(optimizer, "schedule", None)
             self._poly_schedule = schedule if isinstance(schedule, optimizers.PolyDecay) else None
@@ -425,6 +429,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
         The weighted losses are averaged over the labelled pixels, as Keras does
         (`keras_fastfcn.losses.pixel_weights`).
         """
+        _check_rate_callbacks(self.optimizer, kwargs.get("callbacks"))
         x, y = self._preprocessed(x, y, kwargs.get("batch_size"))
         validation = kwargs.get("validation_data")
         if validation is not None and self.preprocessor is not None:
@@ -600,6 +605,26 @@ class _ResumedFitWindow(keras.callbacks.Callback):
         first = now - (restored - self.initial_epoch) * self.steps_per_epoch
         if self.schedule.start_fit(first, self.span):
             self.model.make_train_function(force=True)
+
+
+def _check_rate_callbacks(optimizer, callbacks):
+    """A `ValueError` before training when a callback would set the learning rate of
+    an optimizer that follows a schedule: Keras raises a `TypeError` only when the
+    callback first sets it (`ReduceLROnPlateau`: at the first plateau, hours in)."""
+    schedule = getattr(optimizer, "schedule", None)  # SegmentationSGD's, as compiled
+    if schedule is None:
+        return
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = callbacks.callbacks
+    for callback in callbacks or ():
+        if isinstance(callback, (keras.callbacks.ReduceLROnPlateau,
+                                 keras.callbacks.LearningRateScheduler)):
+            raise ValueError(
+                f"{type(callback).__name__} sets the learning rate, but the optimizer "
+                f"follows a schedule ({type(schedule).__name__}, compile()'s official "
+                "poly decay unless you chose another), whose rate cannot be set: "
+                "compile(poly_decay=False) for a constant rate the callback can set, or "
+                "drop the callback.")
 
 
 def _check_mask_shape(masks, logits):
