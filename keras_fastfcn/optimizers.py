@@ -36,8 +36,7 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
     >>> round(float(schedule(50)), 5)
     0.00536
     >>> per_fit = PolyDecay(0.01)
-    >>> per_fit.start_fit(first_step=100, steps=100)
-    True
+    >>> _ = per_fit.start_fit(first_step=100, steps=100)
     >>> round(float(per_fit(150)), 5)
     0.00536
     """
@@ -48,6 +47,17 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.power = float(power)
         # The current fit's (first step, steps) for the per-fit decay; not saved.
         self.fit_window = None
+        # On TensorFlow the window is also held in two variables, which a traced
+        # training step reads when it runs: a new `fit` needs no new trace (seconds
+        # for a ResNet-50 step). On JAX a variable that is not the model's or the
+        # optimizer's would be a constant of the compiled step, so there the window
+        # is a constant and a new window means a new trace (`start_fit`'s result);
+        # as optimizer variables they would change the optimizer's saved state.
+        self._window = None
+        if self.decay_steps is None and keras.config.backend() == "tensorflow":
+            self._window = (
+                keras.Variable(0, dtype="int64", trainable=False, name="poly_fit_first"),
+                keras.Variable(0, dtype="int64", trainable=False, name="poly_fit_steps"))
 
     @property
     def per_fit(self):
@@ -55,30 +65,45 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def start_fit(self, first_step, steps):
         """Arms the per-fit decay for a `fit` that starts at optimizer step `first_step`
-        and runs `steps` steps. Returns whether the window changed (a traced training
-        function holds the old one as constants and must be traced again)."""
+        and runs `steps` steps. Returns whether a traced training function must be
+        traced again: on backends other than TensorFlow it holds the window as
+        constants, and the window changed."""
         window = (int(first_step), max(int(steps), 1))
         changed = window != self.fit_window
         self.fit_window = window
+        if self._window is not None:
+            for variable, value in zip(self._window, window):
+                variable.assign(value)
+            return False
         return changed
 
     def end_fit(self):
         """Disarms the per-fit decay when its `fit` ends (the rate is
-        `initial_learning_rate` again). Returns whether a window was set."""
+        `initial_learning_rate` again). Returns whether a traced training function
+        must be traced again (as `start_fit`)."""
         was, self.fit_window = self.fit_window, None
+        if self._window is not None:
+            self._window[1].assign(0)  # no window: the compiled rate
+            return False
         return was is not None
 
     def __call__(self, step):
         lr = keras.ops.convert_to_tensor(self.initial_learning_rate, "float32")
         if self.decay_steps is not None:
-            first, steps = 0, self.decay_steps
+            first, steps = 0.0, float(self.decay_steps)
+        elif self._window is not None:
+            first, steps = (keras.ops.cast(v, "float32") for v in self._window)
+            step = keras.ops.clip(keras.ops.cast(step, "float32") - first, 0.0, steps)
+            decayed = lr * keras.ops.power(1.0 - step / keras.ops.maximum(steps, 1.0),
+                                           self.power)
+            return keras.ops.where(steps > 0.0, decayed, lr)
         elif self.fit_window is not None:
-            first, steps = self.fit_window
+            first, steps = (float(v) for v in self.fit_window)
         else:
             return lr
-        step = keras.ops.cast(step, "float32") - float(first)
-        step = keras.ops.clip(step, 0.0, float(steps))
-        return lr * keras.ops.power(1.0 - step / float(steps), self.power)
+        step = keras.ops.cast(step, "float32") - first
+        step = keras.ops.clip(step, 0.0, steps)
+        return lr * keras.ops.power(1.0 - step / steps, self.power)
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,

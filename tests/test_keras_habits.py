@@ -324,7 +324,8 @@ def test_lists_of_logs_keep_keras_order_and_train_on_batch_trains_after_fit(tiny
     first), `train_on_batch` after a `fit` ran at the finished decay's rate 0, and
     after freezing the encoder it still trained it (its step was traced before).
     On TensorFlow, the first `fit` traces its step once, not twice (the optimizer's
-    slots were created inside the first trace)."""
+    slots were created inside the first trace), and a second `fit` trains (its own
+    decay) on that trace: it traced again for its decay's window."""
     x = rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32")
     y = rng.randint(0, 3, (4, 64, 64)).astype("int32")
     seg = _habits_segmenter(tiny_backbone)
@@ -332,6 +333,11 @@ def test_lists_of_logs_keep_keras_order_and_train_on_batch_trains_after_fit(tiny
     seg.train_step = lambda data: (traces.append(1), train_step(data))[1]
     seg.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert len(traces) == 1
+    before = [w.copy() for w in seg.get_weights()]
+    seg.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    if keras.backend.backend() == "tensorflow":
+        assert len(traces) == 1
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, seg.get_weights())) > 0
     logs = seg.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
     values = seg.evaluate(x, y, batch_size=2, verbose=0)
     names = ["loss", "pixel_accuracy", "mean_iou"]  # compile order, as Keras lists it

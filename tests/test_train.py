@@ -100,6 +100,28 @@ def test_optimizer_serializes():
     assert clone.lr_multipliers == {"jpu": 10.0} and clone.decay_norm is False
 
 
+def test_a_traced_step_reads_the_per_fit_window_when_it_runs():
+    """On TensorFlow each `fit`'s decay window is read by the traced step when it runs,
+    so a second `fit` needs no new trace (a ResNet-50 step: seconds) and gets its own
+    decay; outside a fit the rate is the compiled one."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's traced step")
+    import tensorflow as tf
+
+    schedule = PolyDecay(0.1)
+    rate = tf.function(schedule, input_signature=[tf.TensorSpec([], tf.int64)])
+    want = []
+    for window, step in ((None, 5), ((4, 4), 6), ((10, 2), 11), ((10, 2), 20), (None, 11)):
+        if window is None:
+            schedule.end_fit()
+            want.append(0.1)
+        else:
+            assert schedule.start_fit(*window) is False  # no new trace needed
+            want.append(0.1 * (1 - min(step - window[0], window[1]) / window[1]) ** 0.9)
+        assert float(rate(step)) == pytest.approx(want[-1], rel=1e-6)
+    assert rate.experimental_get_tracing_count() == 1
+
+
 @requires_torch
 def test_losses_match_pytorch(rng):
     logits = rng.randn(2, 5, 6, 4).astype("float32")

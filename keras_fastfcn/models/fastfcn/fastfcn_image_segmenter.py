@@ -460,7 +460,8 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             first = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
             span = max(int(epochs) - int(initial_epoch), 1) * int(steps)
             if schedule.start_fit(first, span):
-                # The traced step holds the schedule's window as constants.
+                # The traced step holds the schedule's window as constants (not on
+                # TensorFlow, where it reads the window when it runs).
                 self.train_function = None
             window = _ResumedFitWindow(schedule, int(initial_epoch), int(steps), span)
             if isinstance(callbacks, keras.callbacks.CallbackList):
