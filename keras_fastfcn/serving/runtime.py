@@ -112,8 +112,7 @@ class ExportPredictor:
         num_classes: from the export's metadata or its probabilities output; None
             when it has neither.
         class_names: list or None.
-        dataset: the dataset name recorded at export, for its palette;
-            or None.
+        dataset: the dataset name recorded at export, for its palette; or None.
         input_size: `(H, W)` of a fixed-size export (every TFLite file), else None.
         options: the export's options (`precision`, `scales`, ...) where recorded.
         compile_config: OpenVINO only: the properties it compiled the IR with (threads,

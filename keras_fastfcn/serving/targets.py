@@ -4,6 +4,7 @@ Every target is checked (exists? writable? the right kind?) before the model is
 loaded, so a bad `--output` fails in a second with one line.
 """
 
+import json
 import os
 import time
 
@@ -29,8 +30,6 @@ def export_metadata(info, options):
     """The metadata an ONNX, TFLite or OpenVINO export carries: the model's class names,
     count and dataset (`info`, an `inference.ModelInfo`) and the export's `options`,
     as strings (JSON where not a plain count); `ExportPredictor` reads them back."""
-    import json
-
     return {
         "class_names": json.dumps(info.class_names),
         "num_classes": str(info.num_classes),
