@@ -279,6 +279,26 @@ def test_predict_single_file_slide(capsys, tmp_path, model_path, photo_dir):
                                            "street_overlay.png"]
 
 
+def test_predict_mirrors_subfolders(capsys, tmp_path, model_path, photo_dir):
+    """Images in subfolders of --input were left out silently; they are predicted
+    into the same subfolders of --output, which is not read as input when it lies
+    inside the input folder (the second run finds the same three images)."""
+    (photo_dir / "seq01").mkdir()
+    (photo_dir / "street.jpg").rename(photo_dir / "seq01" / "street.jpg")
+    (photo_dir / "alpha.png").unlink()
+    out_dir = photo_dir / "out"
+    for _ in range(2):
+        rc, out, err = run_cli(capsys, "predict", "--model", model_path,
+                               "--input", photo_dir, "--output", out_dir)
+        assert rc == 0, err
+        assert "Predicting 2 image(s)" in out
+    assert sorted(os.listdir(out_dir)) == ["gray_color.png", "gray_labels.png",
+                                           "gray_overlay.png", "seq01"]
+    assert sorted(os.listdir(out_dir / "seq01")) == [
+        "street_color.png", "street_labels.png", "street_overlay.png"]
+    assert Image.open(out_dir / "seq01" / "street_labels.png").size == (80, 64)
+
+
 def test_predict_with_onnx_and_tflite_exports(capsys, tmp_path, model_path, photo_dir):
     """`predict --model m.onnx|m.tflite` writes the same files from the export: the ONNX
     class maps equal the .keras model's on a confident model, with its class names; a
@@ -322,8 +342,8 @@ def test_predict_with_onnx_and_tflite_exports(capsys, tmp_path, model_path, phot
     assert (np.asarray(Image.open(out_dir / "street_labels.png"))
             == expected["street"]).mean() > 0.999
     assert "street.jpg: " not in err  # its own size: no resize
-    assert "gray.png: 70x90 is not the export's fixed input size; the network runs at " \
-           "80x64" in err
+    assert "gray.png: 90x70 (height x width) is not the export's fixed input size; the " \
+           "network runs at 64x80" in err
     gray = np.asarray(Image.open(out_dir / "gray_labels.png"))
     assert gray.shape == (90, 70) and gray.max() < 3
     np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "gray_color.png")),

@@ -302,15 +302,38 @@ def test_missing_and_empty_folders(tmp_path):
         data.get_source(f"folder:{tmp_path / 'empty'}", num_classes=2)
     (tmp_path / "empty" / "images").mkdir()
     (tmp_path / "empty" / "labels").mkdir()
+    # A split's files are checked when it is used (here: the one folder's "train").
     with pytest.raises(ValueError, match=r"no images \(\*.jpg.*empty[/\\]images"):
-        data.get_source(f"folder:{tmp_path / 'empty'}", num_classes=2)
+        data.get_source(f"folder:{tmp_path / 'empty'}", num_classes=2).num_examples("train")
     nolabels = tmp_path / "nolabels"
     _save(nolabels / "images" / "a.jpg", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(FileNotFoundError, match="label folder not found: .*nolabels"):
-        data.get_source(f"folder:{nolabels}", num_classes=2)
+        data.get_source(f"folder:{nolabels}", num_classes=2).dataset("train")
     (nolabels / "labels").mkdir()
     with pytest.raises(ValueError, match="have no label in .*a.png"):
-        data.get_source(f"folder:{nolabels}", num_classes=2)
+        data.get_source(f"folder:{nolabels}", num_classes=2).files("train")
+
+
+def test_folder_splits_nested_names_and_upper_case_labels(tmp_path):
+    """An unlabelled test/ beside train/ and val/ stopped training and evaluation of
+    the other splits; images in subfolders of images/ were left out silently; labels
+    named .PNG were "missing"."""
+    root = _make_folder(tmp_path / "ds")
+    _save(root / "test" / "images" / "t.jpg", np.zeros((4, 4, 3), np.uint8))  # no labels/
+    seq = root / "val" / "images" / "seq01"
+    _save(seq / "v.JPG", np.zeros((12, 16, 3), np.uint8))
+    _save(root / "val" / "labels" / "seq01" / "v.PNG", np.ones((12, 16), np.uint8))
+    src = data.get_source(f"folder:{root}")
+    assert src.splits == ("train", "val", "test")
+    assert src.num_examples("train") == 3
+    names = [os.path.relpath(label, root) for _, label in src.files("val")]
+    assert names == [os.path.join("val", "labels", "seq01", "v.PNG")] + [
+        os.path.join("val", "labels", f"val_{i}.png") for i in range(3)]
+    np.testing.assert_array_equal(src.example("val", 0)[1], np.ones((12, 16)))
+    with pytest.raises(FileNotFoundError, match="label folder not found: .*test"):
+        src.num_examples("test")
+    (root / "val.txt").write_text("seq01/v\n")  # a split list names them the same way
+    assert data.get_source(f"folder:{root}").num_examples("val") == 1
 
 
 def test_bad_metadata(tmp_path):
@@ -322,7 +345,7 @@ def test_bad_metadata(tmp_path):
         data.get_source(f"folder:{root}", num_classes=4)
     (root / "val.txt").write_text("val_0\nghost\n")
     with pytest.raises(ValueError, match="val.txt: 1 names have no image .*ghost"):
-        data.get_source(f"folder:{root}")
+        data.get_source(f"folder:{root}").num_examples("val")
 
 
 def _single(tmp_path, image, label, num_classes=3):

@@ -8,8 +8,9 @@ For each input image `NAME.ext` it writes into the output folder:
 - `NAME_overlay.png`: the photo with the colour mask blended on it and, on the
   right, a legend of the classes present (largest area first).
 
-Inputs: one image file or a folder (its top-level `.jpg .jpeg .png .bmp .webp .tif
-.tiff` files, hidden files skipped), read with the package's one decoding policy
+Inputs: one image file or a folder (its `.jpg .jpeg .png .bmp .webp .tif .tiff` files,
+those of its subfolders too, whose outputs go to the same subfolders of the output
+folder; hidden files and folders skipped), read with the package's one decoding policy
 (`keras_fastfcn.images`: EXIF orientation applied; 16-bit, grayscale and RGBA
 converted to 8-bit RGB with a warning).
 
@@ -53,8 +54,9 @@ from keras_fastfcn.images import IMAGE_EXTENSIONS, ImageError, read_image
 OUTPUT_SUFFIXES = ("_labels.png", "_color.png", "_overlay.png")
 
 
-def collect_inputs(path):
-    """The image files named by `--input` (a file, or a folder's image files), sorted."""
+def collect_inputs(path, skip=None):
+    """The image files named by `--input` (a file, or a folder's image files, its
+    subfolders' too, but not the folder `skip`: the outputs), sorted."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Input not found: {path}")
@@ -62,26 +64,34 @@ def collect_inputs(path):
         return [path]
     if not os.path.isdir(path):
         raise ValueError(f"Input {path} is neither a file nor a folder.")
-    files = sorted(
-        os.path.join(path, name) for name in os.listdir(path)
-        if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        and os.path.isfile(os.path.join(path, name)))
+    skip = os.path.realpath(skip) if skip else None
+    files = []
+    for here, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(here, d)) != skip)
+        files += [os.path.join(here, name) for name in names
+                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         raise ValueError(
             f"No images in folder {path} (looked for {' '.join(IMAGE_EXTENSIONS)} files).")
-    return files
+    return sorted(files)
 
 
-def _output_names(files):
+def _output_names(files, root):
+    """Each input's output name: its path under the input folder `root` without the
+    extension (`seq01/0001`), so that a folder's subfolders are mirrored."""
+    base = root if os.path.isdir(root) else os.path.dirname(root)
+    names = {f: os.path.splitext(os.path.relpath(f, base))[0] for f in files}
     stems = {}
-    for f in files:
-        stems.setdefault(os.path.splitext(os.path.basename(f))[0], []).append(f)
+    for f, name in names.items():
+        stems.setdefault(name, []).append(f)
     clashes = [v for v in stems.values() if len(v) > 1]
     if clashes:
         raise ValueError(
             "Inputs with the same name would write the same outputs: "
-            + "; ".join(" and ".join(os.path.basename(p) for p in c) for c in clashes[:3]))
-    return {f: os.path.splitext(os.path.basename(f))[0] for f in files}
+            + "; ".join(" and ".join(os.path.relpath(p, base) for p in c)
+                        for c in clashes[:3]))
+    return names
 
 
 def _validate(files):
@@ -181,8 +191,8 @@ def _predict_labels(predictor, image, limit, name):
         why = "is not the export's fixed input size"
     if tuple(size) == (height, width):
         return class_map(predictor, image[None])[0]
-    _warn(f"{name}: {width}x{height} {why}; the network runs at {size[1]}x{size[0]} and "
-          "the class map is resized back (nearest).")
+    _warn(f"{name}: {height}x{width} (height x width) {why}; the network runs at "
+          f"{size[0]}x{size[1]} and the class map is resized back (nearest).")
     small = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR,
                                                      reducing_gap=3.0))
     labels = class_map(predictor, small[None])[0]
@@ -194,9 +204,9 @@ def _predict_labels(predictor, image, limit, name):
 def run(args):
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}.")
-    files = collect_inputs(args.input)
-    names = _output_names(files)
     out_dir = os.fspath(args.output)
+    files = collect_inputs(args.input, skip=out_dir)
+    names = _output_names(files, os.fspath(args.input))
     check_output_folder(out_dir)
     if os.path.isdir(args.input) and os.path.isdir(out_dir) \
             and os.path.samefile(args.input, out_dir):
@@ -228,11 +238,11 @@ def run(args):
     for f in files:
         image, _ = read_image(f)
         labels = _predict_labels(predictor, image, args.max_pixels, f)
+        stem = os.path.join(out_dir, names[f])
         # Created once the first outputs exist: a failed first image leaves no folder.
-        os.makedirs(out_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(stem), exist_ok=True)
         if labels.max(initial=0) >= len(palette):  # only where the class count is unknown
             palette, class_names = visualize.palette_and_names(int(labels.max()) + 1)
-        stem = os.path.join(out_dir, names[f])
         visualize.write_images([
             (stem + OUTPUT_SUFFIXES[0], visualize.label_image(labels)),
             (stem + OUTPUT_SUFFIXES[1], Image.fromarray(visualize.colorize(labels, palette))),

@@ -326,9 +326,10 @@ class ExportPredictor:
         fixed = self.input_size
         if fixed is not None and images.shape[1:3] != fixed:
             raise ValueError(
-                f"{self.path} takes {fixed[0]}x{fixed[1]} images (fixed when it "
-                f"was exported); this one is {images.shape[1]}x{images.shape[2]}. Export it "
-                "again with --input-size for this data, or without it (ONNX: any size).")
+                f"{self.path} takes {fixed[0]}x{fixed[1]} images (height x width, fixed "
+                f"when it was exported); this one is {images.shape[1]}x{images.shape[2]}. "
+                "Export it again with --input-size for this data, or without it (ONNX: "
+                "any size).")
         if self.format == "onnx":
             try:
                 return self._session.run(["class_map"], {"images": images})[0]
@@ -365,7 +366,8 @@ class ExportPredictor:
         precision = self.options.get("precision", "not recorded")
         if getattr(self, "inference_precision", None):  # what OpenVINO compiled it for
             precision += f" (runs {self.inference_precision})"
-        size = f"{self.input_size[0]}x{self.input_size[1]}" if self.input_size else "any size"
+        size = (f"{self.input_size[0]}x{self.input_size[1]} (height x width)"
+                if self.input_size else "any size")
         return (f"{self.format} export, precision={precision}, input {size}, "
                 f"{self.threads} threads")
 

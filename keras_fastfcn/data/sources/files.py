@@ -1,5 +1,6 @@
 """Image/label file pairs: your folders, CamVid, Pascal VOC and ADE20K as extracted."""
 
+import functools
 import os
 import pathlib
 import warnings
@@ -27,7 +28,9 @@ class FileSource(Source):
 
     Args:
         name: dataset name.
-        pairs: dict split -> list of `(image_path, label_path)`.
+        pairs: dict split -> list of `(image_path, label_path)`, or a function that
+            returns it (called when the split is first used: its problems stop only
+            what reads it).
         num_classes: number of classes.
         class_names: names or None.
         palette: colours or None.
@@ -41,17 +44,23 @@ class FileSource(Source):
 
     def __init__(self, name, pairs, num_classes, class_names=None, palette=None, lut=None):
         super().__init__(name, num_classes, class_names, palette, splits=tuple(pairs))
-        self._pairs = {split: [(str(i), str(l)) for i, l in items]
+        self._pairs = {split: items if callable(items) else _as_strings(items)
                        for split, items in pairs.items()}
         self._lut = label_lut(num_classes) if lut is None else np.asarray(lut, np.int32)
         self._noted = set()  # converted images named so far (`_note_conversion`)
 
+    def _split_pairs(self, split):
+        split = self._split(split)
+        if callable(self._pairs[split]):
+            self._pairs[split] = _as_strings(self._pairs[split]())
+        return self._pairs[split]
+
     def files(self, split):
         """The `(image_path, label_path)` pairs of `split`, in dataset order."""
-        return list(self._pairs[self._split(split)])
+        return list(self._split_pairs(split))
 
     def num_examples(self, split):
-        return len(self._pairs[self._split(split)])
+        return len(self._split_pairs(split))
 
     def load_example(self, image_path, label_path):
         """`(image uint8 (H, W, 3), label int32 (H, W))`, mapped and checked."""
@@ -101,12 +110,12 @@ class FileSource(Source):
             raise ValueError(tagged(str(err))) from None
 
     def example(self, split, index):
-        return self.load_example(*self._pairs[self._split(split)][index])
+        return self.load_example(*self._split_pairs(split)[index])
 
     def dataset(self, split):
         import tensorflow as tf
 
-        pairs = self._pairs[self._split(split)]
+        pairs = self._split_pairs(split)
         keys = tf.data.Dataset.from_tensor_slices(
             ([p[0] for p in pairs], [p[1] for p in pairs]))
 
@@ -125,18 +134,34 @@ class FileSource(Source):
         return _attach_lazy(ds, keys, load, len(pairs), keys_are_small=True)
 
 
+def _as_strings(pairs):
+    return [(str(image), str(label)) for image, label in pairs]
+
+
 # ------------------------------------------------------------------ folder layouts
+def _list_files(folder, extensions):
+    """`{name: path}` of the files under `folder` (subfolders too) whose extension is
+    one of `extensions` (any case); `name` is the path relative to `folder` without
+    the extension, with `/` between folders (`"seq01/0001"`). Hidden files and
+    folders are left out."""
+    files = {}
+    for here, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for entry in sorted(names):
+            stem, ext = os.path.splitext(entry)
+            if ext.lower() not in extensions or entry.startswith("."):
+                continue
+            path = os.path.join(here, entry)
+            name = pathlib.PurePath(os.path.relpath(path, folder)).with_suffix("").as_posix()
+            if name in files:
+                raise ValueError(f"{folder}: two files named {name!r} "
+                                 f"({os.path.basename(files[name])} and {entry}).")
+            files[name] = path
+    return files
+
+
 def _list_images(img_dir):
-    images = {}
-    for entry in sorted(os.listdir(img_dir)):
-        stem, ext = os.path.splitext(entry)
-        if ext.lower() not in IMAGE_EXTENSIONS or entry.startswith("."):
-            continue
-        if stem in images:
-            raise ValueError(f"{img_dir}: two images named {stem!r} "
-                             f"({os.path.basename(images[stem])} and {entry}).")
-        images[stem] = os.path.join(img_dir, entry)
-    return images
+    return _list_files(img_dir, IMAGE_EXTENSIONS)
 
 
 def _read_lines(path):
@@ -153,7 +178,8 @@ def _pairs_for(base, stems=None, list_file=None):
                                 f"named like the images)")
     images = _list_images(img_dir)
     if not images:
-        raise ValueError(f"no images (*.jpg, *.jpeg, *.png) in {img_dir}")
+        raise ValueError(f"no images (*.jpg, *.jpeg, *.png) in {img_dir} or its subfolders")
+    labels = _list_files(lbl_dir, (".png",))
     if stems is None:
         stems = sorted(images)
     else:
@@ -166,10 +192,9 @@ def _pairs_for(base, stems=None, list_file=None):
                              f"{', ...' if len(missing) > 5 else ''}")
     pairs, missing = [], []
     for stem in stems:
-        label = lbl_dir / f"{stem}.png"
-        if not label.is_file():
-            missing.append(label.name)
-        pairs.append((images[stem], str(label)))
+        if stem not in labels:
+            missing.append(f"{stem}.png")
+        pairs.append((images[stem], labels.get(stem)))
     if missing:
         raise ValueError(f"{len(missing)} images in {img_dir} have no label in {lbl_dir}: "
                          f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
@@ -194,16 +219,19 @@ def _folder_splits(root):
             warnings.warn(f"{f} is not read as a split list: there is neither "
                           f"{root / f.stem / 'images'} nor {root / 'images'} to select from.",
                           stacklevel=3)
+    # Each split's files are listed and checked when it is first used: an unlabelled
+    # test/ beside train/ and val/ stops only what reads test/.
     pairs = {}
     for split in sorted(set(split_dirs) | set(split_lists)):
         base = root / split if split in split_dirs else root
         if split in split_lists:
             list_file = root / f"{split}.txt"
-            pairs[split] = _pairs_for(base, _read_lines(list_file), list_file)
+            pairs[split] = functools.partial(_pairs_for, base, _read_lines(list_file),
+                                             list_file)
         else:
-            pairs[split] = _pairs_for(base)
-    if not pairs:
-        pairs["train"] = _pairs_for(root)  # one folder, no split lists: all training data
+            pairs[split] = functools.partial(_pairs_for, base)
+    if not pairs:  # one folder, no split lists: all training data
+        pairs["train"] = functools.partial(_pairs_for, root)
     # Conventional order first so splits reads (train, val, test, ...).
     order = {"train": 0, "trainval": 1, "val": 2, "validation": 2, "test": 3}
     return dict(sorted(pairs.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])))
@@ -226,6 +254,11 @@ def folder_source(path, num_classes=None, class_names=None, ignore_index=(),
         PATH/[SPLIT/]labels/NAME.png               class ids 0..C-1, 255 = ignore
         PATH/classes.txt                           optional: one class name per line
         PATH/SPLIT.txt                             optional: NAMEs (no extension) of a split
+
+    NAME may include subfolders (`images/seq01/0001.jpg` with `labels/seq01/0001.png`,
+    listed as `seq01/0001`); extensions are matched in any case (`.JPG`, `.PNG`). A
+    split's files are listed and checked when the split is first used, so an
+    unlabelled `test/` beside `train/` and `val/` stops only what reads it.
 
     Splits are the `SPLIT/` subfolders that hold `images/`, plus one per `SPLIT.txt`
     list (any `.txt` but `classes.txt`; a list selects from `PATH/SPLIT/images` if that
