@@ -49,6 +49,43 @@ def _listing(root):
 
 
 @pytest.mark.slow
+def test_a_ctrl_c_that_tensorflow_swallowed_or_mangled_still_interrupts(monkeypatch, capsys):
+    """A Ctrl-C while TensorFlow traced the first step was swallowed (the training ran
+    on to its end) or came out as `SystemError: ... bad argument to internal function`
+    with a traceback. The command now says "interrupted" (exit 130) either way."""
+    import signal
+    import time
+
+    from keras_fastfcn import cli, interrupts
+    from keras_fastfcn.cli import evaluate
+
+    def ctrl_c():
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(1)  # the handler runs here
+
+    def swallowed(args):
+        try:
+            ctrl_c()
+        except KeyboardInterrupt:  # as TensorFlow's C++ code may
+            pass
+        stop = interrupts.callback()  # the train command's: stops at the next step
+        stop.on_train_batch_end(0)
+        raise AssertionError("not stopped")
+
+    def mangled(args):
+        try:
+            ctrl_c()
+        except KeyboardInterrupt:
+            raise SystemError("Objects/listobject.c:338: bad argument to internal function")
+
+    before = signal.getsignal(signal.SIGINT)
+    for run in (swallowed, mangled):
+        monkeypatch.setattr(evaluate, "run", run)
+        assert cli.main(["evaluate", "--model", "m.keras", "--data", "demo"]) == 130
+        assert capsys.readouterr().err.strip() == "keras-fastfcn evaluate: interrupted"
+        assert signal.getsignal(signal.SIGINT) is before  # Python's again after it
+
+
 def test_diverging_loss_stops_and_saves_nothing(tmp_path):
     """lr 1e30 (finite, accepted): the loss turns NaN at step 2. Without a checkpoint
     the run folder goes; no best.keras or model.keras is ever written."""

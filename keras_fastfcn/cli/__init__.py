@@ -21,6 +21,8 @@ import importlib
 import os
 import sys
 
+from keras_fastfcn import interrupts
+
 COMMANDS = {
     "demo": "train, evaluate, predict and export on the generated demo dataset",
     "train": "train a model from a YAML config",
@@ -113,19 +115,25 @@ def main(argv=None):
     from keras_fastfcn.data.errors import translate_errors
 
     _import_tensorflow_quietly()
-    try:
-        import_plugins(args.imports)
-        # Data errors raised inside tf.data come out as one line naming the file.
-        with translate_errors():
-            return int(module.run(args) or 0)
-    except (CommandError, ValueError, OSError) as err:  # OSError: missing, busy, read-only, ...
-        if os.environ.get("KERAS_FASTFCN_DEBUG"):
-            raise
-        print(f"keras-fastfcn {name}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"keras-fastfcn {name}: interrupted", file=sys.stderr)
-        return 130
+    with interrupts.recorded():
+        try:
+            import_plugins(args.imports)
+            # Data errors raised inside tf.data come out as one line naming the file.
+            with translate_errors():
+                return int(module.run(args) or 0)
+        except KeyboardInterrupt:
+            print(f"keras-fastfcn {name}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if interrupts.received():  # what TensorFlow made of the KeyboardInterrupt
+                print(f"keras-fastfcn {name}: interrupted", file=sys.stderr)
+                return 130
+            # OSError: missing, busy, read-only, ...
+            if not isinstance(err, (CommandError, ValueError, OSError)) \
+                    or os.environ.get("KERAS_FASTFCN_DEBUG"):
+                raise
+            print(f"keras-fastfcn {name}: error: {err}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

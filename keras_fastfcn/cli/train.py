@@ -50,7 +50,11 @@ def run(args):
     replicas = train.Replicas(strategy)
     print(f"Training {cfg['name']} on {replicas.backend} with {replicas.name} "
           f"({replicas.count} replica(s)) into {cfg['output_dir']}")
-    results = train.run(cfg, strategy, overwrite=args.overwrite)
+    from keras_fastfcn import interrupts
+
+    # Stops at the next step after a Ctrl-C that TensorFlow swallowed.
+    results = train.run(cfg, strategy, callbacks=[interrupts.callback()],
+                        overwrite=args.overwrite)
     print(f"\nValidation ({cfg['data']['val_split']}): pixAcc {results['val_pixAcc']:.4f}  "
           f"mIoU {results['val_mIoU']:.4f} (official: mean over all classes)  "
           f"mIoU {results['val_mIoU_present']:.4f} (classes present)")
