@@ -56,8 +56,8 @@ def test_a_ctrl_c_that_tensorflow_swallowed_or_mangled_still_interrupts(monkeypa
     import signal
     import time
 
-    from keras_fastfcn import cli, interrupts
-    from keras_fastfcn.cli import evaluate
+    from keras_fastfcn import cli
+    from keras_fastfcn.cli import evaluate, interrupts
 
     def ctrl_c():
         signal.raise_signal(signal.SIGINT)

@@ -21,7 +21,7 @@ import importlib
 import os
 import sys
 
-from keras_fastfcn import interrupts
+from keras_fastfcn.cli import interrupts
 
 COMMANDS = {
     "demo": "train, evaluate, predict and export on the generated demo dataset",

@@ -3,6 +3,7 @@
 import os
 import sys
 
+from keras_fastfcn.cli import interrupts
 from keras_fastfcn.cli.common import check_output_folder, positive_int
 
 
@@ -50,8 +51,6 @@ def run(args):
     replicas = train.Replicas(strategy)
     print(f"Training {cfg['name']} on {replicas.backend} with {replicas.name} "
           f"({replicas.count} replica(s)) into {cfg['output_dir']}")
-    from keras_fastfcn import interrupts
-
     # Stops at the next step after a Ctrl-C that TensorFlow swallowed.
     results = train.run(cfg, strategy, callbacks=[interrupts.callback()],
                         overwrite=args.overwrite)

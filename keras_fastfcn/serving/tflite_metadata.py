@@ -10,6 +10,7 @@ generated flatbuffer schema (`tensorflow.lite.python.schema_py_generated`, a pri
 module), and only here; `check()` fails loudly if that schema changes.
 """
 
+import flatbuffers
 import numpy as np
 
 
@@ -34,8 +35,6 @@ def with_metadata(flatbuffer, metadata):
     >>> read_metadata(data)["class_names"]
     '["road", "sky"]'
     """
-    import flatbuffers
-
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     if any((b.offset or 0) > 1 for b in (model.buffers or [])):
