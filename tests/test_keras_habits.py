@@ -284,6 +284,25 @@ def test_the_preprocessor_lets_fit_and_predict_take_images_of_any_size(tiny_back
     assert seg.predict(images, batch_size=2, verbose=0).shape == (4, 64, 64, 3)
     arrays = rng.uniform(0, 255, (2, 48, 40, 3)).astype("float32")
     assert seg.predict(arrays, verbose=0).shape == (2, 64, 64, 3)
+
+    # A keras.utils.PyDataset and a generator of batches of other sizes (Keras refused
+    # them: "Only input tensors may be passed as positional arguments").
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            h, w = sizes[index]
+            return (np.full((2, h, w, 3), 100, "uint8"),
+                    np.ones((2, h, w), "int32"), np.ones((2,), "float32"))
+
+    assert len(seg.fit(Batches(), epochs=1, verbose=0).history["loss"]) == 1
+    assert len(seg.evaluate(Batches(), verbose=0)) == 3
+    assert seg.predict(Batches(), verbose=0).shape == (4, 64, 64, 3)
+    batches = (batch[:2] for batch in Batches())
+    assert np.isfinite(seg.evaluate(batches, steps=2, verbose=0, return_dict=True)["loss"])
+    batches = (batch[:1] for batch in Batches())
+    assert seg.predict(batches, steps=2, verbose=0).shape == (4, 64, 64, 3)
     # Saved with the model: a reloaded segmenter preprocesses the same way.
     assert seg.get_config()["preprocessor"]["config"]["image_converter"]["config"][
         "image_size"] == (64, 64)

@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import types
 from typing import Optional, Sequence, Union
 
 import keras
@@ -371,11 +372,16 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
 
         A `tf.data.Dataset` is mapped: its elements are `(images, masks)` pairs or
         images, batched or single; single images of any size are batched after their
-        resize (`batch_size`, 32 by default, as Keras). Arrays go through at once.
+        resize (`batch_size`, 32 by default, as Keras). A `keras.utils.PyDataset` or a
+        generator has each batch preprocessed as it comes. Arrays go through at once.
         """
         pre = self.preprocessor
         if pre is None or x is None:
             return x, y
+        if isinstance(x, keras.utils.PyDataset):
+            return _PreprocessedPyDataset(x, pre), y
+        if isinstance(x, types.GeneratorType):
+            return (_preprocessed_batch(pre, batch) for batch in x), y
         if hasattr(x, "map") and hasattr(x, "element_spec"):  # a tf.data.Dataset
             spec = x.element_spec
             images = spec[0] if isinstance(spec, tuple) else spec
@@ -606,6 +612,41 @@ class _ResumedFitWindow(keras.callbacks.Callback):
         first = now - (restored - self.initial_epoch) * self.steps_per_epoch
         if self.schedule.start_fit(first, self.span):
             self.model.make_train_function(force=True)
+
+
+def _preprocessed_batch(pre, batch):
+    """A batch of a `PyDataset` or a generator (`images`, or `(images[, masks[,
+    sample_weight]])`) through the preprocessor, in the same form."""
+    if not isinstance(batch, (tuple, list)):
+        return pre(batch)
+    out = pre(*batch)
+    return out if isinstance(out, tuple) else (out,)
+
+
+class _PreprocessedPyDataset(keras.utils.PyDataset):
+    """A user's `keras.utils.PyDataset` whose batches go through the preprocessor,
+    with the same workers and epoch hooks."""
+
+    def __init__(self, data, preprocessor):
+        super().__init__(workers=data.workers, use_multiprocessing=data.use_multiprocessing,
+                         max_queue_size=data.max_queue_size)
+        self.data, self.preprocessor = data, preprocessor
+
+    def __len__(self):
+        return len(self.data)
+
+    @property
+    def num_batches(self):
+        return self.data.num_batches
+
+    def __getitem__(self, index):
+        return _preprocessed_batch(self.preprocessor, self.data[index])
+
+    def on_epoch_begin(self):
+        self.data.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.data.on_epoch_end()
 
 
 def _check_rate_callbacks(optimizer, callbacks):
