@@ -244,6 +244,26 @@ def test_fixed_input_size_no_probabilities_no_class_names(enc_model, tmp_path, r
     assert (class_map == keras.ops.convert_to_numpy(scores).argmax(-1)).mean() >= 0.999
 
 
+def test_a_model_declared_at_a_fixed_size_is_exported_at_it(tmp_path, rng):
+    """A model built on `keras.Input((48, 40, 3))` (Keras runs it at no other size)
+    was exported for any size: ONNX and the SavedModel ran it on 30x50 images. They
+    now run it at its size, as TFLite did: ONNX takes 48x40 only, the SavedModel
+    resizes (the class map comes back at the image's size)."""
+    inputs = keras.Input((48, 40, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    onnx_file = export.export_onnx(model, str(tmp_path / "m.onnx"))
+    predictor = ExportPredictor(onnx_file)
+    assert predictor.input_size == (48, 40)
+    with pytest.raises(ValueError, match="takes 48x40 images"):
+        predictor(np.zeros((1, 30, 50, 3), np.float32))
+    saved = export.export_saved_model(model, str(tmp_path / "sm"))
+    sig = tf.saved_model.load(saved).signatures["serving_default"]
+    image = rng.randint(0, 256, (1, 30, 50, 3)).astype(np.uint8)
+    assert sig(image_tensor=tf.constant(image))["class_map"].shape == (1, 30, 50)
+    with open(os.path.join(saved, "keras_fastfcn_export.json")) as f:
+        assert json.load(f)["options"]["input_size"] == [48, 40]
+
+
 def test_multiscale_flip_in_graph(enc_model, tmp_path, rng):
     """In-graph scales + flip give the inference module's whole-image ensemble."""
     path = export.export_saved_model(enc_model, str(tmp_path / "ms"), scales=(0.75, 1.0),

@@ -100,7 +100,8 @@ def export_onnx(model, output, overwrite=False, probabilities=True, scales=(1.0,
 
     if int(opset) < 17:
         raise ValueError(f"opset must be >= 17, got {opset}.")
-    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
+    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size,
+                                                        model)
     output = check_target_file(output, overwrite, ".onnx", create=False)
     net, info = prepare(model, fold_bn, pad_dilations=True, native_resizes=True)
     if keep_float is None:

@@ -128,7 +128,8 @@ def export_openvino(model, output, overwrite=False, probabilities=True, scales=(
     require_openvino(quantize=precision == "int8")
     import openvino as ov
 
-    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
+    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size,
+                                                        model)
     output = check_openvino_target(output, overwrite)
     if precision == "int8":
         calibration = _check_calibration(calibration, input_size)

@@ -109,7 +109,8 @@ def export_saved_model(model, output, overwrite=False, probabilities=True, scale
     'saved_models/demo/1'
     """
     check_export_precision("saved_model", precision, None)
-    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
+    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size,
+                                                        model)
     max_pixels = _pixel_limit("max_pixels", max_pixels)
     max_batch_pixels = (max_pixels if max_batch_pixels == "auto"
                         else _pixel_limit("max_batch_pixels", max_batch_pixels))

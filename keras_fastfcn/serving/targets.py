@@ -13,7 +13,15 @@ import keras
 METADATA_FILE = "keras_fastfcn_export.json"
 
 
-def check_options(scales, flip, input_size, base_size):
+def check_options(scales, flip, input_size, base_size, model=None):
+    """The export options checked and normalized. Without `input_size`, a `model`
+    declared with a fixed input size (`keras.Input((96, 96, 3))`) runs at that size, as
+    Keras would only run it: images are resized to it and the outputs back (TFLite:
+    the file's input size)."""
+    if input_size is None and model is not None:
+        shape = getattr(model, "input_shape", None)
+        if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[2]:
+            input_size = shape[1:3]
     scales = tuple(float(s) for s in (scales or (1.0,)))
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be positive numbers, got {scales}.")

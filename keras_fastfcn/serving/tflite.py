@@ -75,13 +75,11 @@ def export_tflite(model, output, overwrite=False, probabilities=True, scales=(1.
 
     check_export_precision("tflite", precision, calibration)
     keep_float = check_keep_float(keep_float, precision)
+    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size,
+                                                        model)
     if input_size is None:
-        h, w = (tuple(model.input_shape) + (None, None, None))[1:3]
-        if h is None or w is None:
-            raise ValueError("TFLite export needs a fixed input size: pass --input-size H W "
-                             "(input_size=(H, W)).")
-        input_size = (h, w)
-    scales, flip, input_size, base_size = check_options(scales, flip, input_size, base_size)
+        raise ValueError("TFLite export needs a fixed input size: pass --input-size H W "
+                         "(input_size=(H, W)).")
     output = check_target_file(output, overwrite, ".tflite", create=False)
     net, info = prepare(model, fold_bn, native_resizes=True)
     if keep_float is None:
