@@ -45,7 +45,9 @@ def add_arguments(parser):
                         help="with --scales/--ms: the long side that scale 1.0 maps to "
                              "(default: each image's own)")
     parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
-                        default=None, help="fixed network input size (required for tflite)")
+                        default=None,
+                        help="fixed network input size (default: the model's own if it "
+                             "was built with one; required for tflite otherwise)")
     parser.add_argument("--max-pixels", type=max_pixels, default=2048 * 2048, metavar="N",
                         help="saved_model: refuse (with a clear error) images over N pixels "
                              "(height x width), so one huge request cannot exhaust the "
