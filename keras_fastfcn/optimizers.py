@@ -91,19 +91,15 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         lr = keras.ops.convert_to_tensor(self.initial_learning_rate, "float32")
         if self.decay_steps is not None:
             first, steps = 0.0, float(self.decay_steps)
-        elif self._window is not None:
+        elif self._window is not None:  # read when the step runs; 0 steps: no window
             first, steps = (keras.ops.cast(v, "float32") for v in self._window)
-            step = keras.ops.clip(keras.ops.cast(step, "float32") - first, 0.0, steps)
-            decayed = lr * keras.ops.power(1.0 - step / keras.ops.maximum(steps, 1.0),
-                                           self.power)
-            return keras.ops.where(steps > 0.0, decayed, lr)
         elif self.fit_window is not None:
             first, steps = (float(v) for v in self.fit_window)
         else:
             return lr
-        step = keras.ops.cast(step, "float32") - first
-        step = keras.ops.clip(step, 0.0, steps)
-        return lr * keras.ops.power(1.0 - step / steps, self.power)
+        step = keras.ops.clip(keras.ops.cast(step, "float32") - first, 0.0, steps)
+        decayed = lr * keras.ops.power(1.0 - step / keras.ops.maximum(steps, 1.0), self.power)
+        return keras.ops.where(steps > 0.0, decayed, lr)
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
