@@ -141,15 +141,11 @@ def resize_bilinear(images, size, align_corners=True, method="gather"):
 
 
 def _nearest_indices(in_size, out_size, align_corners):
-    """Source index of each output row/column, as TensorFlow's `ResizeNearestNeighbor`:
-    the nearest to the bilinear source coordinate with `align_corners` (rounded), the
-    pixel whose cell holds the output pixel's centre without (floored)."""
-    in_f = ops.cast(in_size, "float32")
-    dst = ops.cast(ops.arange(out_size), "float32")
-    if align_corners:
-        src = ops.floor(_source_coords(in_size, out_size, True) + 0.5)
-    else:
-        src = ops.floor((dst + 0.5) * (in_f / ops.cast(out_size, "float32")))
+    """Source index of each output row/column: the pixel nearest to where the bilinear
+    resize samples (`_source_coords`, rounded half up), as TensorFlow's
+    `ResizeNearestNeighbor` picks it (without `align_corners` that is the pixel whose
+    cell holds the output pixel's centre)."""
+    src = ops.floor(_source_coords(in_size, out_size, align_corners) + 0.5)
     return ops.minimum(ops.cast(src, "int32"), ops.cast(in_size, "int32") - 1)
 
 
