@@ -397,9 +397,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                        return_dict=False):
         """`keras.Model.train_on_batch`; `class_weight` weighs each class's pixels in
         the loss (`fit`), and layers frozen since the last step stay frozen."""
-        self._use_class_weight(class_weight)
-        self._rebuild_optimizer_if_trainables_changed()
-        _keras_private.build_before_tracing(self)
+        self._settle_training_step(class_weight)
         return self._checked_logs(super().train_on_batch(x, y, sample_weight=sample_weight,
                                                          return_dict=True), return_dict)
 
@@ -447,11 +445,7 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
             else:
                 kwargs["validation_data"] = self._preprocessed(
                     validation, None, kwargs.get("batch_size"))[0]
-        self._use_class_weight(kwargs.pop("class_weight", None))
-        self._rebuild_optimizer_if_trainables_changed()
-        # The optimizer's slots and the metrics' state before the first step is traced:
-        # created during that trace, they make TensorFlow trace it twice.
-        _keras_private.build_before_tracing(self)
+        self._settle_training_step(kwargs.pop("class_weight", None))
         schedule = self._poly_schedule
         callbacks = LabelCheck.added_to(kwargs.get("callbacks"), self)
         window = None
@@ -490,6 +484,15 @@ class FastFCNImageSegmenter(ImageInputsMixin, keras.Model):
                 # Outside a fit the rate is the compiled one again (`train_on_batch`
                 # after a fit ran at the window's end: 0, and trained nothing).
                 self.train_function = None
+
+    def _settle_training_step(self, class_weight):
+        """What `fit` and `train_on_batch` settle before Keras runs (or traces) a
+        training step: the class weights it holds, an optimizer for the layers
+        trainable now, and the optimizer's slots and the metrics' state, which created
+        during the first trace make TensorFlow trace it twice."""
+        self._use_class_weight(class_weight)
+        self._rebuild_optimizer_if_trainables_changed()
+        _keras_private.build_before_tracing(self)
 
     def _rebuild_optimizer_if_trainables_changed(self):
         """A new optimizer (same config, same state where a variable kept it) when
